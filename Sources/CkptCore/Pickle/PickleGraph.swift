@@ -1,0 +1,187 @@
+/// The index of a node in a ``PickleGraph``. Two references to one object share one `NodeID`.
+public struct NodeID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// Position in ``PickleGraph/nodes``.
+    public let index: Int
+    /// Wraps a position in the graph's node array.
+    public init(_ index: Int) { self.index = index }
+    public static func < (a: NodeID, b: NodeID) -> Bool { a.index < b.index }
+    public var description: String { "#\(index)" }
+}
+
+/// A key and value of a dict, an `OrderedDict` or an object's SETITEMS, in insertion order.
+public struct DictEntry: Hashable, Sendable {
+    public var key: NodeID
+    public var value: NodeID
+    public init(key: NodeID, value: NodeID) { self.key = key; self.value = value }
+}
+
+/// An object made by a callable: REDUCE, NEWOBJ, NEWOBJ_EX, INST or OBJ, with what was later
+/// appended, set or built onto it. The callable is a name (usually a ``PickleNode/global(module:name:)``):
+/// nothing is ever called.
+public struct PickleObject: Hashable, Sendable {
+    /// The opcode that made the object, so that it is written back the same way.
+    public enum Construction: Hashable, Sendable { case reduce, newObj, newObjEx, inst, obj }
+    public var construction: Construction
+    /// The class or function named (a global node for everything torch writes).
+    public var callable: NodeID
+    /// The argument tuple.
+    public var args: NodeID
+    /// Keyword arguments of NEWOBJ_EX.
+    public var kwargs: NodeID?
+    /// Items APPENDed to the object (list subclasses).
+    public var listItems: [NodeID]
+    /// Items SETITEM'd onto the object (`OrderedDict`, dict subclasses).
+    public var dictItems: [DictEntry]
+    /// The state given by BUILD (`__setstate__` or `__dict__` update).
+    public var state: NodeID?
+
+    public init(construction: Construction, callable: NodeID, args: NodeID, kwargs: NodeID? = nil,
+                listItems: [NodeID] = [], dictItems: [DictEntry] = [], state: NodeID? = nil) {
+        self.construction = construction
+        self.callable = callable
+        self.args = args
+        self.kwargs = kwargs
+        self.listItems = listItems
+        self.dictItems = dictItems
+        self.state = state
+    }
+}
+
+/// One value of a decoded pickle. Containers refer to their items by ``NodeID``, so shared
+/// and recursive structure is kept exactly.
+public enum PickleNode: Hashable, Sendable {
+    case none
+    case bool(Bool)
+    case int(Int64)
+    /// An integer outside Int64, as LONG1 stores it: little-endian two's complement, minimal length.
+    case bigInt([UInt8])
+    case float(Double)
+    case string(String)
+    case bytes([UInt8])
+    case bytearray([UInt8])
+    case tuple([NodeID])
+    case list([NodeID])
+    case dict([DictEntry])
+    case set([NodeID])
+    case frozenset([NodeID])
+    /// A name: `module.name`. Never imported.
+    case global(module: String, name: String)
+    /// What `persistent_load(pid)` would return; for torch, a storage.
+    case persistent(pid: NodeID)
+    case object(PickleObject)
+}
+
+/// A decoded pickle: an arena of nodes and the root the pickle returned.
+public struct PickleGraph: Sendable {
+    /// All nodes, referenced by index.
+    public var nodes: [PickleNode]
+    /// The value the pickle's STOP returned.
+    public var root: NodeID
+
+    /// An empty graph whose root is a None node.
+    public init() {
+        nodes = [.none]
+        root = NodeID(0)
+    }
+
+    /// The node behind an id.
+    public subscript(id: NodeID) -> PickleNode {
+        get { nodes[id.index] }
+        set { nodes[id.index] = newValue }
+    }
+
+    /// Appends a node and returns its id.
+    @discardableResult
+    public mutating func add(_ node: PickleNode) -> NodeID {
+        nodes.append(node)
+        return NodeID(nodes.count - 1)
+    }
+
+    // MARK: - Reading helpers
+
+    /// The string value of a node, if it is one.
+    public func string(_ id: NodeID) -> String? {
+        if case .string(let s) = self[id] { return s }
+        return nil
+    }
+
+    /// The integer value of a node, if it fits Int64.
+    public func int(_ id: NodeID) -> Int64? {
+        switch self[id] {
+        case .int(let v): return v
+        case .bool(let b): return b ? 1 : 0
+        default: return nil
+        }
+    }
+
+    /// The items of a tuple or list node.
+    public func sequence(_ id: NodeID) -> [NodeID]? {
+        switch self[id] {
+        case .tuple(let items), .list(let items): return items
+        default: return nil
+        }
+    }
+
+    /// `module.name` when the node is a global.
+    public func globalName(_ id: NodeID) -> String? {
+        if case .global(let m, let n) = self[id] { return "\(m).\(n)" }
+        return nil
+    }
+
+    /// The entries of a dict-like node: a dict, or an object (such as `collections.OrderedDict`)
+    /// built with SETITEMS.
+    public func dictEntries(_ id: NodeID) -> [DictEntry]? {
+        switch self[id] {
+        case .dict(let entries): return entries
+        case .object(let o) where isDictClass(o.callable): return o.dictItems
+        default: return nil
+        }
+    }
+
+    /// Whether a callable names a dict type (`collections.OrderedDict`, `builtins.dict`, ...).
+    func isDictClass(_ id: NodeID) -> Bool {
+        guard let name = globalName(id) else { return false }
+        return name == "collections.OrderedDict" || name == "builtins.dict" || name == "__builtin__.dict"
+            || name == "collections.defaultdict" || name == "collections.Counter"
+    }
+
+    /// The value for a string key in a dict-like node.
+    public func lookup(_ id: NodeID, _ key: String) -> NodeID? {
+        guard let entries = dictEntries(id) else { return nil }
+        return entries.first { string($0.key) == key }?.value
+    }
+
+    /// The ids of every node reachable from `start`, each once, in depth-first pre-order.
+    public func reachable(from start: NodeID) -> [NodeID] {
+        var seen = Set<NodeID>()
+        var order: [NodeID] = []
+        var stack = [start]
+        while let id = stack.popLast() {
+            guard seen.insert(id).inserted else { continue }
+            order.append(id)
+            stack.append(contentsOf: children(of: id).reversed())
+        }
+        return order
+    }
+
+    /// The nodes a node refers to directly, in pickle order.
+    public func children(of id: NodeID) -> [NodeID] {
+        switch self[id] {
+        case .none, .bool, .int, .bigInt, .float, .string, .bytes, .bytearray, .global:
+            return []
+        case .tuple(let items), .list(let items), .set(let items), .frozenset(let items):
+            return items
+        case .dict(let entries):
+            return entries.flatMap { [$0.key, $0.value] }
+        case .persistent(let pid):
+            return [pid]
+        case .object(let o):
+            var out = [o.callable, o.args]
+            if let k = o.kwargs { out.append(k) }
+            out += o.listItems
+            out += o.dictItems.flatMap { [$0.key, $0.value] }
+            if let s = o.state { out.append(s) }
+            return out
+        }
+    }
+}
