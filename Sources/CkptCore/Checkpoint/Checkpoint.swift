@@ -1,0 +1,115 @@
+import Foundation
+
+/// A checkpoint opened for reading: its container, its decoded pickle, and where each storage's
+/// bytes are. Storage bytes are never loaded whole; they are streamed on request.
+public final class Checkpoint {
+    /// The file's path as given.
+    public let path: String
+    /// The file's size in bytes.
+    public let fileSize: UInt64
+    /// The decoded `data.pkl`.
+    public let graph: PickleGraph
+    /// The zip's root folder (`best` for `best.pt`, `archive` for files saved to a buffer).
+    public let root: String
+    /// Number of records in the container.
+    public let recordCount: Int
+    /// Contents of `.format_version`, when present.
+    public let formatVersion: String?
+    /// Contents of `version`, when present.
+    public let version: String?
+    /// Contents of `byteorder`, when present.
+    public let byteOrder: String?
+    private let zip: ZipReader
+
+    /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).
+    public static let maxPickleBytes: UInt64 = 1 << 31
+
+    /// Opens and decodes a checkpoint. Nothing in it is executed.
+    public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
+        self.path = path
+        let zip: ZipReader
+        do { zip = try ZipReader(path: path) } catch { throw .container(error) }
+        self.zip = zip
+        let attrs = try? FileManager.default.attributesOfItem(atPath: path)
+        fileSize = (attrs?[.size] as? NSNumber)?.uint64Value ?? 0
+        root = zip.root
+        recordCount = zip.entries.count
+        guard let pkl = zip.entry(named: "data.pkl") else { throw .missingRecord("\(zip.root)/data.pkl") }
+        func small(_ name: String) -> String? {
+            guard let e = zip.entry(named: name), e.size < 4096,
+                  let b = try? zip.readAll(e, limit: 4096) else { return nil }
+            return String(decoding: b, as: UTF8.self)
+        }
+        formatVersion = small(".format_version")
+        version = small("version")
+        byteOrder = small("byteorder")
+        if let order = byteOrder, order != "little" {
+            throw .notACheckpoint("byte order '\(order)' is not supported (only little-endian)")
+        }
+        let bytes: [UInt8]
+        do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
+        do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
+    }
+
+    /// The record holding a storage's bytes.
+    public func storageEntry(_ key: String) -> ZipEntry? {
+        zip.entry(named: "data/\(key)")
+    }
+
+    /// Size in bytes of a storage's record, when it exists.
+    public func storageRecordBytes(_ key: String) -> Int64? {
+        storageEntry(key).map { Int64($0.size) }
+    }
+
+    /// Streams a storage's bytes in bounded chunks.
+    public func streamStorage(_ key: String, chunkSize: Int = 1 << 20,
+                              _ body: (UnsafeRawBufferPointer) throws -> Void) throws
+    {
+        guard let e = storageEntry(key) else { throw CheckpointError.missingRecord("\(root)/data/\(key)") }
+        try zip.stream(e, chunkSize: chunkSize, body)
+    }
+
+    /// Every entry name in the container, in directory order.
+    public var recordNames: [String] { zip.entries.map(\.name) }
+
+    // MARK: - Records
+
+    /// The top-level records when the checkpoint is a dict (`epoch`, `model`, ...), in order.
+    /// Empty when the top level is a state dict or another value.
+    public var records: [(name: String, node: NodeID)] {
+        guard !isStateDict(graph.root), let entries = graph.dictEntries(graph.root) else { return [] }
+        return entries.compactMap { e in graph.keyText(e.key).map { ($0, e.value) } }
+    }
+
+    /// Whether a node is a state dict: a dict whose values are all tensors (and at least one).
+    public func isStateDict(_ id: NodeID) -> Bool {
+        guard let entries = graph.dictEntries(id), !entries.isEmpty else { return false }
+        return entries.allSatisfy { ((try? graph.tensor($0.value)) ?? nil) != nil }
+    }
+
+    /// The node `keys` lists by default: `model`, else `ema` when `model` is None (Ultralytics),
+    /// else `state_dict`, else the file itself.
+    public func defaultRecord() -> (name: String?, node: NodeID) {
+        let recs = records
+        func find(_ n: String) -> NodeID? { recs.first { $0.name == n }?.node }
+        if let m = find("model"), graph[m] != .none { return ("model", m) }
+        if let e = find("ema"), graph[e] != .none { return ("ema", e) }
+        for n in ["state_dict", "model_state_dict", "module", "net", "params"] {
+            if let s = find(n), graph[s] != .none { return (n, s) }
+        }
+        return (nil, graph.root)
+    }
+
+    /// A record by name; dotted names reach into nested dicts (`state_dict`, `meta.x`).
+    public func record(named name: String) throws(CheckpointError) -> NodeID {
+        if let r = records.first(where: { $0.name == name }) { return r.node }
+        var node = graph.root
+        for part in name.split(separator: ".") {
+            guard let next = graph.lookup(node, String(part)) else {
+                throw .noSuchRecord(name, available: records.map(\.name))
+            }
+            node = next
+        }
+        return node
+    }
+}

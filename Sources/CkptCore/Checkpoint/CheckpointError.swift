@@ -1,0 +1,34 @@
+/// What can go wrong reading, checking or rewriting a checkpoint. The CLI prints
+/// `ckpt: FILE: <description>` and exits 2.
+public enum CheckpointError: Error, Sendable, CustomStringConvertible {
+    case container(ZipError)
+    case pickle(record: String, PickleError)
+    case tensor(TensorCheckError)
+    /// A record the format requires is absent.
+    case missingRecord(String)
+    /// The pickle does not describe a checkpoint this tool understands.
+    case notACheckpoint(String)
+    /// A record asked for by name is not in the checkpoint.
+    case noSuchRecord(String, available: [String])
+    /// Nesting deeper than the walk limit.
+    case tooDeep(Int)
+    /// A surgery option that cannot be applied.
+    case invalidOperation(String)
+    /// An I/O failure while reading or writing.
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .container(let e): e.description
+        case .pickle(let r, let e): "\(r): \(e.description)"
+        case .tensor(let e): e.description
+        case .missingRecord(let r): "not a torch checkpoint: record \(r) is missing"
+        case .notACheckpoint(let why): "not a torch checkpoint: \(why)"
+        case .noSuchRecord(let r, let avail):
+            "no record '\(r)' (records: \(avail.isEmpty ? "none" : avail.joined(separator: ", ")))"
+        case .tooDeep(let n): "objects are nested more than \(n) levels deep"
+        case .invalidOperation(let why): why
+        case .io(let why): why
+        }
+    }
+}

@@ -1,0 +1,142 @@
+/// One top-level record of a checkpoint, as `ckpt info` reports it.
+public struct RecordSummary: Sendable {
+    public var name: String
+    /// module, state_dict, optimizer, tensor, scalar, string, array, dict, list, tuple, none, other.
+    public var kind: String
+    /// The class of a module object (`models.yolo.DetectionModel`).
+    public var className: String?
+    /// The value of a scalar or string.
+    public var value: JSONValue?
+    /// For tensor-bearing records: tensors in the state_dict view, their elements and bytes,
+    /// and the bytes their distinct storages take in the file.
+    public var tensors: Int?
+    public var elements: Int64?
+    public var bytes: Int64?
+    public var storageBytes: Int64?
+    /// The dtypes met, in order of first appearance.
+    public var dtypes: [DType] = []
+
+    var json: JSONValue {
+        var o: [(String, JSONValue)] = [("name", .string(name)), ("kind", .string(kind))]
+        if let c = className { o.append(("class", .string(c))) }
+        if let v = value { o.append(("value", v)) }
+        if let t = tensors {
+            o += [("tensors", .int(Int64(t))), ("elements", .int(elements ?? 0)), ("bytes", .int(bytes ?? 0)),
+                  ("storage_bytes", .int(storageBytes ?? 0)),
+                  ("dtypes", .array(dtypes.map { .string($0.rawValue) }))]
+        }
+        return .object(o)
+    }
+}
+
+/// What `ckpt info` reports about a checkpoint.
+public struct CheckpointInfo: Sendable {
+    public var file: String
+    public var fileSize: UInt64
+    public var format: String
+    public var root: String
+    public var recordCount: Int
+    public var formatVersion: String?
+    /// Kind of the top-level object: dict, state_dict, module, ...
+    public var topKind: String
+    public var records: [RecordSummary]
+
+    /// The report as JSON.
+    public var json: JSONValue {
+        .object([
+            ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
+            ("root", .string(root)), ("record_count", .int(Int64(recordCount))),
+            ("format_version", formatVersion.map { .string($0) } ?? .null),
+            ("top_kind", .string(topKind)),
+            ("records", .array(records.map(\.json))),
+        ])
+    }
+
+    /// The report as an aligned table.
+    public var table: String {
+        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) (root '\(root)', \(recordCount) records"
+        if let v = formatVersion { head += ", format version \(v)" }
+        head += "), top level: \(topKind)"
+        var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]
+        for r in records {
+            var shown = r.className ?? ""
+            if let v = r.value {
+                switch v {
+                case .string(let s): shown = s.count > 48 ? String(s.prefix(45)) + "..." : s
+                default: shown = v.rendered(indent: 0)
+                }
+            }
+            rows.append([r.name, r.kind, shown, r.tensors.map(String.init) ?? "",
+                         r.elements.map { Figures.count($0) } ?? "", r.storageBytes.map { Figures.bytes($0) } ?? "",
+                         r.dtypes.map(\.rawValue).joined(separator: ",")])
+        }
+        return head + "\n\n" + Figures.table(rows)
+    }
+}
+
+extension Checkpoint {
+    /// The kind of a value, as `info` names it.
+    public func kind(of id: NodeID) -> String {
+        if graph[id] == .none { return "none" }
+        if ((try? graph.tensor(id)) ?? nil) != nil { return "tensor" }
+        if graph.moduleState(id) != nil { return "module" }
+        if isStateDict(id) { return "state_dict" }
+        if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return "optimizer" }
+        if graph.scalarJSON(id) != nil { return "scalar" }
+        if graph.string(id) != nil { return "string" }
+        if graph.numpyValue(id) != nil { return "array" }
+        if graph.dictEntries(id) != nil { return "dict" }
+        switch graph[id] {
+        case .list: return "list"
+        case .tuple: return "tuple"
+        case .bytes: return "bytes"
+        default: return "other"
+        }
+    }
+
+    /// Summarizes one value.
+    public func summary(name: String, node: NodeID) throws(CheckpointError) -> RecordSummary {
+        let k = kind(of: node)
+        var s = RecordSummary(name: name, kind: k)
+        switch k {
+        case "module": s.className = graph.className(node)
+        case "scalar": s.value = graph.scalarJSON(node)
+        case "string": s.value = graph.string(node).map { .string($0) }
+        default: break
+        }
+        let tensors = try graph.stateDict(node)
+        if !tensors.isEmpty || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
+            var elements: Int64 = 0, bytes: Int64 = 0, storageBytes: Int64 = 0
+            var seen = Set<String>()
+            var dtypes: [DType] = []
+            for t in tensors {
+                elements &+= t.tensor.numel ?? 0
+                bytes &+= t.tensor.byteCount ?? 0
+                if seen.insert(t.tensor.storage.key).inserted {
+                    storageBytes &+= storageRecordBytes(t.tensor.storage.key) ?? t.tensor.storage.byteCount ?? 0
+                }
+                if !dtypes.contains(t.tensor.dtype) { dtypes.append(t.tensor.dtype) }
+            }
+            s.tensors = tensors.count
+            s.elements = elements
+            s.bytes = bytes
+            s.storageBytes = storageBytes
+            s.dtypes = dtypes
+        }
+        return s
+    }
+
+    /// The whole `info` report.
+    public func info() throws(CheckpointError) -> CheckpointInfo {
+        let top = kind(of: graph.root)
+        var summaries: [RecordSummary] = []
+        if top == "dict" {
+            for r in records { summaries.append(try summary(name: r.name, node: r.node)) }
+        } else {
+            summaries.append(try summary(name: "", node: graph.root))
+        }
+        return CheckpointInfo(file: path, fileSize: fileSize, format: "torch zip", root: root,
+                              recordCount: recordCount, formatVersion: formatVersion, topKind: top,
+                              records: summaries)
+    }
+}

@@ -1,0 +1,45 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Glob matching as the shell does it (`*`, `?`, `[...]`); `*` also matches dots.
+public func globMatches(_ pattern: String, _ name: String) -> Bool {
+    fnmatch(pattern, name, 0) == 0
+}
+
+/// What `ckpt keys` lists: one line a tensor.
+public struct KeyListing: Sendable {
+    public var record: String?
+    public var tensors: [NamedTensor]
+
+    /// `[{"name", "dtype", "shape"}]`.
+    public var json: JSONValue {
+        .array(tensors.map {
+            .object([("name", .string($0.name)), ("dtype", .string($0.tensor.dtype.rawValue)),
+                     ("shape", .array($0.tensor.shape.map { .int($0) }))])
+        })
+    }
+
+    /// `name  dtype  [shape]`, aligned.
+    public var table: String {
+        Figures.table(tensors.map {
+            [$0.name, $0.tensor.dtype.rawValue, "[" + $0.tensor.shape.map(String.init).joined(separator: ", ") + "]"]
+        })
+    }
+}
+
+extension Checkpoint {
+    /// The state_dict view of a record (see ``defaultRecord()``), filtered by prefix and glob.
+    public func keys(record: String? = nil, prefix: String? = nil, match: String? = nil)
+        throws(CheckpointError) -> KeyListing
+    {
+        let (name, node): (String?, NodeID)
+        if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
+        var tensors = try graph.stateDict(node)
+        if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
+        if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
+        return KeyListing(record: name, tensors: tensors)
+    }
+}

@@ -1,0 +1,423 @@
+/// Options of `ckpt strip`: which training state goes and what else changes.
+public struct StripOptions: Sendable {
+    /// The EMA becomes the model where there is one.
+    public var useEMA = false
+    /// Floating tensors become float16.
+    public var half = false
+    /// The model record becomes an ordered name -> tensor dict that loads with `weights_only=True`.
+    public var stateDict = false
+    /// Globs or prefixes of keys to remove.
+    public var drop: [String] = []
+    /// Prefix renames, applied in order.
+    public var rename: [(old: String, new: String)] = []
+    /// Regex renames (`PATTERN=REPLACEMENT`, `$1` or `\1` for groups), applied after prefix renames.
+    public var renameRegex: [(pattern: String, replacement: String)] = []
+    /// The record whose keys --drop and --rename apply to (default: the model record).
+    public var record: String?
+    /// Allow dropping every tensor.
+    public var force = false
+    /// Keep the training state (only convert, drop or rename).
+    public var keepTrainingState = false
+    public init() {}
+}
+
+/// What a surgery changed, for the summary line, `--dry-run` and `--json`.
+public struct SurgeryReport: Sendable {
+    /// `record: before -> after` for each top-level record changed.
+    public var recordChanges: [(record: String, before: String, after: String)] = []
+    public var dropped: [String] = []
+    public var renamed: [(old: String, new: String)] = []
+    /// Storages converted to float16 and how many tensors use them.
+    public var convertedStorages = 0
+    public var convertedTensors = 0
+    public var warnings: [String] = []
+    /// The record the weights are in, and their parameter count and dtype.
+    public var weightsRecord: String?
+    public var parameters: Int64 = 0
+    public var weightsDType: DType?
+}
+
+/// A pure rewrite of a checkpoint's graph: what to write, and how each storage's bytes are made.
+public struct SurgeryPlan: Sendable {
+    public var graph: PickleGraph
+    /// For each output storage key (renumbered in order of first use), the source key and the
+    /// dtype conversion to apply while copying.
+    public var storages: [OutputStorage]
+    public var report: SurgeryReport
+}
+
+/// One storage of the output: where its bytes come from and how they change.
+public struct OutputStorage: Sendable, Equatable {
+    public var key: String
+    public var sourceKey: String
+    public var sourceDType: DType
+    public var dtype: DType
+    public var numel: Int64
+    public var byteCount: Int64 { numel * Int64(dtype.itemSize) }
+}
+
+/// Training-state records set to None by `strip`.
+let trainingStateRecords = ["optimizer", "ema", "updates", "scaler", "optimizer_state_dict", "scheduler",
+                            "lr_scheduler", "amp", "message_hub"]
+/// Records that hold an EMA of the model.
+let emaRecords = ["ema", "state_dict_ema", "model_ema", "ema_state_dict"]
+
+extension Checkpoint {
+    /// Plans `strip`: a new graph with the training state gone and the options applied, checked,
+    /// with its storages renumbered. Does no I/O beyond what was already read.
+    public func planStrip(_ options: StripOptions) throws(CheckpointError) -> SurgeryPlan {
+        var g = graph
+        var report = SurgeryReport()
+        let recs = records
+        func recordEntryIndex(_ name: String) -> Int? {
+            g.dictEntries(g.root)?.firstIndex { g.keyText($0.key) == name }
+        }
+        func setRecord(_ name: String, _ value: NodeID) {
+            guard let i = recordEntryIndex(name) else { return }
+            g.setDictEntryValue(g.root, index: i, value: value)
+        }
+        func recordNode(_ name: String) -> NodeID? {
+            g.dictEntries(g.root)?.first { g.keyText($0.key) == name }?.value
+        }
+        func describe(_ id: NodeID) -> String {
+            switch g[id] {
+            case .none: return "None"
+            case .int(let v): return String(v)
+            default: return kindDescription(g, id)
+            }
+        }
+
+        // 1. The EMA becomes the model (asked for, or because the model is None as Ultralytics saves it).
+        var weightsName = options.record
+        if !recs.isEmpty && options.record == nil {
+            let model = recordNode("model")
+            let emaName = emaRecords.first { n in recordNode(n).map { g[$0] != .none } ?? false }
+            let modelIsNone = model.map { g[$0] == .none } ?? false
+            if let emaName, let ema = recordNode(emaName), options.useEMA || modelIsNone {
+                let target = model != nil ? "model" : (recordNode("state_dict") != nil ? "state_dict" : "model")
+                if recordNode(target) != nil {
+                    report.recordChanges.append((target, describe(recordNode(target)!), "\(emaName) (\(describe(ema)))"))
+                    setRecord(target, ema)
+                    if modelIsNone && !options.useEMA {
+                        report.warnings.append("model is None: the weights in \(emaName) became the model")
+                    }
+                }
+            } else if options.useEMA {
+                report.warnings.append("--use-ema: no EMA in this checkpoint; the model is kept")
+            }
+            if let m = recordNode("model"), g[m] != .none { weightsName = "model" } else if recordNode("state_dict") != nil {
+                weightsName = "state_dict"
+            }
+        }
+
+        // 2. Training state out.
+        if !options.keepTrainingState && !recs.isEmpty {
+            for name in trainingStateRecords {
+                guard let node = recordNode(name), g[node] != .none else { continue }
+                report.recordChanges.append((name, describe(node), "None"))
+                setRecord(name, g.add(.none))
+            }
+            if let e = recordNode("epoch"), case .int(let v) = g[e], v != -1 {
+                report.recordChanges.append(("epoch", String(v), "-1"))
+                setRecord("epoch", g.add(.int(-1)))
+            }
+        }
+
+        // 3. The weights record: drop, state-dict form, rename.
+        let weightsNode: NodeID
+        if let w = weightsName {
+            guard let n = recordNode(w) ?? (try? g.nodeAtPath(w)) else {
+                throw .noSuchRecord(w, available: recs.map(\.name))
+            }
+            weightsNode = n
+        } else {
+            weightsNode = g.root
+        }
+        report.weightsRecord = weightsName
+        let before = try g.stateDictLocations(weightsNode)
+        if !options.drop.isEmpty {
+            var keep: [String] = []
+            for pattern in options.drop {
+                let hits = before.filter { keyMatches(pattern, $0.0.name) }
+                if hits.isEmpty { report.warnings.append("--drop \(pattern) matches no key") }
+            }
+            let doomed = before.filter { t in options.drop.contains { keyMatches($0, t.0.name) } }
+            if doomed.count == before.count && !before.isEmpty && !options.force {
+                throw .invalidOperation("--drop would remove all \(before.count) tensors; add --force to allow it")
+            }
+            for (t, loc) in doomed {
+                guard let loc else {
+                    throw .invalidOperation("cannot drop \(t.name): it is not held by a dict entry")
+                }
+                g.removeDictEntry(loc.container, key: loc.key)
+                report.dropped.append(t.name)
+            }
+            keep = []
+            _ = keep
+        }
+        var current = weightsNode
+        if options.stateDict {
+            let entries = try g.stateDict(current)
+            var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),
+                                  args: g.add(.tuple([])))
+            od.dictItems = entries.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
+            current = g.add(.object(od))
+            if let w = weightsName {
+                report.recordChanges.append((w, describe(weightsNode), "state dict (\(entries.count) tensors)"))
+                setRecord(w, current)
+            } else {
+                g.root = current
+            }
+        }
+        if !options.rename.isEmpty || !options.renameRegex.isEmpty {
+            guard g.moduleState(current) == nil else {
+                throw .invalidOperation("renaming keys of a module object changes the model's structure; add --state-dict")
+            }
+            let located = try g.stateDictLocations(current)
+            var hitCount = [Int](repeating: 0, count: options.rename.count + options.renameRegex.count)
+            var newNames: [String: String] = [:]
+            var changes: [(EntryLocation, String, String)] = []
+            let regexes = try options.renameRegex.map { (p, r) throws(CheckpointError) -> (Regex<AnyRegexOutput>, String) in
+                do { return (try Regex(p), r) } catch { throw .invalidOperation("--rename-regex '\(p)': \(error)") }
+            }
+            for (t, loc) in located {
+                var name = t.name
+                for (i, r) in options.rename.enumerated() where name.hasPrefix(r.old) {
+                    name = r.new + name.dropFirst(r.old.count)
+                    hitCount[i] += 1
+                }
+                for (i, (re, rep)) in regexes.enumerated() {
+                    if let m = name.firstMatch(of: re) {
+                        name.replaceSubrange(m.range, with: expandReplacement(rep, m))
+                        hitCount[options.rename.count + i] += 1
+                    }
+                }
+                if let other = newNames[name] {
+                    throw .invalidOperation("rename makes \(other) and \(t.name) both \(name)")
+                }
+                newNames[name] = t.name
+                if name != t.name {
+                    guard let loc else { throw .invalidOperation("cannot rename \(t.name): it is not a dict entry") }
+                    guard !name.contains(".") || g.dictEntries(current) != nil else {
+                        throw .invalidOperation("cannot rename \(t.name)")
+                    }
+                    changes.append((loc, t.name, name))
+                }
+            }
+            for (i, r) in options.rename.enumerated() where hitCount[i] == 0 {
+                report.warnings.append("--rename \(r.old)=\(r.new) matches no key")
+            }
+            for (i, r) in options.renameRegex.enumerated() where hitCount[options.rename.count + i] == 0 {
+                report.warnings.append("--rename-regex \(r.pattern)=\(r.replacement) matches no key")
+            }
+            for (loc, old, new) in changes {
+                // Nested dicts: the path is relative to the record; only flat state dicts are renamed
+                // by key, so the new key is the full new name.
+                guard loc.container == current else {
+                    throw .invalidOperation("cannot rename \(old): it is inside a nested dict")
+                }
+                g.replaceDictKey(loc.container, key: loc.key, with: g.add(.string(new)))
+                report.renamed.append((old, new))
+            }
+        }
+
+        // 4. float16.
+        var conversions: [String: DType] = [:]
+        if options.half {
+            for r in (recs.isEmpty ? [(name: "", node: g.root)] : g.recordsOf(g.root)) {
+                // float32, float64 and bfloat16 become float16; float8 kinds are already smaller and stay.
+                for t in try g.stateDict(r.node) where [.float32, .float64, .bfloat16].contains(t.tensor.dtype) {
+                    guard t.tensor.storage.dtype != nil else {
+                        let name = [r.name, t.name].filter { !$0.isEmpty }.joined(separator: ".")
+                        throw .invalidOperation("--half: \(name) is \(t.tensor.dtype.rawValue) in an untyped storage; not supported")
+                    }
+                    conversions[t.tensor.storage.key] = .float16
+                }
+            }
+        }
+
+        // 5. weights_only: numpy values become plain numbers.
+        if options.stateDict {
+            g.replaceNumpyValues()
+        }
+
+        // 6. Renumber storages in order of first use, apply conversions, check every tensor.
+        let (renumbered, storages, converted) = try renumberStorages(g, conversions: conversions)
+        g = renumbered
+        report.convertedStorages = conversions.count
+        report.convertedTensors = converted
+        try checkAll(g)
+
+        let finalWeights = weightsName.flatMap { n in g.dictEntries(g.root)?.first { g.keyText($0.key) == n }?.value } ?? g.root
+        let view = try g.stateDict(finalWeights)
+        let params = view.filter(\.tensor.isParameter)
+        report.parameters = (params.isEmpty ? view : params).reduce(0) { $0 + ($1.tensor.numel ?? 0) }
+        var counts: [DType: Int64] = [:]
+        for t in view where t.tensor.dtype.isFloatingPoint { counts[t.tensor.dtype, default: 0] += t.tensor.numel ?? 0 }
+        report.weightsDType = counts.max { $0.value < $1.value }?.key
+        return SurgeryPlan(graph: g, storages: storages, report: report)
+    }
+
+    /// Checks every tensor the graph holds against its storage and the storage's record.
+    public func checkAll(_ g: PickleGraph) throws(CheckpointError) {
+        for t in try g.allTensors(from: g.root) {
+            do { try t.tensor.check(name: t.name, recordBytes: nil) } catch { throw .tensor(error) }
+        }
+    }
+
+    /// Gives storages keys "0", "1", ... in order of first use in the pickle (as torch.save does),
+    /// applying dtype conversions, and checks each source record's size.
+    func renumberStorages(_ graph: PickleGraph, conversions: [String: DType]) throws(CheckpointError)
+        -> (PickleGraph, [OutputStorage], Int)
+    {
+        var g = graph
+        var newKey: [String: String] = [:]
+        var storages: [OutputStorage] = []
+        var converted = 0
+        var rewritten: [NodeID: NodeID] = [:]  // pid tuple -> new tuple
+        for id in g.reachable(from: g.root) {
+            guard case .persistent(let pid) = g[id] else { continue }
+            guard let s = g.storageRef(id) else {
+                throw .notACheckpoint("persistent id \(id) is not a torch storage")
+            }
+            let sourceType = s.dtype ?? .uint8
+            let target = conversions[s.key] ?? sourceType
+            if target != sourceType { converted += 1 }
+            let key: String
+            if let k = newKey[s.key] { key = k } else {
+                key = String(storages.count)
+                newKey[s.key] = key
+                guard let recordBytes = storageRecordBytes(s.key) else {
+                    throw .missingRecord("\(root)/data/\(s.key)")
+                }
+                guard let declared = s.byteCount, declared == recordBytes else {
+                    throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
+                        reason: "declares \(s.numel) x \(sourceType.itemSize) bytes but its record holds \(recordBytes)"))
+                }
+                storages.append(OutputStorage(key: key, sourceKey: s.key, sourceDType: sourceType, dtype: target,
+                                              numel: s.numel))
+            }
+            if let done = rewritten[pid] { g[id] = .persistent(pid: done); continue }
+            var items = g.sequence(pid)!
+            items[2] = g.add(.string(key))
+            if target != sourceType, let cls = target.storageClass {
+                items[1] = g.add(.global(module: "torch", name: cls))
+            }
+            let t = g.add(.tuple(items))
+            rewritten[pid] = t
+            g[id] = .persistent(pid: t)
+        }
+        return (g, storages, converted)
+    }
+}
+
+/// A key matches a --drop pattern: glob when it has glob characters, else prefix or exact name.
+func keyMatches(_ pattern: String, _ name: String) -> Bool {
+    if pattern.contains(where: { "*?[".contains($0) }) { return globMatches(pattern, name) }
+    return name == pattern || name.hasPrefix(pattern.hasSuffix(".") ? pattern : pattern + ".")
+}
+
+/// `$1`, `\1` and `${name}` in a replacement become the match's groups.
+func expandReplacement(_ template: String, _ m: Regex<AnyRegexOutput>.Match) -> String {
+    var out = ""
+    var chars = Array(template)
+    var i = 0
+    while i < chars.count {
+        let c = chars[i]
+        if (c == "$" || c == "\\"), i + 1 < chars.count, let d = chars[i + 1].wholeNumberValue {
+            var n = d
+            var j = i + 2
+            while j < chars.count, let more = chars[j].wholeNumberValue, n * 10 + more < m.output.count {
+                n = n * 10 + more; j += 1
+            }
+            if n < m.output.count, let sub = m.output[n].substring { out += sub }
+            i = j
+        } else {
+            out.append(c)
+            i += 1
+        }
+    }
+    chars.removeAll()
+    return out
+}
+
+func kindDescription(_ g: PickleGraph, _ id: NodeID) -> String {
+    if let c = g.className(id), g.moduleState(id) != nil { return c.split(separator: ".").last.map(String.init) ?? c }
+    if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "optimizer state" }
+    if let entries = g.dictEntries(id) { return "dict of \(entries.count)" }
+    switch g[id] {
+    case .float(let d): return "\(d)"
+    case .string(let s): return s
+    default: return "present"
+    }
+}
+
+extension PickleGraph {
+    /// Top-level records of a dict root.
+    func recordsOf(_ root: NodeID) -> [(name: String, node: NodeID)] {
+        (dictEntries(root) ?? []).compactMap { e in keyText(e.key).map { ($0, e.value) } }
+    }
+
+    /// Follows a dotted path of dict keys.
+    func nodeAtPath(_ path: String) throws -> NodeID {
+        var node = root
+        for part in path.split(separator: ".") {
+            guard let next = lookup(node, String(part)) else { throw CheckpointError.noSuchRecord(path, available: []) }
+            node = next
+        }
+        return node
+    }
+
+    /// Sets the value of the entry at `index` of a dict-like node.
+    mutating func setDictEntryValue(_ id: NodeID, index: Int, value: NodeID) {
+        switch self[id] {
+        case .dict(var entries):
+            entries[index].value = value
+            self[id] = .dict(entries)
+        case .object(var o):
+            o.dictItems[index].value = value
+            self[id] = .object(o)
+        default: break
+        }
+    }
+
+    /// Removes the entry with key node `key` from a dict-like node.
+    mutating func removeDictEntry(_ id: NodeID, key: NodeID) {
+        switch self[id] {
+        case .dict(var entries):
+            entries.removeAll { $0.key == key }
+            self[id] = .dict(entries)
+        case .object(var o):
+            o.dictItems.removeAll { $0.key == key }
+            self[id] = .object(o)
+        default: break
+        }
+    }
+
+    /// Replaces the key node of an entry of a dict-like node.
+    mutating func replaceDictKey(_ id: NodeID, key: NodeID, with newKey: NodeID) {
+        switch self[id] {
+        case .dict(var entries):
+            if let i = entries.firstIndex(where: { $0.key == key }) { entries[i].key = newKey }
+            self[id] = .dict(entries)
+        case .object(var o):
+            if let i = o.dictItems.firstIndex(where: { $0.key == key }) { o.dictItems[i].key = newKey }
+            self[id] = .object(o)
+        default: break
+        }
+    }
+
+    /// Replaces numpy scalars and arrays reachable from the root by Python floats (one element) or
+    /// lists of floats, so the pickle needs no numpy globals.
+    mutating func replaceNumpyValues() {
+        for id in reachable(from: root) {
+            guard let (_, values) = numpyValue(id) else { continue }
+            if values.count == 1 {
+                self[id] = .float(values[0])
+            } else {
+                let items = values.map { add(.float($0)) }
+                self[id] = .list(items)
+            }
+        }
+    }
+}

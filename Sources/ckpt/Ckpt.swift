@@ -1,0 +1,67 @@
+import ArgumentParser
+import CkptCore
+import Foundation
+
+@main
+struct Ckpt: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ckpt",
+        abstract: "Inspect and rewrite PyTorch checkpoints without executing them.",
+        discussion: """
+        Exit status: 0 success; 1 differences found (diff) or dangerous globals (scan); 2 bad input or misuse.
+        """,
+        version: "0.1.0",
+        subcommands: [Info.self, Keys.self, Strip.self]
+    )
+
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as Failure {
+            FileHandle.standardError.write(Data("ckpt: \(e.message)\n".utf8))
+            Foundation.exit(e.code)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            let message = fullMessage(for: error)
+            FileHandle.standardError.write(Data("ckpt: \(message.split(separator: "\n").first.map(String.init) ?? message)\n".utf8))
+            if message.contains("\n") { FileHandle.standardError.write(Data("\(usageString())\n".utf8)) }
+            Foundation.exit(2)
+        }
+    }
+}
+
+/// An error already phrased for the user: `ckpt: <message>` and the exit code.
+struct Failure: Error {
+    var message: String
+    var code: Int32 = 2
+}
+
+/// Runs `body`, turning library errors into one line naming `file`.
+func reporting<T>(_ file: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as Failure {
+        throw e
+    } catch let e as CheckpointError {
+        throw Failure(message: "\(file): \(e.description)")
+    } catch let e as CustomStringConvertible {
+        throw Failure(message: "\(file): \(e.description)")
+    } catch {
+        throw Failure(message: "\(file): \(error)")
+    }
+}
+
+/// Writes a line to stdout.
+func emit(_ s: String) {
+    FileHandle.standardOutput.write(Data((s + "\n").utf8))
+}
+
+/// Writes a line to stderr.
+func warn(_ s: String) {
+    FileHandle.standardError.write(Data(("ckpt: " + s + "\n").utf8))
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+import CkptCore
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a checkpoint's container and every top-level record.")
+
+    @Argument(help: "The checkpoint.") var file: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let report = try reporting(file) { try Checkpoint(path: file).info() }
+        emit(json ? report.json.rendered() : report.table)
+    }
+}

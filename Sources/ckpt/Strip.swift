@@ -1,0 +1,66 @@
+import ArgumentParser
+import CkptCore
+import Foundation
+
+struct Strip: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a weights-only checkpoint: optimizer, EMA and counters out, epoch -1.",
+        discussion: """
+        Examples:
+          ckpt strip best.pt best-stripped.pt
+          ckpt strip best.pt out.pt --use-ema --half
+          ckpt strip ddp.pt clean.pt --state-dict --rename module.=
+          ckpt strip best.pt nc3.pt --drop model.24.
+        """)
+
+    @Argument(help: "The checkpoint to read (never modified).") var input: String
+    @Argument(help: "Where to write (may be the input itself).") var output: String
+    @Flag(name: .customLong("use-ema"), help: "Make the EMA the model where there is one.") var useEMA = false
+    @Flag(help: "Convert floating tensors to float16 (integer buffers untouched).") var half = false
+    @Flag(name: .customLong("state-dict"), help: "Write the model as a name -> tensor dict (loads with weights_only=True).")
+    var stateDict = false
+    @Option(help: "Remove keys matching a glob or prefix (repeatable).") var drop: [String] = []
+    @Option(help: "Rename a key prefix, OLD=NEW (repeatable; --rename module.= strips DDP's prefix).")
+    var rename: [String] = []
+    @Option(name: .customLong("rename-regex"), help: "Rename keys by regex, 'PATTERN=REPLACEMENT' ($1 for groups).")
+    var renameRegex: [String] = []
+    @Option(help: "Record whose keys --drop and --rename change (default: the model).") var record: String?
+    @Flag(help: "Allow --drop to remove every tensor.") var force = false
+    @Flag(name: .customLong("dry-run"), help: "Say what would change; write nothing.") var dryRun = false
+    @Flag(help: "Print the summary as JSON.") var json = false
+
+    func validate() throws {
+        for r in rename + renameRegex where !r.contains("=") {
+            throw ValidationError("'\(r)' is not OLD=NEW")
+        }
+    }
+
+    func run() throws {
+        var o = StripOptions()
+        o.useEMA = useEMA
+        o.half = half
+        o.stateDict = stateDict
+        o.drop = drop
+        o.rename = rename.map(splitPair)
+        o.renameRegex = renameRegex.map(splitPair).map { ($0.0, $0.1) }
+        o.record = record
+        o.force = force
+        let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
+            let c = try Checkpoint(path: input)
+            return (c, try c.planStrip(o))
+        }
+        for w in plan.report.warnings { warn("\(input): \(w)") }
+        if !dryRun {
+            try reporting(output) { try ckpt.write(plan, to: output) }
+        }
+        let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.map { $0.int64Value }
+        let summary = StripSummary(input: input, output: output, inputBytes: Int64(ckpt.fileSize),
+                                   outputBytes: outSize ?? nil, dryRun: dryRun, report: plan.report)
+        emit(json ? summary.json.rendered() : summary.text)
+    }
+}
+
+func splitPair(_ s: String) -> (String, String) {
+    let i = s.firstIndex(of: "=")!
+    return (String(s[..<i]), String(s[s.index(after: i)...]))
+}
