@@ -51,7 +51,13 @@ struct Strip: ParsableCommand {
         }
         for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
-            try reporting(output) { try ckpt.write(plan, to: output) }
+            do {
+                try ckpt.write(plan, to: output)
+            } catch let e as CheckpointError {
+                throw Failure(message: "\(input): \(e.description)")  // read faults belong to the input
+            } catch {
+                try reporting(output) { throw error }
+            }
         }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.map { $0.int64Value }
         let summary = StripSummary(input: input, output: output, inputBytes: Int64(ckpt.fileSize),

@@ -19,7 +19,10 @@ public final class Checkpoint {
     public let version: String?
     /// Contents of `byteorder`, when present.
     public let byteOrder: String?
-    private let zip: ZipReader
+    /// `torch zip` or `torch legacy`.
+    public let format: String
+    private let zip: ZipReader?
+    private let legacy: LegacyReader?
 
     /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).
     public static let maxPickleBytes: UInt64 = 1 << 31
@@ -27,11 +30,27 @@ public final class Checkpoint {
     /// Opens and decodes a checkpoint. Nothing in it is executed.
     public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         self.path = path
+        guard FileManager.default.fileExists(atPath: path) else { throw .io("no such file") }
+        if LegacyReader.looksLegacy(path: path) {
+            let l = try LegacyReader(path: path, limits: limits)
+            legacy = l
+            zip = nil
+            format = "torch legacy"
+            fileSize = l.fileSize
+            graph = l.graph
+            root = ""
+            recordCount = l.storageOrder.count
+            formatVersion = nil
+            version = nil
+            byteOrder = "little"
+            return
+        }
+        format = "torch zip"
+        legacy = nil
         let zip: ZipReader
         do { zip = try ZipReader(path: path) } catch { throw .container(error) }
         self.zip = zip
-        let attrs = try? FileManager.default.attributesOfItem(atPath: path)
-        fileSize = (attrs?[.size] as? NSNumber)?.uint64Value ?? 0
+        fileSize = zip.fileSize
         root = zip.root
         recordCount = zip.entries.count
         guard let pkl = zip.entry(named: "data.pkl") else { throw .missingRecord("\(zip.root)/data.pkl") }
@@ -51,26 +70,40 @@ public final class Checkpoint {
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
     }
 
-    /// The record holding a storage's bytes.
-    public func storageEntry(_ key: String) -> ZipEntry? {
-        zip.entry(named: "data/\(key)")
-    }
-
     /// Size in bytes of a storage's record, when it exists.
     public func storageRecordBytes(_ key: String) -> Int64? {
-        storageEntry(key).map { Int64($0.size) }
+        if let l = legacy { return l.storages[key].map { Int64($0.bytes) } }
+        return zip?.entry(named: "data/\(key)").map { Int64($0.size) }
     }
 
-    /// Streams a storage's bytes in bounded chunks.
+    /// Streams a storage's bytes in bounded chunks. Faults of this file are thrown as
+    /// ``CheckpointError``; errors thrown by `body` pass through unchanged.
     public func streamStorage(_ key: String, chunkSize: Int = 1 << 20,
                               _ body: (UnsafeRawBufferPointer) throws -> Void) throws
     {
-        guard let e = storageEntry(key) else { throw CheckpointError.missingRecord("\(root)/data/\(key)") }
-        try zip.stream(e, chunkSize: chunkSize, body)
+        struct BodyError: Error { var inner: any Error }
+        do {
+            if let l = legacy {
+                try l.stream(key, chunkSize: chunkSize) { chunk in
+                    do { try body(chunk) } catch { throw BodyError(inner: error) }
+                }
+                return
+            }
+            guard let zip, let e = zip.entry(named: "data/\(key)") else {
+                throw CheckpointError.missingRecord("\(root)/data/\(key)")
+            }
+            try zip.stream(e, chunkSize: chunkSize) { chunk in
+                do { try body(chunk) } catch { throw BodyError(inner: error) }
+            }
+        } catch let b as BodyError {
+            throw b.inner
+        } catch let z as ZipError {
+            throw CheckpointError.container(z)
+        }
     }
 
     /// Every entry name in the container, in directory order.
-    public var recordNames: [String] { zip.entries.map(\.name) }
+    public var recordNames: [String] { zip?.entries.map(\.name) ?? legacy?.storageOrder ?? [] }
 
     // MARK: - Records
 

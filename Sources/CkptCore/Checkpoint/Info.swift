@@ -82,9 +82,9 @@ extension Checkpoint {
         if graph.moduleState(id) != nil { return "module" }
         if isStateDict(id) { return "state_dict" }
         if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return "optimizer" }
+        if let (shape, _) = graph.numpyValue(id) { return shape.isEmpty ? "scalar" : "array" }
         if graph.scalarJSON(id) != nil { return "scalar" }
         if graph.string(id) != nil { return "string" }
-        if graph.numpyValue(id) != nil { return "array" }
         if graph.dictEntries(id) != nil { return "dict" }
         switch graph[id] {
         case .list: return "list"
@@ -100,7 +100,7 @@ extension Checkpoint {
         var s = RecordSummary(name: name, kind: k)
         switch k {
         case "module": s.className = graph.className(node)
-        case "scalar": s.value = graph.scalarJSON(node)
+        case "scalar", "array": s.value = graph.scalarJSON(node)
         case "string": s.value = graph.string(node).map { .string($0) }
         default: break
         }
@@ -135,7 +135,7 @@ extension Checkpoint {
         } else {
             summaries.append(try summary(name: "", node: graph.root))
         }
-        return CheckpointInfo(file: path, fileSize: fileSize, format: "torch zip", root: root,
+        return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
                               records: summaries)
     }

@@ -38,6 +38,7 @@ extension Checkpoint {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
         var tensors = try graph.stateDict(node)
+        if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
         return KeyListing(record: name, tensors: tensors)

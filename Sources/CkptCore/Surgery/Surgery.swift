@@ -298,7 +298,7 @@ extension Checkpoint {
                                               numel: s.numel))
             }
             if let done = rewritten[pid] { g[id] = .persistent(pid: done); continue }
-            var items = g.sequence(pid)!
+            var items = Array(g.sequence(pid)!.prefix(5))  // legacy ids carry a sixth field; zip ids have five
             items[2] = g.add(.string(key))
             if target != sourceType, let cls = target.storageClass {
                 items[1] = g.add(.global(module: "torch", name: cls))

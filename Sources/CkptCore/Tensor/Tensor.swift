@@ -69,7 +69,8 @@ public struct TensorCheckError: Error, Equatable, Sendable, CustomStringConverti
 extension PickleGraph {
     /// Parses the storage behind a persistent-id node.
     public func storageRef(_ id: NodeID) -> StorageRef? {
-        guard case .persistent(let pid) = self[id], let t = sequence(pid), t.count == 5,
+        // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view.
+        guard case .persistent(let pid) = self[id], let t = sequence(pid), t.count == 5 || (t.count == 6 && self[t[5]] == .none),
               string(t[0]) == "storage", let cls = globalName(t[1]), let key = string(t[2]),
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
@@ -96,7 +97,8 @@ extension PickleGraph {
             inner.isParameter = true
             if case .bool(let rg) = self[args[1]] { inner.requiresGrad = rg }
             return inner
-        case "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_tensor":
+        case "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_tensor",
+             "torch._utils._rebuild_qtensor":
             let isV3 = fn.hasSuffix("v3")
             guard args.count >= 4 else { throw fail("\(fn) with \(args.count) arguments") }
             guard let storage = storageRef(args[0]) else { throw fail("storage reference is malformed") }
@@ -117,7 +119,8 @@ extension PickleGraph {
             }
             guard let dt = dtype else { throw fail("unknown storage type \(storage.storageClass)") }
             var rg = false
-            if args.count >= 5, case .bool(let b) = self[args[4]] { rg = b }
+            let rgIndex = fn.hasSuffix("qtensor") ? 5 : 4  // qtensor: (storage, offset, size, stride, qparams, rg, hooks)
+            if args.count > rgIndex, case .bool(let b) = self[args[rgIndex]] { rg = b }
             return TensorRef(node: id, tensorNode: id, storageNode: args[0], storage: storage, dtype: dt,
                              storageOffset: offset, shape: shape, stride: stride, requiresGrad: rg, isParameter: false)
         default:
