@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Replaces a file all at once: readers see either the old file or the complete new one, never a partial write.
+///
+/// The new content is written to `.<basename>.ckpt-tmp-<pid>-<random>` in the same folder (so the final `rename` stays
+/// on one file system), fsynced, renamed over the final path, and the folder is fsynced so the rename survives a crash.
+public struct AtomicOutput {
+    /// The prefix of temporary files for `finalPath`: `.<basename>.ckpt-tmp-`.
+    public static func tempPrefix(for finalPath: String) -> String {
+        "." + split(finalPath).base + ".ckpt-tmp-"
+    }
+
+    /// Runs `body` with the path of a fresh temporary file next to `finalPath`, then atomically moves it into place.
+    ///
+    /// `body` writes the complete content to the path it is given (it may truncate or recreate the file).
+    /// If `body` throws, or any step fails, the temporary file is removed and `finalPath` is left untouched.
+    /// An existing `finalPath` keeps its permission bits; a new one gets 0644 minus the umask.
+    /// - Throws: what `body` throws, or ``ZipError/io(_:)``.
+    public static func write(to finalPath: String, _ body: (String) throws -> Void) throws {
+        let (folder, base) = split(finalPath)
+        guard !base.isEmpty, base != ".", base != ".." else {
+            throw ZipError.io("cannot write '\(finalPath)': not a file path")
+        }
+        var existing = stat()
+        let existingMode: mode_t? = stat(finalPath, &existing) == 0 ? existing.st_mode & 0o7777 : nil
+
+        var tempPath = ""
+        var fd: Int32 = -1
+        for _ in 0..<16 {
+            let random = String(UInt64.random(in: 0...UInt64(UInt32.max)), radix: 16)
+            tempPath = join(folder, tempPrefix(for: finalPath) + "\(getpid())-\(random)")
+            fd = ZipFileHandle.retryingEINTR { open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+            if fd >= 0 || errno != EEXIST { break }
+        }
+        if fd < 0 { throw ZipError.io(ZipFileHandle.systemMessage("cannot create a temporary file in '\(folder)'")) }
+        if let existingMode { _ = fchmod(fd, existingMode) }
+        _ = close(fd)
+
+        do {
+            try body(tempPath)
+            try syncFile(tempPath)
+            if rename(tempPath, finalPath) != 0 {
+                throw ZipError.io(ZipFileHandle.systemMessage("cannot rename '\(tempPath)' to '\(finalPath)'"))
+            }
+        } catch {
+            _ = unlink(tempPath)
+            throw error
+        }
+        try syncFolder(folder)
+    }
+
+    /// Deletes `.<basename>.ckpt-tmp-<pid>-*` files next to `finalPath` whose process is no longer running
+    /// (left behind by a crash or a kill). Files of live processes and unrelated files are kept.
+    ///
+    /// - Returns: the paths removed.
+    @discardableResult
+    public static func removeStaleTemps(for finalPath: String) throws -> [String] {
+        let (folder, _) = split(finalPath)
+        let prefix = tempPrefix(for: finalPath)
+        guard let dir = opendir(folder) else {
+            throw ZipError.io(ZipFileHandle.systemMessage("cannot list '\(folder)'"))
+        }
+        defer { closedir(dir) }
+        var removed: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasPrefix(prefix) else { continue }
+            let rest = name.dropFirst(prefix.count)
+            guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0 else { continue }
+            guard !isAlive(pid) else { continue }
+            let path = join(folder, name)
+            if unlink(path) == 0 { removed.append(path) }
+        }
+        return removed.sorted()
+    }
+
+    /// Whether a process with this id exists (a process owned by another user counts as alive).
+    static func isAlive(_ pid: Int32) -> Bool {
+        if pid == getpid() { return true }
+        return kill(pid, 0) == 0 || errno != ESRCH
+    }
+
+    private static func syncFile(_ path: String) throws {
+        let fd = ZipFileHandle.retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        if fd < 0 { throw ZipError.io(ZipFileHandle.systemMessage("cannot reopen '\(path)' to fsync it")) }
+        defer { _ = close(fd) }
+        if ZipFileHandle.retryingEINTR({ fsync(fd) }) != 0 {
+            throw ZipError.io(ZipFileHandle.systemMessage("cannot fsync '\(path)'"))
+        }
+    }
+
+    private static func syncFolder(_ folder: String) throws {
+        let fd = ZipFileHandle.retryingEINTR { open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        if fd < 0 { throw ZipError.io(ZipFileHandle.systemMessage("cannot open folder '\(folder)' to fsync it")) }
+        defer { _ = close(fd) }
+        if ZipFileHandle.retryingEINTR({ fsync(fd) }) != 0 {
+            throw ZipError.io(ZipFileHandle.systemMessage("cannot fsync folder '\(folder)'"))
+        }
+    }
+
+    /// Splits a path into its folder ("." when there is none) and its last component.
+    static func split(_ path: String) -> (folder: String, base: String) {
+        var trimmed = Substring(path)
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
+        guard let slash = trimmed.lastIndex(of: "/") else { return (".", String(trimmed)) }
+        let folder = trimmed[..<slash]
+        return (folder.isEmpty ? "/" : String(folder), String(trimmed[trimmed.index(after: slash)...]))
+    }
+
+    private static func join(_ folder: String, _ name: String) -> String {
+        folder.hasSuffix("/") ? folder + name : folder + "/" + name
+    }
+}

@@ -1,0 +1,359 @@
+/// Writes a zip archive byte for byte the way `torch.save` does (caffe2's `PyTorchStreamWriter` on miniz).
+///
+/// Layout of one record (everything little-endian):
+///
+///     local header (30 bytes): PK\3\4, version needed 0, flags 0x0808 (0x0800 when empty), method 0 (stored),
+///                              time 0, date 0, crc 0, sizes 0, name length, extra length
+///     name                     root + "/" + relative name
+///     [zip64 extra]            id 1, then size and 0 (if size >= 0xFFFFFFFF), then header offset (if >= 0xFFFFFFFF)
+///     "FB" extra               id 0x4246, length n, n x 'Z', with n making the data start at a multiple of `alignment`
+///     data
+///     [data descriptor]        only when size > 0: PK\7\8, crc, sizes (32-bit: 16 bytes; 64-bit: 24 bytes whenever
+///                              the record has a zip64 extra)
+///
+/// then the central directory (one 46-byte entry per record: version made by 0, needed 0, same flags, time/date 0,
+/// crc, sizes and header offset capped at 0xFFFFFFFF, a zip64 extra holding the capped values, no attributes), a zip64
+/// end-of-central-directory record (made by 0x031E, needed 45) and locator, which torch always writes, and the classic
+/// end record with counts capped at 0xFFFF and sizes/offsets at 0xFFFFFFFF.
+///
+/// Records are written in call order. Writes go through a 4 MiB buffer; `finish()` flushes and fsyncs. The caller
+/// owns atomicity (see ``AtomicOutput``): a writer that is dropped or fails leaves a partial file behind.
+public final class TorchZipWriter {
+    /// The archive's root folder (for example the checkpoint's base name, or `archive`).
+    public let root: String
+    /// The path being written.
+    public let path: String
+    /// Data of every non-empty record starts at a multiple of this (torch's `.storage_alignment`, default 64).
+    public let alignment: Int
+    /// Whether CRC-32s are computed; `false` writes 0, as torch does with `config.save.compute_crc32 = False`.
+    public let computesCRC32: Bool
+
+    private struct Written {
+        var name: [UInt8]
+        var crc32: UInt32
+        var size: UInt64
+        var headerOffset: UInt64
+        var flags: UInt16
+    }
+
+    private struct Open {
+        var relativeName: String
+        var written: Written
+        var count: UInt64 = 0
+        var crc: UInt32 = 0
+    }
+
+    private enum State {
+        case idle
+        case inRecord(Open)
+        case finished
+        case failed
+    }
+
+    private var file: ZipFileHandle?
+    private var state = State.idle
+    private var offset: UInt64 = 0
+    private var records: [Written] = []
+    private var names: Set<String> = []
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var buffered = 0
+
+    private static let bufferSize = 4 << 20
+    private static let max32: UInt64 = 0xFFFF_FFFF
+
+    /// Creates (or truncates) `path` and starts an archive whose records live under `root`.
+    ///
+    /// - Parameters:
+    ///   - alignment: the data alignment torch records in `.storage_alignment` (1...32768; torch's default is 64).
+    ///   - computeCRC32: pass `false` only to reproduce files saved with `compute_crc32 = False`.
+    public init(path: String, root: String, alignment: Int = 64, computeCRC32: Bool = true) throws(ZipError) {
+        guard !root.isEmpty, !root.contains("/"), ZipNames.isSafe(root) else { throw ZipError.unsafeRecordName(root) }
+        guard (1...32_768).contains(alignment) else {
+            throw ZipError.misuse("alignment \(alignment) is outside 1...32768")
+        }
+        self.root = root
+        self.path = path
+        self.alignment = alignment
+        self.computesCRC32 = computeCRC32
+        self.buffer = .allocate(byteCount: Self.bufferSize, alignment: 64)
+        do {
+            self.file = try ZipFileHandle.openForWriting(path)
+        } catch {
+            buffer.deallocate()
+            throw error
+        }
+    }
+
+    deinit {
+        buffer.deallocate()
+    }
+
+    /// Writes a whole record (`name` is relative to the root, e.g. `data.pkl`, `data/0`, `.format_version`).
+    public func addRecord(_ name: String, bytes: [UInt8]) throws(ZipError) {
+        try beginRecord(name, size: UInt64(bytes.count))
+        try withBytes(bytes) { (chunk) throws(ZipError) in try write(chunk) }
+        try endRecord()
+    }
+
+    /// Starts a record whose size is known up front; feed it with ``write(_:)`` and close it with ``endRecord()``.
+    public func beginRecord(_ name: String, size: UInt64) throws(ZipError) {
+        guard case .idle = state else { throw misuseError("beginRecord('\(name)')") }
+        let fullName = root + "/" + name
+        guard ZipNames.isSafe(name), ZipNames.isSafe(fullName), !fullName.hasSuffix("/") else {
+            throw ZipError.unsafeRecordName(fullName)
+        }
+        guard fullName.utf8.count <= 0xFFFF else { throw ZipError.unsafeRecordName(fullName) }
+        guard !names.contains(name) else { throw ZipError.duplicateRecord(fullName) }
+
+        let nameBytes = Array(fullName.utf8)
+        let headerOffset = offset
+        let bigSize = size >= Self.max32
+        let bigOffset = headerOffset >= Self.max32
+
+        var extra: [UInt8] = []
+        if bigSize || bigOffset {
+            // miniz writes the zip64 extra before the data, when the compressed size is still 0.
+            extra.append(u16: 0x0001)
+            extra.append(u16: UInt16((bigSize ? 16 : 0) + (bigOffset ? 8 : 0)))
+            if bigSize {
+                extra.append(u64: size)
+                extra.append(u64: 0)
+            }
+            if bigOffset { extra.append(u64: headerOffset) }
+        }
+        // torch's getPadding: the "FB" field is always present and pads the data start to the alignment.
+        let unpadded = headerOffset + 30 + UInt64(nameBytes.count) + UInt64(extra.count) + 4
+        let padding = Int((UInt64(alignment) - unpadded % UInt64(alignment)) % UInt64(alignment))
+        extra.append(u16: 0x4246)
+        extra.append(u16: UInt16(padding))
+        extra.append(contentsOf: repeatElement(UInt8(ascii: "Z"), count: padding))
+        guard extra.count <= 0xFFFF else { throw ZipError.misuse("extra field for '\(fullName)' exceeds 65535 bytes") }
+
+        let flags: UInt16 = size > 0 ? 0x0808 : 0x0800
+        var header: [UInt8] = []
+        header.reserveCapacity(30 + nameBytes.count + extra.count)
+        header.append(u32: ZipCentralDirectory.localHeaderSignature)
+        header.append(u16: 0)  // version needed: 0 for stored, as miniz writes
+        header.append(u16: flags)
+        header.append(u16: 0)  // method: stored
+        header.append(u16: 0)  // time
+        header.append(u16: 0)  // date
+        header.append(u32: 0)  // crc (in the data descriptor)
+        header.append(u32: 0)  // compressed size
+        header.append(u32: 0)  // uncompressed size
+        header.append(u16: UInt16(nameBytes.count))
+        header.append(u16: UInt16(extra.count))
+        header.append(contentsOf: nameBytes)
+        header.append(contentsOf: extra)
+        try emit(header)
+
+        names.insert(name)
+        state = .inRecord(
+            Open(
+                relativeName: name,
+                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags)))
+    }
+
+    /// Appends bytes to the open record. Writing more than the announced size throws ``ZipError/sizeMismatch(record:declared:written:)``.
+    public func write(_ chunk: UnsafeRawBufferPointer) throws(ZipError) {
+        guard case .inRecord(var open) = state else { throw misuseError("write()") }
+        let newCount = open.count + UInt64(chunk.count)
+        guard newCount <= open.written.size else {
+            state = .failed
+            throw ZipError.sizeMismatch(
+                record: root + "/" + open.relativeName, declared: open.written.size, written: newCount)
+        }
+        if computesCRC32 { open.crc = ZipCRC32.update(open.crc, chunk) }
+        open.count = newCount
+        state = .inRecord(open)
+        try emit(chunk)
+    }
+
+    /// Closes the open record: checks its size and writes its data descriptor.
+    public func endRecord() throws(ZipError) {
+        guard case .inRecord(var open) = state else { throw misuseError("endRecord()") }
+        guard open.count == open.written.size else {
+            state = .failed
+            throw ZipError.sizeMismatch(
+                record: root + "/" + open.relativeName, declared: open.written.size, written: open.count)
+        }
+        open.written.crc32 = open.crc
+        let size = open.written.size
+        if size > 0 {
+            var descriptor: [UInt8] = []
+            descriptor.append(u32: 0x0807_4b50)
+            descriptor.append(u32: open.crc)
+            if size >= Self.max32 || open.written.headerOffset >= Self.max32 {
+                descriptor.append(u64: size)
+                descriptor.append(u64: size)
+            } else {
+                descriptor.append(u32: UInt32(size))
+                descriptor.append(u32: UInt32(size))
+            }
+            try emit(descriptor)
+        }
+        records.append(open.written)
+        state = .idle
+    }
+
+    /// Writes the central directory and end records, flushes, fsyncs and closes the file.
+    public func finish() throws(ZipError) {
+        guard case .idle = state else { throw misuseError("finish()") }
+        let directoryOffset = offset
+        var directory: [UInt8] = []
+        directory.reserveCapacity(1 << 16)
+        for record in records {
+            let bigSize = record.size >= Self.max32
+            let bigOffset = record.headerOffset >= Self.max32
+            var extra: [UInt8] = []
+            if bigSize || bigOffset {
+                extra.append(u16: 0x0001)
+                extra.append(u16: UInt16((bigSize ? 16 : 0) + (bigOffset ? 8 : 0)))
+                if bigSize {
+                    extra.append(u64: record.size)
+                    extra.append(u64: record.size)
+                }
+                if bigOffset { extra.append(u64: record.headerOffset) }
+            }
+            let size32 = UInt32(min(record.size, Self.max32))
+            directory.append(u32: ZipCentralDirectory.centralHeaderSignature)
+            directory.append(u16: 0)  // version made by
+            directory.append(u16: 0)  // version needed
+            directory.append(u16: record.flags)
+            directory.append(u16: 0)  // method
+            directory.append(u16: 0)  // time
+            directory.append(u16: 0)  // date
+            directory.append(u32: record.crc32)
+            directory.append(u32: size32)
+            directory.append(u32: size32)
+            directory.append(u16: UInt16(record.name.count))
+            directory.append(u16: UInt16(extra.count))
+            directory.append(u16: 0)  // comment length
+            directory.append(u16: 0)  // disk number
+            directory.append(u16: 0)  // internal attributes
+            directory.append(u32: 0)  // external attributes
+            directory.append(u32: UInt32(min(record.headerOffset, Self.max32)))
+            directory.append(contentsOf: record.name)
+            directory.append(contentsOf: extra)
+            if directory.count >= 1 << 20 {
+                try emit(directory)
+                directory.removeAll(keepingCapacity: true)
+            }
+        }
+        try emit(directory)
+        let directorySize = offset - directoryOffset
+        let count = UInt64(records.count)
+
+        var end: [UInt8] = []
+        let zip64Offset = offset
+        end.append(u32: ZipCentralDirectory.zip64EOCDSignature)
+        end.append(u64: 44)  // size of the rest of this record
+        end.append(u16: 0x031E)  // made by: Unix, spec 3.0
+        end.append(u16: 0x002D)  // needed: 4.5
+        end.append(u32: 0)  // this disk
+        end.append(u32: 0)  // disk with the directory
+        end.append(u64: count)
+        end.append(u64: count)
+        end.append(u64: directorySize)
+        end.append(u64: directoryOffset)
+        end.append(u32: ZipCentralDirectory.zip64LocatorSignature)
+        end.append(u32: 0)
+        end.append(u64: zip64Offset)
+        end.append(u32: 1)  // total disks
+        end.append(u32: ZipCentralDirectory.eocdSignature)
+        end.append(u16: 0)
+        end.append(u16: 0)
+        end.append(u16: UInt16(min(count, 0xFFFF)))
+        end.append(u16: UInt16(min(count, 0xFFFF)))
+        end.append(u32: UInt32(min(directorySize, Self.max32)))
+        end.append(u32: UInt32(min(directoryOffset, Self.max32)))
+        end.append(u16: 0)  // comment length
+        try emit(end)
+        try flush()
+        guard let file else { throw misuseError("finish()") }
+        do {
+            try file.sync()
+            try file.close()
+        } catch {
+            state = .failed
+            throw error
+        }
+        self.file = nil
+        state = .finished
+    }
+
+    /// Total bytes written so far (buffered included).
+    public var bytesWritten: UInt64 { offset }
+
+    // MARK: - Buffered output
+
+    private func emit(_ bytes: [UInt8]) throws(ZipError) {
+        try withBytes(bytes) { (chunk) throws(ZipError) in try emit(chunk) }
+    }
+
+    /// `Array.withUnsafeBytes` with a typed error.
+    private func withBytes(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void) throws(ZipError) {
+        var failure: ZipError? = nil
+        bytes.withUnsafeBytes { raw in
+            do throws(ZipError) { try body(raw) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    private func emit(_ bytes: UnsafeRawBufferPointer) throws(ZipError) {
+        guard bytes.count > 0 else { return }
+        if buffered + bytes.count <= buffer.count {
+            UnsafeMutableRawBufferPointer(rebasing: buffer[buffered...]).copyMemory(from: bytes)
+            buffered += bytes.count
+        } else {
+            try flush()
+            if bytes.count >= buffer.count {
+                try rawWrite(bytes)
+            } else {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[0...]).copyMemory(from: bytes)
+                buffered = bytes.count
+            }
+        }
+        offset += UInt64(bytes.count)
+    }
+
+    private func flush() throws(ZipError) {
+        guard buffered > 0 else { return }
+        try rawWrite(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]))
+        buffered = 0
+    }
+
+    private func rawWrite(_ bytes: UnsafeRawBufferPointer) throws(ZipError) {
+        guard let file else { throw misuseError("write after finish()") }
+        do {
+            try file.writeAll(bytes)
+        } catch {
+            state = .failed
+            throw error
+        }
+    }
+
+    private func misuseError(_ call: String) -> ZipError {
+        switch state {
+        case .idle: return .misuse("\(call) on '\(path)' with no open record")
+        case .inRecord(let open): return .misuse("\(call) on '\(path)' while record '\(open.relativeName)' is still open")
+        case .finished: return .misuse("\(call) on '\(path)' after finish()")
+        case .failed: return .misuse("\(call) on '\(path)' after an earlier error; discard the file")
+        }
+    }
+}
+
+extension [UInt8] {
+    fileprivate mutating func append(u16 value: UInt16) {
+        append(UInt8(truncatingIfNeeded: value))
+        append(UInt8(truncatingIfNeeded: value >> 8))
+    }
+
+    fileprivate mutating func append(u32 value: UInt32) {
+        for shift in stride(from: 0, to: 32, by: 8) { append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
+    }
+
+    fileprivate mutating func append(u64 value: UInt64) {
+        for shift in stride(from: 0, to: 64, by: 8) { append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+    }
+}

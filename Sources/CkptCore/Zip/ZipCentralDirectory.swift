@@ -1,0 +1,159 @@
+/// Little-endian reads from a byte array with bounds checks.
+struct ZipBytes {
+    let bytes: [UInt8]
+
+    func u16(_ at: Int) -> UInt16? {
+        guard at >= 0, at + 2 <= bytes.count else { return nil }
+        return UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8
+    }
+
+    func u32(_ at: Int) -> UInt32? {
+        guard at >= 0, at + 4 <= bytes.count else { return nil }
+        var value: UInt32 = 0
+        for i in 0..<4 { value |= UInt32(bytes[at + i]) << (8 * UInt32(i)) }
+        return value
+    }
+
+    func u64(_ at: Int) -> UInt64? {
+        guard at >= 0, at + 8 <= bytes.count else { return nil }
+        var value: UInt64 = 0
+        for i in 0..<8 { value |= UInt64(bytes[at + i]) << (8 * UInt64(i)) }
+        return value
+    }
+}
+
+/// The facts libzip does not expose: where each record's local header is, read from the central directory.
+///
+/// libzip has already validated the archive when this runs; this walk only locates, and every value it finds is
+/// cross-checked against libzip's view by the caller.
+struct ZipCentralDirectory {
+    struct Record {
+        var name: [UInt8]
+        var method: UInt16
+        var flags: UInt16
+        var crc32: UInt32
+        var compressedSize: UInt64
+        var size: UInt64
+        var headerOffset: UInt64
+    }
+
+    static let eocdSignature: UInt32 = 0x0605_4b50
+    static let zip64LocatorSignature: UInt32 = 0x0706_4b50
+    static let zip64EOCDSignature: UInt32 = 0x0606_4b50
+    static let centralHeaderSignature: UInt32 = 0x0201_4b50
+    static let localHeaderSignature: UInt32 = 0x0403_4b50
+
+    var records: [Record]
+
+    /// Reads the end records and the central directory of `file`.
+    init(file: ZipFileHandle, fileSize: UInt64, maxRecords: Int) throws(ZipError) {
+        let path = file.path
+        func damaged(_ detail: String) -> ZipError { .inconsistent(path: path, detail: detail) }
+
+        // End of central directory: 22 bytes plus a comment of up to 65,535 bytes, at the end of the file.
+        let tailLength = Int(min(fileSize, 22 + 65_535 + 20))
+        let tailStart = fileSize - UInt64(tailLength)
+        guard let tailBytes = try file.readBytes(count: tailLength, at: tailStart) else {
+            throw damaged("file shrank while reading")
+        }
+        let tail = ZipBytes(bytes: tailBytes)
+        var eocd = -1
+        var position = tailLength - 22
+        while position >= 0 {
+            if tail.u32(position) == Self.eocdSignature,
+                let commentLength = tail.u16(position + 20), position + 22 + Int(commentLength) <= tailLength
+            {
+                eocd = position
+                break
+            }
+            position -= 1
+        }
+        guard eocd >= 0 else { throw damaged("no end-of-central-directory record") }
+
+        var count = UInt64(tail.u16(eocd + 10)!)
+        var directorySize = UInt64(tail.u32(eocd + 12)!)
+        var directoryOffset = UInt64(tail.u32(eocd + 16)!)
+
+        if eocd >= 20, tail.u32(eocd - 20) == Self.zip64LocatorSignature {
+            let zip64Offset = tail.u64(eocd - 20 + 8)!
+            guard zip64Offset <= fileSize, let raw = try file.readBytes(count: 56, at: zip64Offset) else {
+                throw damaged("zip64 end-of-central-directory record at byte \(zip64Offset) is past the end of the file")
+            }
+            let zip64 = ZipBytes(bytes: raw)
+            guard zip64.u32(0) == Self.zip64EOCDSignature else {
+                throw damaged("no zip64 end-of-central-directory record at byte \(zip64Offset)")
+            }
+            count = zip64.u64(32)!
+            directorySize = zip64.u64(40)!
+            directoryOffset = zip64.u64(48)!
+        }
+
+        guard count <= UInt64(maxRecords) else { throw ZipError.tooManyRecords(count: count, limit: maxRecords) }
+        guard directoryOffset <= fileSize, directorySize <= fileSize - directoryOffset,
+            directorySize <= UInt64(Int.max)
+        else {
+            throw damaged("central directory (\(directorySize) bytes at byte \(directoryOffset)) lies outside the file")
+        }
+        guard let directoryBytes = try file.readBytes(count: Int(directorySize), at: directoryOffset) else {
+            throw damaged("file shrank while reading")
+        }
+        let directory = ZipBytes(bytes: directoryBytes)
+
+        var records: [Record] = []
+        records.reserveCapacity(Int(count))
+        var p = 0
+        for index in 0..<Int(count) {
+            guard directory.u32(p) == Self.centralHeaderSignature, let nameLength = directory.u16(p + 28),
+                let extraLength = directory.u16(p + 30), let commentLength = directory.u16(p + 32)
+            else {
+                throw damaged("central directory entry \(index) at byte \(directoryOffset + UInt64(p)) is malformed")
+            }
+            let nameStart = p + 46
+            let extraStart = nameStart + Int(nameLength)
+            let end = extraStart + Int(extraLength) + Int(commentLength)
+            guard end <= directoryBytes.count else {
+                throw damaged("central directory entry \(index) runs past the directory")
+            }
+            var record = Record(
+                name: Array(directoryBytes[nameStart..<extraStart]),
+                method: directory.u16(p + 10)!,
+                flags: directory.u16(p + 8)!,
+                crc32: directory.u32(p + 16)!,
+                compressedSize: UInt64(directory.u32(p + 20)!),
+                size: UInt64(directory.u32(p + 24)!),
+                headerOffset: UInt64(directory.u32(p + 42)!))
+            // Zip64 extended information: the 64-bit values present are exactly those whose 32-bit field is all ones.
+            if record.size == 0xFFFF_FFFF || record.compressedSize == 0xFFFF_FFFF || record.headerOffset == 0xFFFF_FFFF {
+                var q = extraStart
+                let extraEnd = extraStart + Int(extraLength)
+                var found = false
+                while q + 4 <= extraEnd {
+                    let id = directory.u16(q)!
+                    let length = Int(directory.u16(q + 2)!)
+                    guard q + 4 + length <= extraEnd else { break }
+                    if id == 0x0001 {
+                        var r = q + 4
+                        let fieldEnd = r + length
+                        func next() throws(ZipError) -> UInt64 {
+                            guard r + 8 <= fieldEnd else {
+                                throw damaged("zip64 extra field of entry \(index) is too short")
+                            }
+                            defer { r += 8 }
+                            return directory.u64(r)!
+                        }
+                        if record.size == 0xFFFF_FFFF { record.size = try next() }
+                        if record.compressedSize == 0xFFFF_FFFF { record.compressedSize = try next() }
+                        if record.headerOffset == 0xFFFF_FFFF { record.headerOffset = try next() }
+                        found = true
+                        break
+                    }
+                    q += 4 + length
+                }
+                if !found { throw damaged("entry \(index) needs a zip64 extra field but has none") }
+            }
+            records.append(record)
+            p = end
+        }
+        self.records = records
+    }
+}

@@ -1,0 +1,100 @@
+/// One record of a zip archive, as listed by the central directory.
+public struct ZipEntry: Sendable, Equatable {
+    /// How a record's bytes are stored.
+    public enum Method: Sendable, Equatable, CustomStringConvertible {
+        /// Stored as is (method 0). `torch.save` writes every record this way.
+        case stored
+        /// Raw deflate (method 8).
+        case deflated
+        /// Any other zip method number.
+        case other(UInt16)
+
+        /// The zip method number.
+        public var rawValue: UInt16 {
+            switch self {
+            case .stored: return 0
+            case .deflated: return 8
+            case .other(let value): return value
+            }
+        }
+
+        init(rawValue: UInt16) {
+            switch rawValue {
+            case 0: self = .stored
+            case 8: self = .deflated
+            default: self = .other(rawValue)
+            }
+        }
+
+        /// "stored", "deflated" or "method N".
+        public var description: String {
+            switch self {
+            case .stored: return "stored"
+            case .deflated: return "deflated"
+            case .other(let value): return "method \(value)"
+            }
+        }
+    }
+
+    /// The full record name, root folder included (for example `model/data/0`).
+    public let name: String
+    /// Position in the central directory, starting at 0.
+    public let index: Int
+    /// Uncompressed size in bytes.
+    public let size: UInt64
+    /// Size of the record's bytes in the file.
+    public let compressedSize: UInt64
+    /// How the bytes are stored.
+    public let method: Method
+    /// CRC-32 from the central directory. 0 for a non-empty record means no checksum was recorded
+    /// (`torch.utils.serialization.config.save.compute_crc32 = False`); readers then skip the check.
+    public let crc32: UInt32
+    /// Offset of the record's local header in the file.
+    public let headerOffset: UInt64
+    /// Offset of the record's first data byte in the file (local header offset + 30 + name length + extra length),
+    /// for stored records only; `nil` for compressed ones. This is where `torch.load(mmap=True)` maps a storage from.
+    public let dataOffset: UInt64?
+
+    /// Memberwise initializer.
+    public init(
+        name: String, index: Int, size: UInt64, compressedSize: UInt64, method: Method, crc32: UInt32,
+        headerOffset: UInt64, dataOffset: UInt64?
+    ) {
+        self.name = name
+        self.index = index
+        self.size = size
+        self.compressedSize = compressedSize
+        self.method = method
+        self.crc32 = crc32
+        self.headerOffset = headerOffset
+        self.dataOffset = dataOffset
+    }
+
+    /// Whether the archive records a checksum that reads of this record are verified against.
+    public var hasChecksum: Bool { crc32 != 0 || size == 0 }
+}
+
+/// Record-name checks shared by the reader and the writer.
+enum ZipNames {
+    /// Whether a full record name is safe to accept: not absolute (no leading `/`, `\` or drive letter), no `..`, `.`
+    /// or empty components, no backslash and no NUL byte. A single trailing `/` (a folder entry) is allowed.
+    static func isSafe(_ name: String) -> Bool {
+        if name.isEmpty { return false }
+        let bytes = Array(name.utf8)
+        if bytes.contains(0) || bytes.contains(UInt8(ascii: "\\")) { return false }
+        if bytes.first == UInt8(ascii: "/") { return false }
+        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":") { return false }  // "C:..."
+        var components = name.split(separator: "/", omittingEmptySubsequences: false)
+        if components.count > 1, components.last == "" { components.removeLast() }  // folder entry "a/b/"
+        for component in components where component.isEmpty || component == "." || component == ".." {
+            return false
+        }
+        return true
+    }
+
+    /// Decodes raw name bytes as strict UTF-8, or returns `nil`.
+    static func decode(_ bytes: [UInt8]) -> String? {
+        let string = String(decoding: bytes, as: UTF8.self)
+        return Array(string.utf8) == bytes ? string : nil
+    }
+}

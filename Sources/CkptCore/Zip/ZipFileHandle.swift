@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A thin owner of a POSIX file descriptor with full-length `pread`/`write` loops and errors that name the path.
+final class ZipFileHandle {
+    let path: String
+    private(set) var fd: Int32
+
+    private init(path: String, fd: Int32) {
+        self.path = path
+        self.fd = fd
+    }
+
+    /// Opens `path` read-only.
+    static func openForReading(_ path: String) throws(ZipError) -> ZipFileHandle {
+        let fd = Self.retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        if fd < 0 { throw ZipError.io(systemMessage("cannot open '\(path)' for reading")) }
+        return ZipFileHandle(path: path, fd: fd)
+    }
+
+    /// Creates or truncates `path` for writing (mode 0644 before the umask).
+    static func openForWriting(_ path: String) throws(ZipError) -> ZipFileHandle {
+        let fd = Self.retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        if fd < 0 { throw ZipError.io(systemMessage("cannot create '\(path)'")) }
+        return ZipFileHandle(path: path, fd: fd)
+    }
+
+    deinit {
+        if fd >= 0 { _ = closeFD(fd) }
+    }
+
+    /// The file's size in bytes.
+    func size() throws(ZipError) -> UInt64 {
+        var info = stat()
+        if fstat(fd, &info) != 0 { throw ZipError.io(Self.systemMessage("cannot stat '\(path)'")) }
+        return UInt64(info.st_size)
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`; returns fewer only at end of file.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ZipError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ZipError.io(Self.systemMessage("cannot read '\(path)' at byte \(offset + UInt64(done))"))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Reads exactly `count` bytes at `offset`, or returns `nil` if the file ends first.
+    func readBytes(count: Int, at offset: UInt64) throws(ZipError) -> [UInt8]? {
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 8)
+        defer { raw.deallocate() }
+        let got = try read(into: raw, at: offset)
+        return got == count ? Array(raw) : nil
+    }
+
+    /// Writes all of `bytes` at the current position.
+    func writeAll(_ bytes: UnsafeRawBufferPointer) throws(ZipError) {
+        var done = 0
+        while done < bytes.count {
+            let n = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ZipError.io(Self.systemMessage("cannot write '\(path)'"))
+            }
+            done += n
+        }
+    }
+
+    /// Flushes the file's data and metadata to stable storage.
+    func sync() throws(ZipError) {
+        if Self.retryingEINTR({ fsync(fd) }) != 0 { throw ZipError.io(Self.systemMessage("cannot fsync '\(path)'")) }
+    }
+
+    /// Closes the descriptor, reporting a failed close (which can carry a deferred write error).
+    func close() throws(ZipError) {
+        guard fd >= 0 else { return }
+        let result = closeFD(fd)
+        fd = -1
+        if result != 0 { throw ZipError.io(Self.systemMessage("cannot close '\(path)'")) }
+    }
+
+    /// Hints the kernel that the file will be read sequentially (no-op where unsupported).
+    func adviseSequential() {
+        #if canImport(Glibc) || canImport(Musl)
+        _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
+        #endif
+    }
+
+    /// Runs a system call again while it fails with EINTR.
+    static func retryingEINTR(_ body: () -> Int32) -> Int32 {
+        while true {
+            let result = body()
+            if result < 0 && errno == EINTR { continue }
+            return result
+        }
+    }
+
+    static func systemMessage(_ what: String) -> String {
+        let code = errno
+        return "\(what): \(String(cString: strerror(code)).lowercased())"
+    }
+}
+
+
+@inline(__always)
+private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
+    write(fd, buffer, count)
+}
+
+@inline(__always)
+private func closeFD(_ fd: Int32) -> Int32 {
+    close(fd)
+}
