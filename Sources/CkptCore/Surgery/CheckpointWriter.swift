@@ -1,11 +1,19 @@
 import Foundation
 
 extension Checkpoint {
-    /// Writes a plan as a torch zip checkpoint at `outPath`, atomically (temp file in the same folder,
-    /// fsync, rename). Storage bytes stream from this checkpoint's records in bounded chunks,
-    /// converted where the plan says. The layout is torch's own, so torch may compute offsets.
+    /// Writes a plan whose storages all come from this checkpoint. See ``write(_:sources:to:chunkSize:progress:)``.
     public func write(_ plan: SurgeryPlan, to outPath: String, chunkSize: Int = 4 << 20,
                       progress: ((Int64) -> Void)? = nil) throws
+    {
+        try Checkpoint.write(plan, sources: [self], to: outPath, chunkSize: chunkSize, progress: progress)
+    }
+
+    /// Writes a plan as a torch zip checkpoint at `outPath`, atomically (temp file in the same folder,
+    /// fsync, rename). Storage bytes stream from the sources' records in bounded chunks (each
+    /// ``OutputStorage/source`` indexes `sources`), converted where the plan says. The layout is
+    /// torch's own, so torch may compute offsets.
+    public static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String,
+                             chunkSize: Int = 4 << 20, progress: ((Int64) -> Void)? = nil) throws
     {
         let pickle: [UInt8]
         do { pickle = try PickleEncoder.encode(plan.graph) } catch { throw CheckpointError.pickle(record: "data.pkl", error) }
@@ -24,14 +32,14 @@ extension Checkpoint {
                 try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount))
                 hash.add(Array(s.key.utf8))
                 if s.sourceDType == s.dtype {
-                    try streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
                         try w.write(chunk)
                         done += Int64(chunk.count)
                         progress?(done)
                     }
                 } else {
                     var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
-                    try streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
                         try converter.convert(chunk) { out in try w.write(out) }
                         done += Int64(chunk.count)
                         progress?(done)

@@ -38,7 +38,7 @@ public struct SurgeryReport: Sendable {
 }
 
 /// A pure rewrite of a checkpoint's graph: what to write, and how each storage's bytes are made.
-public struct SurgeryPlan: Sendable {
+public struct SurgeryPlan {
     public var graph: PickleGraph
     /// For each output storage key (renumbered in order of first use), the source key and the
     /// dtype conversion to apply while copying.
@@ -48,6 +48,8 @@ public struct SurgeryPlan: Sendable {
 
 /// One storage of the output: where its bytes come from and how they change.
 public struct OutputStorage: Sendable, Equatable {
+    /// Which of the writer's sources holds the bytes (0 for single-source surgery).
+    public var source: Int = 0
     public var key: String
     public var sourceKey: String
     public var sourceDType: DType
@@ -294,7 +296,7 @@ extension Checkpoint {
                     throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
                         reason: "declares \(s.numel) x \(sourceType.itemSize) bytes but its record holds \(recordBytes)"))
                 }
-                storages.append(OutputStorage(key: key, sourceKey: s.key, sourceDType: sourceType, dtype: target,
+                storages.append(OutputStorage(source: 0, key: key, sourceKey: s.key, sourceDType: sourceType, dtype: target,
                                               numel: s.numel))
             }
             if let done = rewritten[pid] { g[id] = .persistent(pid: done); continue }
