@@ -21,6 +21,8 @@ public final class Checkpoint {
     public let byteOrder: String?
     /// `torch zip` or `torch legacy`.
     public let format: String
+    /// What a raw pass over each pickle found (globals, weights_only verdict); see ``Checkpoint/scan(path:limits:)``.
+    public let pickleScans: [PickleScan]
     private let zip: ZipReader?
     private let legacy: LegacyReader?
 
@@ -43,6 +45,8 @@ public final class Checkpoint {
             formatVersion = nil
             version = nil
             byteOrder = "little"
+            pickleScans = l.scans
+            try validateStorages()
             return
         }
         format = "torch zip"
@@ -68,6 +72,45 @@ public final class Checkpoint {
         let bytes: [UInt8]
         do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
+        var scans = [PickleScanner.scan(bytes, label: pkl.name, limits: limits)]
+        for e in ContainerPickles.records(of: zip) where e != pkl {
+            do {
+                scans.append(PickleScanner.scan(try zip.readAll(e, limit: Self.maxPickleBytes), label: e.name, limits: limits))
+            } catch { throw .container(error) }
+        }
+        pickleScans = scans
+        try validateStorages()
+    }
+
+    /// What torch.load checks before it builds a tensor, checked up front so that every command answers a bad
+    /// file with one error instead of failing later: every persistent id is a storage of a type torch has,
+    /// whose record exists and holds exactly the declared bytes, and every tensor passes
+    /// ``TensorRef/check(name:recordBytes:)`` (strides, offsets, overflow, bounds).
+    func validateStorages() throws(CheckpointError) {
+        var checked = Set<String>()
+        for id in graph.reachable(from: graph.root) {
+            guard case .persistent = graph[id] else { continue }
+            guard let s = graph.storageRef(id) else { throw .notACheckpoint("persistent id \(id) is not a torch storage") }
+            guard checked.insert(s.key).inserted else { continue }
+            guard s.dtype != nil || s.storageClass == "torch.storage.UntypedStorage" else {
+                throw .notACheckpoint("storage \(s.key) has type \(s.storageClass), which torch does not have")
+            }
+            guard let record = storageRecordBytes(s.key) else {
+                throw .missingRecord(legacy != nil ? "storage \(s.key)" : "\(root)/data/\(s.key)")
+            }
+            guard s.numel >= 0, let declared = s.byteCount else {
+                throw .tensor(TensorCheckError(tensor: "storage \(s.key)", reason: "element count \(s.numel) is impossible"))
+            }
+            guard declared == record else {
+                throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
+                    reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
+            }
+        }
+        for t in try graph.allTensors(from: graph.root) {
+            do { try t.tensor.check(name: t.name.isEmpty ? "at the top level" : t.name, recordBytes: nil) } catch {
+                throw .tensor(error)
+            }
+        }
     }
 
     /// Size in bytes of a storage's record, when it exists.

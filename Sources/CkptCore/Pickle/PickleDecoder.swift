@@ -363,11 +363,27 @@ public struct PickleDecoder {
         return BigInt.node(littleEndian: bytes)
     }
 
-    private func latin1(_ b: ArraySlice<UInt8>) -> String {
+    private func latin1(_ b: ArraySlice<UInt8>) -> String { Self.latin1(b) }
+
+    private func rawUnicodeEscape(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+        guard let s = Self.rawUnicodeEscape(b) else { throw bad("bad \\u escape") }
+        return s
+    }
+
+    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+        switch Self.pythonStringLiteral(b) {
+        case .success(let s): return s
+        case .failure(let reason): throw bad(reason.text)
+        }
+    }
+
+    /// Text read as Latin-1, one scalar a byte (BINSTRING, SHORT_BINSTRING).
+    static func latin1(_ b: ArraySlice<UInt8>) -> String {
         String(String.UnicodeScalarView(b.map { Unicode.Scalar($0) }))
     }
 
-    private func rawUnicodeEscape(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+    /// The UNICODE opcode's raw-unicode-escape text; nil on a bad `\\u` escape.
+    static func rawUnicodeEscape(_ b: ArraySlice<UInt8>) -> String? {
         var out = String.UnicodeScalarView()
         var i = b.startIndex
         while i < b.endIndex {
@@ -377,7 +393,7 @@ public struct PickleDecoder {
                 guard i + 2 + n <= b.endIndex,
                       let v = UInt32(String(decoding: b[(i + 2)..<(i + 2 + n)], as: UTF8.self), radix: 16),
                       let scalar = Unicode.Scalar(v)
-                else { throw bad("bad \\u escape") }
+                else { return nil }
                 out.append(scalar)
                 i += 2 + n
             } else {
@@ -388,9 +404,12 @@ public struct PickleDecoder {
         return String(out)
     }
 
-    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+    struct LiteralError: Error { var text: String }
+
+    /// The STRING opcode's quoted Python literal.
+    static func pythonStringLiteral(_ b: ArraySlice<UInt8>) -> Result<String, LiteralError> {
         guard b.count >= 2, let q = b.first, q == 0x27 || q == 0x22, b.last == q else {
-            throw bad("string is not quoted")
+            return .failure(LiteralError(text: "string is not quoted"))
         }
         let body = b.dropFirst().dropLast()
         var out: [UInt8] = []
@@ -410,7 +429,7 @@ public struct PickleDecoder {
                 out.append(UInt8(v & 0xFF))
             case 0x78:
                 guard i + 2 <= body.endIndex, let v = UInt8(String(decoding: body[i..<(i + 2)], as: UTF8.self), radix: 16)
-                else { throw bad("bad \\x escape") }
+                else { return .failure(LiteralError(text: "bad \\x escape")) }
                 out.append(v)
                 i += 2
             case 0x5C, 0x27, 0x22: out.append(e)
@@ -421,7 +440,7 @@ public struct PickleDecoder {
             default: out.append(0x5C); out.append(e)
             }
         }
-        return latin1(out[...])
+        return .success(latin1(out[...]))
     }
 }
 
