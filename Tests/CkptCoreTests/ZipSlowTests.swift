@@ -83,7 +83,7 @@ struct ZipSlowTests {
         #expect(String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "4")
     }
 
-    @Test("streaming a 500 MB stored record runs near page-cache speed")
+    @Test("streaming a 500 MB stored record runs at pread + crc32 speed")
     func streamingSpeed() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -156,6 +156,7 @@ struct ZipSlowTests {
             format: "zip speed (MB/s): write+fsync %.0f, copyRecord+fsync %.0f, stream via pread+crc %.0f, via libzip %.0f, bare pread %.0f, zlib crc32 alone %.0f",
             rate(writeTime), rate(copyTime), rate(preadTime), rate(libzipTime), rate(baseline), rate(crcTime))
         print(report)
-        #expect(rate(preadTime) > 500, "\(report)")
+        // Reading stored data costs a pread plus a CRC; on a shared machine only a relative bound is stable.
+        #expect(rate(preadTime) >= 0.5 * min(rate(baseline), rate(crcTime)), "\(report)")
     }
 }
