@@ -46,7 +46,7 @@ public final class Checkpoint {
             version = nil
             byteOrder = "little"
             pickleScans = l.scans
-            try validateStorages()
+            try validate(limits: limits)
             return
         }
         format = "torch zip"
@@ -79,14 +79,15 @@ public final class Checkpoint {
             } catch { throw .container(error) }
         }
         pickleScans = scans
-        try validateStorages()
+        try validate(limits: limits)
     }
 
     /// What torch.load checks before it builds a tensor, checked up front so that every command answers a bad
     /// file with one error instead of failing later: every persistent id is a storage of a type torch has,
     /// whose record exists and holds exactly the declared bytes, and every tensor passes
-    /// ``TensorRef/check(name:recordBytes:)`` (strides, offsets, overflow, bounds).
-    func validateStorages() throws(CheckpointError) {
+    /// ``TensorRef/check(name:recordBytes:)`` (strides, offsets, overflow, bounds). Also walks the state_dict
+    /// view once, so that nesting past ``PickleLimits/maxNesting`` or memo abuse is refused at open by every command.
+    func validate(limits: PickleLimits) throws(CheckpointError) {
         var checked = Set<String>()
         for id in graph.reachable(from: graph.root) {
             guard case .persistent = graph[id] else { continue }
@@ -111,6 +112,7 @@ public final class Checkpoint {
                 throw .tensor(error)
             }
         }
+        _ = try graph.stateDict(graph.root, limits: limits)
     }
 
     /// Size in bytes of a storage's record, when it exists.

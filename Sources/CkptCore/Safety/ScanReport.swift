@@ -40,12 +40,12 @@ public struct ScanReport: Sendable {
         self.pickles = pickles
         self.readError = readError
         globals = Self.merge(pickles)
-        if let e = readError {
-            weightsOnlyLoads = false
-            weightsOnlyReason = "the file cannot be read: \(e.description)"
-        } else if let refusal = pickles.lazy.compactMap({ s in s.weightsOnlyRefusal.map { "\(s.label): \($0)" } }).first {
+        if let refusal = pickles.lazy.compactMap({ s in s.weightsOnlyRefusal.map { "\(s.label): \($0)" } }).first {
             weightsOnlyLoads = false
             weightsOnlyReason = refusal
+        } else if let e = readError {
+            weightsOnlyLoads = false
+            weightsOnlyReason = "the file cannot be read: \(e.description)"
         } else {
             weightsOnlyLoads = true
             weightsOnlyReason = nil
