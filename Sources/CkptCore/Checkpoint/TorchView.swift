@@ -80,7 +80,7 @@ extension PickleGraph {
 
     /// Most node visits a walk of the state_dict view may make: enough for every real checkpoint (each node
     /// a few times over), never exponential.
-    static func visitBudget(nodes: Int) -> Int { max(1 << 20, nodes.multipliedReportingOverflow(by: 8).partialValue) }
+    static func visitBudget(nodes: Int) -> Int { max(1 << 17, nodes.multipliedReportingOverflow(by: 4).partialValue) }
 
     private func collect(_ id: NodeID, prefix: String, depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
                          at location: EntryLocation? = nil, budget: inout Int)
