@@ -278,3 +278,27 @@ private enum P {
         _ = try Checkpoint(path: path)
     }
 }
+
+@Suite struct DecoderCostTests {
+    /// 400,000 single APPENDs and SETITEMs (how protocols 0 and 1 build containers) decode in linear time: the
+    /// items land in place (a few seconds in a debug build). When each one copied its container this took
+    /// minutes (200,000 of each: 27 s; quadratic, so 400,000: about 2 minutes), past the time limit.
+    @Test(.timeLimit(.minutes(1))) func oneAtATimeContainersAreLinear() throws {
+        let n = 400_000
+        var p = P.proto2 + [0x5D]
+        for _ in 0..<n { p += [0x4E, 0x61] }  // NONE, APPEND
+        p += [0x7D]
+        for i in 0..<n { p += [0x4A] + withUnsafeBytes(of: Int32(i).littleEndian, Array.init) + [0x4E, 0x73] }  // BININT, NONE, SETITEM
+        p += [0x86] + P.stop
+        let g = try PickleDecoder.decode(p)
+        #expect(g.sequence(g.root).map { ids in ids.map { g.sequence($0)?.count ?? g.dictEntries($0)?.count } } == [n, n])
+    }
+
+    /// Integer text longer than CPython accepts (4300 digits) is refused, not converted in quadratic time.
+    @Test func hugeIntegerTextIsRefused() {
+        let p = P.proto2 + [0x4C] + Array(String(repeating: "9", count: 100_000).utf8) + [0x0A] + P.stop
+        #expect(throws: PickleError.self) { try PickleDecoder.decode(p) }
+        let ok = P.proto2 + [0x4C] + Array(String(repeating: "9", count: 4300).utf8) + [0x4C, 0x0A] + P.stop
+        #expect(throws: Never.self) { try PickleDecoder.decode(ok) }
+    }
+}

@@ -107,7 +107,7 @@ public final class Checkpoint {
                     reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
             }
         }
-        for t in try graph.allTensors(from: graph.root) {
+        for t in try graph.allTensors(from: graph.root, limits: limits) {
             do { try t.tensor.check(name: t.name.isEmpty ? "at the top level" : t.name, recordBytes: nil) } catch {
                 throw .tensor(error)
             }

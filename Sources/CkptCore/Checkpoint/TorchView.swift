@@ -136,13 +136,14 @@ extension PickleGraph {
 
     /// Every tensor reachable from `start` (inside modules, attributes, lists), each once, in pickle
     /// order, with a path naming where it was met. Used by the checks and the writer.
-    public func allTensors(from start: NodeID) throws(CheckpointError) -> [NamedTensor] {
+    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NamedTensor] {
         var out: [NamedTensor] = []
         var seen = Set<NodeID>()
-        // Iterative walk with paths.
-        var stack: [(NodeID, String)] = [(start, "")]
-        while let (id, path) = stack.popLast() {
+        // Iterative walk with paths; the nesting limit also bounds the length of the paths it builds.
+        var stack: [(NodeID, String, Int)] = [(start, "", 0)]
+        while let (id, path, depth) = stack.popLast() {
             guard seen.insert(id).inserted else { continue }
+            guard depth <= limits.maxNesting else { throw .tooDeep(limits.maxNesting) }
             let t: TensorRef?
             do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path, reason: error.reason)) }
             if let t {
@@ -178,7 +179,7 @@ extension PickleGraph {
                     break
                 }
             }
-            stack.append(contentsOf: next.reversed())
+            stack.append(contentsOf: next.reversed().map { ($0.0, $0.1, depth + 1) })
         }
         return out
     }

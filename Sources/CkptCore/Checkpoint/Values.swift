@@ -95,7 +95,9 @@ extension PickleGraph {
     public func scalarJSON(_ id: NodeID) -> JSONValue? {
         switch self[id] {
         case .int(let v): return .int(v)
-        case .bigInt(let b): return .bigInt(BigInt.decimal(littleEndian: b))
+        case .bigInt(let b):
+            // Past CPython's digit limit, as Python itself does: the conversion would take quadratic time.
+            return b.count <= BigInt.maxDecimalBytes ? .bigInt(BigInt.decimal(littleEndian: b)) : nil
         case .float(let d): return .double(d)
         case .bool(let b): return .bool(b)
         default:

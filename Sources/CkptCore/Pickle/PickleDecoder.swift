@@ -258,7 +258,7 @@ public struct PickleDecoder {
             case .addItems:
                 let items = try popMark()
                 let target = try top()
-                guard case .set(var s) = graph[target] else { throw badStack("ADDITEMS target is not a set") }
+                guard var s = takeSet(target) else { throw badStack("ADDITEMS target is not a set") }
                 s += items
                 graph[target] = .set(s)
 
@@ -323,25 +323,55 @@ public struct PickleDecoder {
         return stride(from: 0, to: items.count, by: 2).map { DictEntry(key: items[$0], value: items[$0 + 1]) }
     }
 
+    // The container is taken out of the graph while it grows, so that its array is uniquely referenced and
+    // grows in place: one APPEND or SETITEM at a time (protocols 0 and 1) must stay linear, not quadratic.
+    private mutating func takeList(_ id: NodeID) -> [NodeID]? {
+        guard case .list(let l) = graph[id] else { return nil }
+        graph[id] = .none
+        return l
+    }
+
+    private mutating func takeDict(_ id: NodeID) -> [DictEntry]? {
+        guard case .dict(let d) = graph[id] else { return nil }
+        graph[id] = .none
+        return d
+    }
+
+    private mutating func takeSet(_ id: NodeID) -> [NodeID]? {
+        guard case .set(let s) = graph[id] else { return nil }
+        graph[id] = .none
+        return s
+    }
+
+    private mutating func takeObject(_ id: NodeID) -> PickleObject? {
+        guard case .object(let o) = graph[id] else { return nil }
+        graph[id] = .none
+        return o
+    }
+
     private mutating func appendItems(_ items: [NodeID]) throws(PickleError) {
         let target = try top()
-        switch graph[target] {
-        case .list(let l): graph[target] = .list(l + items)
-        case .object(var o):
+        if var l = takeList(target) {
+            l += items
+            graph[target] = .list(l)
+        } else if var o = takeObject(target) {
             o.listItems += items
             graph[target] = .object(o)
-        default: throw badStack("append target is not a list")
+        } else {
+            throw badStack("append target is not a list")
         }
     }
 
     private mutating func setItems(_ entries: [DictEntry]) throws(PickleError) {
         let target = try top()
-        switch graph[target] {
-        case .dict(let d): graph[target] = .dict(d + entries)
-        case .object(var o):
+        if var d = takeDict(target) {
+            d += entries
+            graph[target] = .dict(d)
+        } else if var o = takeObject(target) {
             o.dictItems += entries
             graph[target] = .object(o)
-        default: throw badStack("setitem target is not a dict")
+        } else {
+            throw badStack("setitem target is not a dict")
         }
     }
 
@@ -359,6 +389,10 @@ public struct PickleDecoder {
 
     private func integer(decimal text: String) throws(PickleError) -> PickleNode {
         if let v = Int64(text) { return .int(v) }
+        // CPython refuses longer integer text (sys.int_info.default_max_str_digits); the conversion is quadratic.
+        guard text.utf8.count <= BigInt.maxDecimalDigits + 2 else {
+            throw bad("integer text is longer than \(BigInt.maxDecimalDigits) digits")
+        }
         guard let bytes = BigInt.littleEndianBytes(decimal: text) else { throw bad("bad integer text") }
         return BigInt.node(littleEndian: bytes)
     }
@@ -446,6 +480,11 @@ public struct PickleDecoder {
 
 /// Conversions for integers that do not fit Int64, kept as little-endian two's complement bytes.
 public enum BigInt {
+    /// The most digits converted between text and integers, as CPython's `sys.int_info.default_max_str_digits`.
+    public static let maxDecimalDigits = 4300
+    /// Bytes of the largest integer whose decimal text stays within ``maxDecimalDigits``.
+    public static let maxDecimalBytes = 1785
+
     /// The node for a LONG1/LONG4 payload: `.int` when it fits Int64, else `.bigInt` with minimal bytes.
     public static func node(littleEndian bytes: [UInt8]) -> PickleNode {
         var b = bytes
