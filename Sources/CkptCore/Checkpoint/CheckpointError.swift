@@ -39,7 +39,8 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
         case .dangerousGlobals(let names):
             "refusing to rewrite: its pickle names \(names.count) dangerous global\(names.count == 1 ? "" : "s") ("
                 + names.prefix(6).joined(separator: ", ") + (names.count > 6 ? ", ..." : "")
-                + ") that run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy them unchanged"
+                + ") that can run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy "
+                + (names.count == 1 ? "it" : "them") + " unchanged"
         }
     }
 }

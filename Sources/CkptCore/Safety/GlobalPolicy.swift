@@ -128,7 +128,7 @@ public enum GlobalPolicy {
         func danger(_ why: String) -> GlobalVerdict { GlobalVerdict(globalClass: .dangerous, reason: why) }
 
         if let bad = prefix(of: m, in: dangerousModules), !harmlessNames.contains(full) {
-            return danger(bad == m ? "module \(m) can run code or reach the system" : "module \(bad) can run code or reach the system")
+            return danger("module \(bad) can run code or reach the system")
         }
         // Protocol 4 resolves dotted names attribute by attribute (`torch` + `os.system` is os.system).
         let parts = n.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
@@ -149,7 +149,7 @@ public enum GlobalPolicy {
             let exceptionLike = first.hasSuffix("Error") || first.hasSuffix("Exception") || first.hasSuffix("Warning")
                 || first == "StopIteration" || first == "KeyboardInterrupt" || first == "SystemExit" || first == "GeneratorExit"
             if !harmlessBuiltins.contains(first) && !exceptionLike {
-                return danger("builtins.\(first) can run code or reach the system")
+                return danger("a builtin that can run code or reach the system")
             }
         }
         if weightsOnlyRefusal(module, name) == nil || numpyReconstruction.contains(full)
