@@ -149,3 +149,37 @@ def test_scan_of_unreadable_file_is_a_clean_failure():
     for name in ["truncated-central-directory.pt", "not-a-checkpoint.pt", "empty-file.pt", "unknown-opcode.pt"]:
         path = FIXTURES / "bad" / name
         assert_clean_failure(run("scan", path), path)
+
+
+def test_bare_pickle_files(tmp_path):
+    """A file that is no checkpoint at all is still unpickled by torch.load (its first pickle, before any check):
+    scan flags a dangerous one (exit 1) and calls a harmless one unreadable (exit 2)."""
+    evil = tmp_path / "model.pkl"
+    evil.write_bytes(b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00echo\x85R.")
+    code, report = scan(evil)
+    assert code == 1 and report["format"] == "pickle stream"
+    assert [g["name"] for g in report["globals"] if g["class"] == "dangerous"] == ["posix.system"]
+    assert picklescan_dangerous(evil)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(b"\x80\x02]q\x00K\x01a.")
+    assert_clean_failure(run("scan", plain), plain)
+    assert not picklescan_dangerous(plain)
+
+
+def test_dangerous_global_before_a_malformed_tail(tmp_path):
+    """Unpickling runs opcodes as it reads them: a payload followed by garbage has already run. Exit 1, not 2."""
+    src = (FIXTURES / "malicious" / "os-system.pt")
+    import zipfile
+    with zipfile.ZipFile(src) as z:
+        names = z.namelist()
+        data = {n: z.read(n) for n in names}
+    pkl = next(n for n in names if n.endswith("data.pkl"))
+    data[pkl] = data[pkl][:-1] + b"\xff"
+    bad = tmp_path / "tail.pt"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n in names:
+            z.writestr(n, data[n])
+    code, report = scan(bad)
+    assert code == 1
+    assert report["read_error"] and "unknown pickle opcode" in report["read_error"]
+    assert "os.system" in [g["name"] for g in report["globals"] if g["class"] == "dangerous"]
