@@ -223,6 +223,40 @@ public final class ZipReader {
         }
     }
 
+    /// Reads `buffer.count` bytes of a record starting at byte `offset` inside it, for random access into a storage.
+    /// Stored records are read in place with `pread` (a part of a record cannot be CRC-checked); others are decoded
+    /// from their start.
+    ///
+    /// - Throws: ``ZipError`` (`truncated` when the range is outside the record or the file ends early, `io`, ...).
+    func read(_ entry: ZipEntry, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ZipError) {
+        guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+        let count = UInt64(buffer.count)
+        guard offset <= entry.size, count <= entry.size - offset else {
+            throw ZipError.truncated(record: entry.name, offset: offset, expected: entry.size, got: entry.size)
+        }
+        guard count > 0 else { return }
+        if let dataOffset = entry.dataOffset, !readsStoredThroughLibzip {
+            let got = try file.read(into: buffer, at: dataOffset + offset)
+            if got < buffer.count {
+                throw ZipError.truncated(record: entry.name, offset: dataOffset + offset + UInt64(got),
+                                         expected: entry.size, got: offset + UInt64(got))
+            }
+            return
+        }
+        var position: UInt64 = 0
+        var filled = 0
+        try streamCore(entry, chunkSize: 1 << 20) { (chunk) throws(ZipError) in
+            let start = position, end = position + UInt64(chunk.count)
+            position = end
+            guard end > offset, filled < buffer.count else { return }
+            let from = Int(max(offset, start) - start)
+            let n = min(chunk.count - from, buffer.count - filled)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: chunk[from..<(from + n)]))
+            filled += n
+        }
+    }
+
     private func streamCore(
         _ entry: ZipEntry, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void
     ) throws(ZipError) {
