@@ -47,7 +47,7 @@ public struct CheckpointInfo: Sendable {
     public var json: JSONValue {
         .object([
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
-            ("root", .string(root)), ("record_count", .int(Int64(recordCount))),
+            ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
             ("records", .array(records.map(\.json))),
@@ -56,10 +56,13 @@ public struct CheckpointInfo: Sendable {
 
     /// The report as an aligned table.
     public var table: String {
-        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) ("
-            + (root.isEmpty ? "" : "root '\(root)', ") + "\(recordCount) records"
-        if let v = formatVersion { head += ", format version \(v)" }
-        head += "), top level: \(topKind)"
+        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format)"
+        var container: [String] = []
+        if !root.isEmpty { container.append("root '\(root)'") }
+        if recordCount > 0 { container.append("\(recordCount) records") }
+        if let v = formatVersion { container.append("format version \(v)") }
+        if !container.isEmpty { head += " (" + container.joined(separator: ", ") + ")" }
+        head += ", top level: \(topKind)"
         var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]
         for r in records {
             var shown = r.className ?? ""

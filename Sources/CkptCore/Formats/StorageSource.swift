@@ -70,7 +70,7 @@ extension LegacyReader: StorageSource {
         try handle.seek(toOffset: s.offset + UInt64(offset))
         let d = handle.readData(ofLength: buffer.count)
         guard d.count == buffer.count else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
-        d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
+        _ = d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
     }
 
     var recordNames: [String] { storageOrder }

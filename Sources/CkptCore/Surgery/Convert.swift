@@ -124,30 +124,53 @@ extension Checkpoint {
             throw .invalidOperation("tensor \(t.name) is quantized, which safetensors cannot store")
         }
 
-        // Shared storages, as _find_shared_tensors groups them (storages of 0 bytes are never shared).
-        var groups: [String: [NamedTensor]] = [:]
+        // Shared tensors, as safetensors' _find_shared_tensors finds them: by storage (storages of 0 bytes are never
+        // shared), then split into runs of overlapping byte ranges (sorted by start, end, name; a range starting at
+        // or after the previous one's end starts a new run).
+        var byStorage: [String: [NamedTensor]] = [:]
+        var storageOrder: [String] = []
         for t in all where (storageRecordBytes(t.tensor.storage.key) ?? 0) > 0 {
-            groups[t.tensor.storage.key, default: []].append(t)
+            if byStorage[t.tensor.storage.key] == nil { storageOrder.append(t.tensor.storage.key) }
+            byStorage[t.tensor.storage.key, default: []].append(t)
         }
-        var removed: [String: String] = [:]
         func less(_ a: String, _ b: String) -> Bool { a.unicodeScalars.lexicographicallyPrecedes(b.unicodeScalars) }
-        for (key, members) in groups where members.count > 1 {
+        var removed: [String: String] = [:]
+        for key in storageOrder {
+            let members = byStorage[key]!
+            guard members.count > 1 else { continue }
             let storageBytes = storageRecordBytes(key) ?? 0
-            let complete = members.filter { $0.tensor.storageOffset == 0 && ($0.tensor.byteCount ?? -1) == storageBytes }
-            guard let kept = complete.map(\.name).min(by: less) else {
-                report.warnings.append("\(members.map(\.name).sorted(by: less).joined(separator: ", ")) share a storage "
-                    + "that none of them covers whole; each is written as its own copy")
-                continue
+            func before(_ a: (area: Range<Int64>, tensor: NamedTensor), _ b: (area: Range<Int64>, tensor: NamedTensor)) -> Bool {
+                if a.area.lowerBound != b.area.lowerBound { return a.area.lowerBound < b.area.lowerBound }
+                if a.area.upperBound != b.area.upperBound { return a.area.upperBound < b.area.upperBound }
+                return less(a.tensor.name, b.tensor.name)
             }
-            let keptTensor = members.first { $0.name == kept }!.tensor
-            for m in members where m.name != kept {
-                removed[m.name] = kept
-                let t = m.tensor
-                if t.storageOffset != keptTensor.storageOffset || t.shape != keptTensor.shape
-                    || t.stride != keptTensor.stride || t.dtype != keptTensor.dtype
-                {
-                    report.warnings.append("\(m.name) is left out as an alias of \(kept) but is a different view of "
-                        + "its storage (as Hugging Face's convert.py does)")
+            let areas = members.map { (area: $0.tensor.byteRange, tensor: $0) }.sorted(by: before)
+            var runs: [[NamedTensor]] = [[areas[0].tensor]]
+            var lastStop = areas[0].area.upperBound
+            for a in areas.dropFirst() {
+                if a.area.lowerBound >= lastStop { runs.append([a.tensor]) } else { runs[runs.count - 1].append(a.tensor) }
+                lastStop = a.area.upperBound
+            }
+            // As convert.py's _remove_duplicate_names: of a run, the names covering the whole storage are candidates
+            // and the first in sorted order is kept; the others are left out and recorded as aliases of it.
+            for run in runs where run.count > 1 {
+                let complete = run.filter { $0.tensor.storageOffset == 0 && ($0.tensor.byteCount ?? -1) == storageBytes }
+                guard let kept = complete.map(\.name).min(by: less) else {
+                    // convert.py refuses these; each is written as its own compacted copy instead.
+                    report.warnings.append("\(run.map(\.name).sorted(by: less).joined(separator: ", ")) overlap in a "
+                        + "storage that none of them covers whole; each is written as its own copy")
+                    continue
+                }
+                let keptTensor = run.first { $0.name == kept }!.tensor
+                for m in run where m.name != kept {
+                    removed[m.name] = kept
+                    let t = m.tensor
+                    if t.storageOffset != keptTensor.storageOffset || t.shape != keptTensor.shape
+                        || t.stride != keptTensor.stride || t.dtype != keptTensor.dtype
+                    {
+                        report.warnings.append("\(m.name) is left out as an alias of \(kept) but is a different view "
+                            + "of its storage (as Hugging Face's convert.py does)")
+                    }
                 }
             }
         }
