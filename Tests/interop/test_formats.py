@@ -560,3 +560,34 @@ def test_diff_map_pairs_renamed_onnx_names(tmp):
     torch.save({"model": collections.OrderedDict(("module." + k, v) for k, v in sd.items())}, ddp)
     assert run("diff", ddp, onx).returncode == 1
     run("diff", ddp, onx, "--map", "=module.", check=0)
+
+
+# ---- damage never crashes -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["safetensors", "onnx", "index"])
+def test_random_damage_never_crashes(tmp, kind):
+    import random
+    rnd = random.Random(11)
+    if kind == "safetensors":
+        src = tmp / "ok.safetensors"
+        save_file(every_dtype_state_dict(5), src)
+    elif kind == "onnx":
+        src = tmp / "ok.onnx"
+        typed_model(src)
+    else:
+        src = write_sharded(tmp, torch.load(FIXTURES / "sd-proto2.pt", weights_only=True), "safetensors", shards=2)
+    data = src.read_bytes()
+    for i in range(30):
+        d = bytearray(data)
+        if i % 3 == 0:
+            d = d[:rnd.randrange(len(d))]
+        else:
+            for _ in range(rnd.randint(1, 6)):
+                d[rnd.randrange(len(d))] = rnd.randrange(256)
+        p = tmp / f"d{i}{src.suffix}" if kind != "index" else tmp / f"d{i}.index.json"
+        p.write_bytes(bytes(d))
+        for cmd in (("keys", p), ("convert", p, tmp / "out.pt")):
+            r = run(*cmd)
+            assert r.returncode in (0, 2), f"{cmd[0]} on damage #{i}: exit {r.returncode} {r.stderr[-500:]}"
+            if r.returncode == 2:
+                assert_clean_failure(r, p)
