@@ -13,7 +13,7 @@ public final class Checkpoint {
     public let graph: PickleGraph
     /// The zip's root folder (`best` for `best.pt`, `archive` for files saved to a buffer).
     public let root: String
-    /// Number of records in the zip container (0 for the other formats).
+    /// Number of records in a zip container; for the other formats, the number of storages.
     public let recordCount: Int
     /// Contents of `.format_version`, when present.
     public let formatVersion: String?
@@ -61,7 +61,7 @@ public final class Checkpoint {
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
         return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
-                               recordCount: 0)
+                               recordCount: l.storageOrder.count)
     }
 
     private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {

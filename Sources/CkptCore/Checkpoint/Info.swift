@@ -56,13 +56,10 @@ public struct CheckpointInfo: Sendable {
 
     /// The report as an aligned table.
     public var table: String {
-        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format)"
-        var container: [String] = []
-        if !root.isEmpty { container.append("root '\(root)'") }
-        if recordCount > 0 { container.append("\(recordCount) records") }
-        if let v = formatVersion { container.append("format version \(v)") }
-        if !container.isEmpty { head += " (" + container.joined(separator: ", ") + ")" }
-        head += ", top level: \(topKind)"
+        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) ("
+            + (root.isEmpty ? "\(recordCount) storages" : "root '\(root)', \(recordCount) records")
+        if let v = formatVersion { head += ", format version \(v)" }
+        head += "), top level: \(topKind)"
         var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]
         for r in records {
             var shown = r.className ?? ""

@@ -7,7 +7,7 @@ struct OpenedContainer {
     var format: String
     var fileSize: UInt64
     var root = ""
-    /// Zip records; 0 for the other formats.
+    /// Zip records; for the other formats, storages.
     var recordCount: Int
     var formatVersion: String? = nil
     var version: String? = nil

@@ -66,7 +66,7 @@ final class ONNXReader: StorageSource {
             g.append(name: t.name, dtype: t.dtype, shape: t.shape, storageKey: String(i))
         }
         return OpenedContainer(graph: g.finished(), source: r, format: "onnx", fileSize: r.fileSize,
-                               recordCount: 0, metadata: r.metadata)
+                               recordCount: r.initializers.count, metadata: r.metadata)
     }
 
     private static func bad(_ why: String) -> CheckpointError { .invalidFile(format: "onnx", why) }

@@ -58,7 +58,7 @@ final class SafetensorsReader: StorageSource {
         var g = StateDictGraph()
         for (i, e) in r.entries.enumerated() { g.append(name: e.name, dtype: e.dtype, shape: e.shape, storageKey: String(i)) }
         return OpenedContainer(graph: g.finished(), source: r, format: "safetensors", fileSize: r.fileSize,
-                               recordCount: 0, metadata: r.metadata)
+                               recordCount: r.entries.count, metadata: r.metadata)
     }
 
     init(path: String) throws(CheckpointError) {

@@ -94,7 +94,7 @@ final class ShardedCheckpoint: StorageSource {
         let inner = formats.count == 1 ? formats.first! : formats.sorted().joined(separator: " + ")
         return OpenedContainer(graph: merged.finished(), source: source,
                                format: "sharded \(inner) (\(shards.count) shard\(shards.count == 1 ? "" : "s"))",
-                               fileSize: size + shardBytes, recordCount: 0, metadata: metadata)
+                               fileSize: size + shardBytes, recordCount: keyOrder.count, metadata: metadata)
     }
 
     private func locate(_ key: String) throws -> (Checkpoint, String) {
