@@ -53,7 +53,7 @@ final class ShardedCheckpoint: StorageSource {
         for (si, name) in shardNames.enumerated() {
             let shardPath = folder.isEmpty ? name : folder + "/" + name
             guard FileManager.default.fileExists(atPath: shardPath) else { throw bad("shard '\(name)' is missing") }
-            guard ContainerKind.detect(path: shardPath) != .shardIndex, ContainerKind.detect(path: shardPath) != .onnx else {
+            guard ![.shardIndex, .onnx].contains(ContainerKind.detect(path: shardPath)) else {
                 throw bad("shard '\(name)' is not a torch or safetensors file")
             }
             let shard: Checkpoint
