@@ -31,7 +31,25 @@ extension Checkpoint {
             for s in plan.storages {
                 try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount))
                 hash.add(Array(s.key.utf8))
-                if s.sourceDType == s.dtype {
+                if let view = s.view {
+                    // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
+                    let reader = try TensorElementReader(sources[s.source], storageKey: s.sourceKey,
+                                                         itemSize: s.sourceDType.itemSize, view: view)
+                    var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(chunkSize, 64), alignment: 64)
+                    defer { buffer.deallocate() }
+                    while true {
+                        let n = try reader.read(into: buffer)
+                        if n == 0 { break }
+                        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                        if s.sourceDType == s.dtype { try w.write(chunk) } else {
+                            try converter.convert(chunk) { out in try w.write(out) }
+                        }
+                        done += Int64(n)
+                        progress?(done)
+                    }
+                    try converter.finish()
+                } else if s.sourceDType == s.dtype {
                     try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
                         try w.write(chunk)
                         done += Int64(chunk.count)
@@ -73,16 +91,22 @@ struct FNV64 {
     }
 }
 
-/// Converts a stream of elements of one dtype to another in chunks, carrying partial elements
-/// across chunk boundaries. Floating conversions round to nearest even, as torch's `.to()` does.
+/// Converts a stream of elements of one floating dtype to another (float16, bfloat16, float32, float64, any
+/// pair) in chunks, carrying partial elements across chunk boundaries. Rounding is torch's `.to(dtype)`:
+/// round to nearest even; float64 goes to float16 and bfloat16 through float32, as torch's casts do.
+/// NaN to bfloat16 follows torch 2.13 on CPU: 0xFFFF from float32 (its vectorized cast, whatever the tensor's
+/// size), 0x7FC0 from float16 and float64 (c10's scalar `round_to_nearest_even`; torch's own float64 cast
+/// gives 0xFFFF in 16-element blocks and 0x7FC0 in the tail, so no single rule matches it there).
 struct DTypeConverter {
     let from: DType
     let to: DType
     private var carry: [UInt8] = []
     private var out: [UInt8] = []
 
+    static let floating: [DType] = [.float16, .bfloat16, .float32, .float64]
+
     init(from: DType, to: DType, chunkSize: Int) throws {
-        guard to == .float16, [.float32, .float64, .bfloat16, .float16].contains(from) else {
+        guard from == to || (Self.floating.contains(from) && Self.floating.contains(to)) else {
             throw CheckpointError.invalidOperation("conversion from \(from.rawValue) to \(to.rawValue) is not supported")
         }
         self.from = from
@@ -100,7 +124,8 @@ struct DTypeConverter {
             carry += chunk[0..<take]
             start = take
             if carry.count == inSize {
-                carry.withUnsafeBytes { appendConverted($0, count: 1) }
+                let one = carry
+                one.withUnsafeBytes { appendConverted($0, count: 1) }
                 carry.removeAll()
             }
         }
@@ -119,29 +144,49 @@ struct DTypeConverter {
         }
     }
 
+    /// float32 to bfloat16 as c10's `round_to_nearest_even`, with NaN as `nan`.
+    static func bfloat16Bits(_ f: Float, nan: UInt16 = 0x7FC0) -> UInt16 {
+        if f.isNaN { return nan }
+        let u = f.bitPattern
+        let bias = ((u >> 16) & 1) &+ 0x7FFF
+        return UInt16(truncatingIfNeeded: (u &+ bias) >> 16)
+    }
+
     private mutating func appendConverted(_ src: UnsafeRawBufferPointer, count: Int) {
         let base = out.count
-        out.append(contentsOf: repeatElement(0, count: count * 2))
-        out.withUnsafeMutableBytes { dst in
-            let d = dst.baseAddress!.advanced(by: base).assumingMemoryBound(to: UInt16.self)
-            switch from {
-            case .float32:
-                for i in 0..<count {
-                    let f = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
-                    d[i] = Float16(f).bitPattern.littleEndian
+        let outSize = to.itemSize
+        out.append(contentsOf: repeatElement(0, count: count * outSize))
+        let from = from, to = to
+        out.withUnsafeMutableBytes { dstAll in
+            let dst = UnsafeMutableRawBufferPointer(rebasing: dstAll[base...])
+            if from == to {
+                dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[0..<(count * outSize)]))
+                return
+            }
+            let nan: UInt16 = from == .float32 ? 0xFFFF : 0x7FC0
+            func load16(_ i: Int) -> UInt16 { UInt16(littleEndian: src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
+            func store(_ i: Int, _ f: Float) {
+                switch to {
+                case .float16: dst.storeBytes(of: Float16(f).bitPattern.littleEndian, toByteOffset: i * 2, as: UInt16.self)
+                case .bfloat16: dst.storeBytes(of: Self.bfloat16Bits(f, nan: nan).littleEndian, toByteOffset: i * 2, as: UInt16.self)
+                case .float32: dst.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+                default: dst.storeBytes(of: Double(f).bitPattern.littleEndian, toByteOffset: i * 8, as: UInt64.self)
                 }
+            }
+            switch from {
             case .float64:
                 for i in 0..<count {
-                    let v = Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
-                    d[i] = Float16(Float(v)).bitPattern.littleEndian  // torch goes through float
+                    let d = Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
+                    store(i, Float(d))  // to float32 directly; to float16 and bfloat16 through float32, as torch does
                 }
-            case .bfloat16:
+            case .float32:
                 for i in 0..<count {
-                    let b = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
-                    d[i] = Float16(Float(bitPattern: UInt32(b) << 16)).bitPattern.littleEndian
+                    store(i, Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))))
                 }
-            default:
-                for i in 0..<count { d[i] = src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self) }
+            case .float16:
+                for i in 0..<count { store(i, Float(Float16(bitPattern: load16(i)))) }
+            default:  // bfloat16
+                for i in 0..<count { store(i, Float(bitPattern: UInt32(load16(i)) << 16)) }
             }
         }
     }
