@@ -116,6 +116,12 @@ public final class Checkpoint {
         do { try zip.read(e, at: UInt64(offset), into: buffer) } catch { throw .container(error) }
     }
 
+    /// The CRC-32 a storage's zip record declares, when it declares one (legacy files have none).
+    public func storageChecksum(_ key: String) -> (record: String, crc: UInt32)? {
+        guard let e = zip?.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        return (e.name, e.crc32)
+    }
+
     /// Every entry name in the container, in directory order.
     public var recordNames: [String] { zip?.entries.map(\.name) ?? legacy?.storageOrder ?? [] }
 

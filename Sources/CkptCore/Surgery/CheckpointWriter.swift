@@ -11,7 +11,8 @@ extension Checkpoint {
     /// Writes a plan as a torch zip checkpoint at `outPath`, atomically (temp file in the same folder,
     /// fsync, rename). Storage bytes stream from the sources' records in bounded chunks (each
     /// ``OutputStorage/source`` indexes `sources`), converted where the plan says. The layout is
-    /// torch's own, so torch may compute offsets.
+    /// torch's own, so torch may compute offsets. With several sources, a fault reading one of them is thrown as
+    /// a ``FileError`` naming it.
     public static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String,
                              chunkSize: Int = 4 << 20, progress: ((Int64) -> Void)? = nil) throws
     {
@@ -29,42 +30,15 @@ extension Checkpoint {
             try w.addRecord("byteorder", bytes: Array("little".utf8))
             var done: Int64 = 0
             for s in plan.storages {
-                try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount))
                 hash.add(Array(s.key.utf8))
-                if let view = s.view {
-                    // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
-                    let reader = try TensorElementReader(sources[s.source], storageKey: s.sourceKey,
-                                                         itemSize: s.sourceDType.itemSize, view: view)
-                    var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(chunkSize, 64), alignment: 64)
-                    defer { buffer.deallocate() }
-                    while true {
-                        let n = try reader.read(into: buffer)
-                        if n == 0 { break }
-                        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-                        if s.sourceDType == s.dtype { try w.write(chunk) } else {
-                            try converter.convert(chunk) { out in try w.write(out) }
-                        }
-                        done += Int64(n)
+                do {
+                    try copyStorage(s, from: sources[s.source], to: w, chunkSize: chunkSize) { n in
+                        done += n
                         progress?(done)
                     }
-                    try converter.finish()
-                } else if s.sourceDType == s.dtype {
-                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
-                        try w.write(chunk)
-                        done += Int64(chunk.count)
-                        progress?(done)
-                    }
-                } else {
-                    var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
-                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
-                        try converter.convert(chunk) { out in try w.write(out) }
-                        done += Int64(chunk.count)
-                        progress?(done)
-                    }
-                    try converter.finish()
+                } catch let e as CheckpointError where sources.count > 1 {
+                    throw FileError(path: sources[s.source].path, error: e)
                 }
-                try w.endRecord()
             }
             try w.addRecord("version", bytes: Array("3\n".utf8))
             let id = String(hash.value)
@@ -73,6 +47,44 @@ extension Checkpoint {
             try w.addRecord(".data/serialization_id", bytes: Array(serial.utf8))
             try w.finish()
         }
+    }
+
+    /// Writes one output storage as a record: the source's record as it is, converted, or a view of it compacted.
+    private static func copyStorage(_ s: OutputStorage, from source: Checkpoint, to w: TorchZipWriter, chunkSize: Int,
+                                    progressed: (Int64) -> Void) throws
+    {
+        try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount))
+        if let view = s.view {
+            // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
+            let reader = try TensorElementReader(source, storageKey: s.sourceKey,
+                                                 itemSize: s.sourceDType.itemSize, view: view)
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(chunkSize, 64), alignment: 64)
+            defer { buffer.deallocate() }
+            while true {
+                let n = try reader.read(into: buffer)
+                if n == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                if s.sourceDType == s.dtype { try w.write(chunk) } else {
+                    try converter.convert(chunk) { out in try w.write(out) }
+                }
+                progressed(Int64(n))
+            }
+            try converter.finish()
+        } else if s.sourceDType == s.dtype {
+            try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                try w.write(chunk)
+                progressed(Int64(chunk.count))
+            }
+        } else {
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                try converter.convert(chunk) { out in try w.write(out) }
+                progressed(Int64(chunk.count))
+            }
+            try converter.finish()
+        }
+        try w.endRecord()
     }
 
     /// The zip root folder torch would use when saving to `path`: its file name without extension.

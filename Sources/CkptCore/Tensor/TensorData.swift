@@ -68,6 +68,9 @@ public final class TensorElementReader {
 
     private let storageBytes: Int64
     private let contiguous: Bool
+    /// A contiguous view of a whole record is read from its start to its end: its CRC is checked on the way.
+    private let checksum: (record: String, crc: UInt32)?
+    private var crc: UInt32 = 0
     // The box walk over the coalesced dims: boxes are ranges along dim `level` with every later dim whole.
     private let dims: [(size: Int64, stride: Int64)]
     private let level: Int
@@ -105,6 +108,8 @@ public final class TensorElementReader {
         }
         storageBytes = bytes
         contiguous = view.isContiguous || total == 0
+        checksum = contiguous && view.offset == 0 && total &* Int64(itemSize) == bytes && total > 0
+            ? source.storageChecksum(storageKey) : nil
         dims = contiguous ? [] : view.coalesced
         let capacity = Int64(max(1, boxBytes / itemSize))
         var level = 0, inner: Int64 = 1
@@ -144,8 +149,15 @@ public final class TensorElementReader {
         let item = Int64(itemSize)
         if contiguous {
             let start = (view.offset + produced) * item
-            try source.readStorage(key, at: start, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(want * item)]))
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(want * item)])
+            try source.readStorage(key, at: start, into: part)
             produced += want
+            if let c = checksum {
+                crc = ZipCRC32.update(crc, UnsafeRawBufferPointer(part))
+                if produced == total && crc != c.crc {
+                    throw .container(.crcMismatch(record: c.record, expected: c.crc, actual: crc))
+                }
+            }
             return Int(want * item)
         }
         var done: Int64 = 0
