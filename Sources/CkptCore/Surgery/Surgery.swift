@@ -161,7 +161,8 @@ extension Checkpoint {
             _ = keep
         }
         var current = weightsNode
-        if options.stateDict {
+        // A dict root without a weights record is already in dict form; only modules become state dicts there.
+        if options.stateDict && (weightsName != nil || g.moduleState(weightsNode) != nil) {
             let entries = try g.stateDict(current)
             var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),
                                   args: g.add(.tuple([])))
@@ -246,12 +247,13 @@ extension Checkpoint {
             g.replaceNumpyValues()
         }
 
-        // 6. Renumber storages in order of first use, apply conversions, check every tensor.
+        // 6. Check every tensor against its source storage, then renumber storages in order of first
+        //    use and apply conversions.
+        try checkAll(g, againstRecords: true)
         let (renumbered, storages, converted) = try renumberStorages(g, conversions: conversions)
         g = renumbered
         report.convertedStorages = conversions.count
         report.convertedTensors = converted
-        try checkAll(g)
 
         let finalWeights = weightsName.flatMap { n in g.dictEntries(g.root)?.first { g.keyText($0.key) == n }?.value } ?? g.root
         let view = try g.stateDict(finalWeights)
@@ -263,10 +265,15 @@ extension Checkpoint {
         return SurgeryPlan(graph: g, storages: storages, report: report)
     }
 
-    /// Checks every tensor the graph holds against its storage and the storage's record.
-    public func checkAll(_ g: PickleGraph) throws(CheckpointError) {
+    /// Checks every tensor the graph holds against its storage and, with `againstRecords`, the
+    /// storage's record in this checkpoint (for graphs whose storage keys are this checkpoint's).
+    public func checkAll(_ g: PickleGraph, againstRecords: Bool = false) throws(CheckpointError) {
         for t in try g.allTensors(from: g.root) {
-            do { try t.tensor.check(name: t.name, recordBytes: nil) } catch { throw .tensor(error) }
+            let record = againstRecords ? storageRecordBytes(t.tensor.storage.key) : nil
+            if againstRecords && record == nil {
+                throw .tensor(TensorCheckError(tensor: t.name, reason: "its storage record data/\(t.tensor.storage.key) is missing"))
+            }
+            do { try t.tensor.check(name: t.name, recordBytes: record) } catch { throw .tensor(error) }
         }
     }
 

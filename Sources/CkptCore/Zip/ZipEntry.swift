@@ -76,14 +76,19 @@ public struct ZipEntry: Sendable, Equatable {
 
 /// Record-name checks shared by the reader and the writer.
 enum ZipNames {
-    /// Whether a full record name is safe to accept: not absolute (no leading `/`, `\` or drive letter), no `..`, `.`
+    /// Whether a full record name is safe to accept: not absolute (no leading `/` or drive letter), no `..`, `.`
     /// or empty components, no backslash and no NUL byte. A single trailing `/` (a folder entry) is allowed.
     static func isSafe(_ name: String) -> Bool {
         if name.isEmpty { return false }
         let bytes = Array(name.utf8)
         if bytes.contains(0) || bytes.contains(UInt8(ascii: "\\")) { return false }
         if bytes.first == UInt8(ascii: "/") { return false }
-        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":") { return false }  // "C:..."
+        // A drive letter ("C:", "C:/x") makes a Windows path absolute.
+        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":"), (bytes[0] | 0x20) >= UInt8(ascii: "a"),
+            (bytes[0] | 0x20) <= UInt8(ascii: "z"), bytes.count == 2 || bytes[2] == UInt8(ascii: "/")
+        {
+            return false
+        }
         var components = name.split(separator: "/", omittingEmptySubsequences: false)
         if components.count > 1, components.last == "" { components.removeLast() }  // folder entry "a/b/"
         for component in components where component.isEmpty || component == "." || component == ".." {

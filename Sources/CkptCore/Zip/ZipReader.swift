@@ -105,7 +105,7 @@ public final class ZipReader {
             let method = ZipEntry.Method(rawValue: record.method)
             var dataOffset: UInt64? = nil
             // Where the record's bytes start: after the 30-byte local header, its name and its extra field.
-            let localHeader = try file.readBytes(count: 30, at: record.headerOffset)
+            let localHeader = record.headerOffset < fileSize ? try file.readBytes(count: 30, at: record.headerOffset) : nil
             let header = ZipBytes(bytes: localHeader ?? [])
             guard localHeader != nil, header.u32(0) == ZipCentralDirectory.localHeaderSignature else {
                 throw ZipError.inconsistent(path: path, detail: "no local header for '\(name)' at byte \(record.headerOffset)")
