@@ -31,67 +31,6 @@ import Testing
         #expect(try PickleEncoder.encode(g.finished()) == torchPickle)
     }
 
-    // MARK: - Views streamed as contiguous bytes
-
-    @Test(arguments: [1, 7, 4096, 1 << 20])
-    func streamTensorGivesTorchsContiguousBytesForEveryView(chunkSize: Int) throws {
-        let code = """
-        import torch, sys, json, base64, warnings
-        warnings.simplefilter("ignore")
-        d = torch.load(sys.argv[1], weights_only=False)
-        out = {k: base64.b64encode(bytes(v.detach().clone(memory_format=torch.contiguous_format).untyped_storage())).decode()
-               for k, v in d.items() if torch.is_tensor(v)}
-        json.dump(out, sys.stdout)
-        """
-        let path = Oracle.fixture("dtypes.pt")
-        let want = try JSONSerialization.jsonObject(with: try Oracle.run(code, [path])) as! [String: String]
-        let ckpt = try Checkpoint(path: path)
-        let top = try ckpt.graph.stateDict(ckpt.graph.root).filter { !$0.name.contains(".") }
-        #expect(Set(top.map(\.name)) == Set(want.keys))
-        #expect(top.contains { $0.name == "transposed" } && top.contains { $0.name == "expanded" })
-        for t in top {
-            var got: [UInt8] = []
-            try ckpt.streamTensor(t.tensor, name: t.name, chunkSize: chunkSize) { chunk in
-                #expect(chunk.count <= max(chunkSize, t.tensor.dtype.itemSize))
-                got += chunk
-            }
-            #expect(got == Array(Data(base64Encoded: want[t.name]!)!), "\(t.name)")
-        }
-    }
-
-    @Test(arguments: [4096, 1 << 20])
-    func streamTensorGathersLargeViewsAsTorchDoes(chunkSize: Int) throws {
-        // Long runs (rows of 280 KB, every other one), a permute whose windows split a dim, and a transposed matrix
-        // larger than the block cache: CRC-32 of torch's contiguous bytes against ckpt's stream.
-        let dir = try Oracle.tempDir()
-        let path = dir.appendingPathComponent("views.pt").path
-        let code = """
-        import torch, sys, json, zlib
-        g = torch.Generator().manual_seed(0)
-        sd = {
-            "rows": torch.randn(6, 70000, generator=g)[::2],
-            "nhwc": torch.randint(0, 255, (3, 40, 50, 60), generator=g, dtype=torch.uint8).permute(0, 2, 3, 1),
-            "transposed": torch.randn(1500, 1000, generator=g).t(),
-            "corner": torch.randn(700, 900, generator=g, dtype=torch.float64)[100:600:3, 5::7].t(),
-        }
-        torch.save(sd, sys.argv[1])
-        json.dump({k: zlib.crc32(v.contiguous().numpy().tobytes()) for k, v in sd.items()}, sys.stdout)
-        """
-        let want = try JSONSerialization.jsonObject(with: try Oracle.run(code, [path])) as! [String: Int]
-        let ckpt = try Checkpoint(path: path)
-        for t in try ckpt.graph.stateDict(ckpt.graph.root) {
-            var crc: UInt32 = 0
-            var count: Int64 = 0
-            try ckpt.streamTensor(t.tensor, name: t.name, chunkSize: chunkSize) { chunk in
-                #expect(chunk.count <= chunkSize)
-                crc = ZipCRC32.update(crc, chunk)
-                count += Int64(chunk.count)
-            }
-            #expect(count == t.tensor.byteCount)
-            #expect(Int(crc) == want[t.name], "\(t.name)")
-        }
-    }
-
     // MARK: - JSON
 
     @Test func jsonParserAgreesWithPython() throws {

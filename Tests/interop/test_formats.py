@@ -60,14 +60,6 @@ def convert_py_aliases(state_dict):
     return aliases
 
 
-def diff_exists():
-    p = run("diff", "--help")
-    return p.returncode == 0 and "USAGE: ckpt diff" in p.stdout
-
-
-needs_diff = pytest.mark.skipif(not diff_exists(), reason="ckpt diff is not merged yet")
-
-
 def every_dtype_state_dict(seed=0):
     gen = torch.Generator().manual_seed(seed)
     sd = collections.OrderedDict()
@@ -244,12 +236,17 @@ def test_convert_refuses_what_safetensors_cannot_hold(tmp):
     assert not (tmp / "c.safetensors").exists()
 
 
-@needs_diff
 def test_diff_pt_and_its_safetensors_exits_0(tmp):
     src, st = tmp / "x.pt", tmp / "x.safetensors"
-    torch.save(every_dtype_state_dict(4), src)
+    sd = every_dtype_state_dict(4)
+    torch.save(sd, src)
     run("convert", src, st, check=0)
-    run("diff", src, st, check=0)
+    run("diff", src, st, "--values", check=0)
+    # and a different value is found
+    sd["t.float32"] = sd["t.float32"].clone()
+    sd["t.float32"].view(torch.int32)[0, 0] ^= 1
+    save_file(sd, tmp / "y.safetensors")
+    assert run("diff", src, tmp / "y.safetensors", "--values").returncode == 1
 
 
 # ---- legacy (pre-1.6) files ---------------------------------------------------------------------------------------
@@ -542,24 +539,28 @@ def test_onnx_export_carries_the_trained_weights(tmp):
     assert_same_tensors(torch.load(out, weights_only=True), sd)
 
 
-@needs_diff
 def test_diff_best_pt_against_its_onnx_export(tmp):
     best, onx = best_and_export(tmp)
-    run("diff", best, onx, check=0)
+    run("diff", best, onx, "--values", check=0)
     other = tmp / "other"
     other.mkdir()
     best2, onx2 = best_and_export(other, same=False)
-    assert run("diff", best2, onx2).returncode == 1
+    r = run("diff", best2, onx2, "--values", "--json")
+    assert r.returncode == 1
+    assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == ["fc.weight"]
 
 
-@needs_diff
 def test_diff_map_pairs_renamed_onnx_names(tmp):
     best, onx = best_and_export(tmp)
     ddp = tmp / "ddp.pt"
     sd = torch.load(best, weights_only=True)["model"]
     torch.save({"model": collections.OrderedDict(("module." + k, v) for k, v in sd.items())}, ddp)
     assert run("diff", ddp, onx).returncode == 1
-    run("diff", ddp, onx, "--map", "=module.", check=0)
+    run("diff", ddp, onx, "--values", "--map", "=module.", check=0)
+    r = run("diff", ddp, onx, "--values", "--map", "=module.", "--map", "nothing.=x.", "--json", check=0)
+    assert any("nothing.=x." in n for n in json.loads(r.stdout)["notes"])
+    # renaming two of B's names into one is refused
+    assert_clean_failure(run("diff", ddp, onx, "--map", "conv.=x.", "--map", "fc.=x."))
 
 
 # ---- damage never crashes -----------------------------------------------------------------------------------------

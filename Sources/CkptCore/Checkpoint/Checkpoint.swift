@@ -107,12 +107,6 @@ public final class Checkpoint {
         }
     }
 
-    /// Reads `buffer.count` bytes of a storage from byte `offset` (random access, for views). Faults are
-    /// thrown as ``CheckpointError``.
-    func readStorage(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(CheckpointError) {
-        do { try source.read(key, at: offset, into: buffer) } catch { throw Self.sourceFault(error) }
-    }
-
     /// A storage source's fault as a ``CheckpointError``.
     static func sourceFault(_ error: any Error) -> CheckpointError {
         switch error {
@@ -121,6 +115,18 @@ public final class Checkpoint {
         default: .io("\(error)")
         }
     }
+
+    /// Reads `buffer.count` bytes of a storage's record starting `offset` bytes into it: the random access
+    /// that views of a storage need. Unlike ``streamStorage(_:chunkSize:_:)`` a part of a record is not CRC-checked.
+    public func readStorage(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer)
+        throws(CheckpointError)
+    {
+        guard offset >= 0 else { throw .io("negative offset \(offset) in storage \(key)") }
+        do { try source.read(key, at: offset, into: buffer) } catch { throw Self.sourceFault(error) }
+    }
+
+    /// The CRC-32 a storage's zip record declares, when it declares one (other formats have none).
+    public func storageChecksum(_ key: String) -> (record: String, crc: UInt32)? { source.checksum(key) }
 
     /// Every entry name in the container, in directory order.
     public var recordNames: [String] { source.recordNames }

@@ -118,4 +118,9 @@ final class ShardedCheckpoint: StorageSource {
     }
 
     var recordNames: [String] { shards.map(\.path) }
+
+    func checksum(_ key: String) -> (record: String, crc: UInt32)? {
+        guard let (s, k) = try? locate(key) else { return nil }
+        return s.storageChecksum(k)
+    }
 }

@@ -19,9 +19,13 @@ protocol StorageSource: AnyObject {
     func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws
     /// The names the container lists (zip record names, legacy storage keys, tensor names).
     var recordNames: [String] { get }
+    /// The CRC-32 the container declares for a whole storage, when it declares one (zip records).
+    func checksum(_ key: String) -> (record: String, crc: UInt32)?
 }
 
 extension StorageSource {
+    func checksum(_ key: String) -> (record: String, crc: UInt32)? { nil }
+
     /// Throws unless `[offset, offset + count)` lies inside the storage.
     func checkRange(_ key: String, _ offset: Int64, _ count: Int) throws {
         guard let size = storageBytes(key) else { throw CheckpointError.missingRecord("storage \(key)") }
@@ -57,6 +61,11 @@ final class ZipStorageSource: StorageSource {
     }
 
     var recordNames: [String] { zip.entries.map(\.name) }
+
+    func checksum(_ key: String) -> (record: String, crc: UInt32)? {
+        guard let e = zip.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        return (e.name, e.crc32)
+    }
 }
 
 extension LegacyReader: StorageSource {
@@ -66,11 +75,7 @@ extension LegacyReader: StorageSource {
 
     func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
         try checkRange(key, offset, buffer.count)
-        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
-        try handle.seek(toOffset: s.offset + UInt64(offset))
-        let d = handle.readData(ofLength: buffer.count)
-        guard d.count == buffer.count else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
-        _ = d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
+        try read(key, at: UInt64(offset), into: buffer) as Void
     }
 
     var recordNames: [String] { storageOrder }

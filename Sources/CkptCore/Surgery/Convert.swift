@@ -208,17 +208,23 @@ extension Checkpoint {
     }
 
     /// Writes a safetensors plan at `outPath`, atomically; each tensor's row-major bytes stream from this checkpoint
-    /// in bounded chunks (``streamTensor(_:name:chunkSize:_:)``).
+    /// in bounded chunks (``TensorElementReader``: views are gathered, whole storages CRC-checked).
     public func write(_ plan: SafetensorsPlan, to outPath: String, chunkSize: Int = 4 << 20) throws {
         _ = try? AtomicOutput.removeStaleTemps(for: outPath)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
+        defer { buffer.deallocate() }
         try AtomicOutput.write(to: outPath) { tmp in
             let out = try ZipFileHandle.openForWriting(tmp)
             try plan.header.withUnsafeBytes { try out.writeAll($0) }
             for t in plan.tensors {
+                let reader = try TensorElementReader(self, storageKey: t.tensor.storage.key, itemSize: t.tensor.dtype.itemSize,
+                                                     view: StorageView(t.tensor))
                 var written: Int64 = 0
-                try streamTensor(t.tensor, name: t.name, chunkSize: chunkSize) { chunk in
-                    try out.writeAll(chunk)
-                    written += Int64(chunk.count)
+                while true {
+                    let n = try reader.read(into: buffer)
+                    if n == 0 { break }
+                    try out.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    written += Int64(n)
                 }
                 guard written == t.tensor.byteCount else {
                     throw CheckpointError.io("tensor \(t.name): \(written) bytes read, \(t.tensor.byteCount ?? 0) expected")
