@@ -264,6 +264,7 @@ public final class ZipReader {
         }
     }
 
+
     private func streamCore(
         _ entry: ZipEntry, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void
     ) throws(ZipError) {
