@@ -75,7 +75,12 @@ extension LegacyReader: StorageSource {
 
     func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
         try checkRange(key, offset, buffer.count)
-        try read(key, at: UInt64(offset), into: buffer) as Void
+        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
+        guard !buffer.isEmpty else { return }
+        try handle.seek(toOffset: s.offset + UInt64(offset))
+        let d = handle.readData(ofLength: buffer.count)
+        guard d.count == buffer.count else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
+        _ = d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
     }
 
     var recordNames: [String] { storageOrder }
