@@ -22,6 +22,8 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
     /// The pickle names globals that run code when unpickled (see ``Checkpoint/dangerousGlobals()``);
     /// rewriting commands refuse such files unless allowed. The CLI exits 1 for it.
     case dangerousGlobals([String])
+    /// A file of another format (`safetensors`, `onnx`, `sharded checkpoint index`) that breaks its format's rules.
+    case invalidFile(format: String, String)
 
     public var description: String {
         switch self {
@@ -41,6 +43,7 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
                 + names.prefix(6).joined(separator: ", ") + (names.count > 6 ? ", ..." : "")
                 + ") that can run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy "
                 + (names.count == 1 ? "it" : "them") + " unchanged"
+        case .invalidFile(let format, let why): "not a valid \(format) file: \(why)"
         }
     }
 }

@@ -56,6 +56,9 @@ public struct OutputStorage: Sendable, Equatable {
     public var dtype: DType
     public var numel: Int64
     public var byteCount: Int64 { numel * Int64(dtype.itemSize) }
+    /// When set, the output holds only these elements of the source storage (in `sourceDType` units), compacted
+    /// in row-major order: a slice of a larger storage or a non-contiguous view. When nil, the whole record.
+    public var view: StorageView? = nil
 }
 
 /// Training-state records set to None by `strip`.
@@ -276,7 +279,11 @@ extension Checkpoint {
 
     /// Gives storages keys "0", "1", ... in order of first use in the pickle (as torch.save does),
     /// applying dtype conversions, and checks each source record's size.
-    func renumberStorages(_ graph: PickleGraph, conversions: [String: DType]) throws(CheckpointError)
+    ///
+    /// `planned` holds storages a surgery made up (``planTransfer``): a persistent id whose key is in it becomes
+    /// that output storage, renumbered like the others, instead of a record of this checkpoint.
+    func renumberStorages(_ graph: PickleGraph, conversions: [String: DType],
+                          planned: [String: OutputStorage] = [:]) throws(CheckpointError)
         -> (PickleGraph, [OutputStorage], Int)
     {
         var g = graph
@@ -288,6 +295,22 @@ extension Checkpoint {
             guard case .persistent(let pid) = g[id] else { continue }
             guard let s = g.storageRef(id) else {
                 throw .notACheckpoint("persistent id \(id) is not a torch storage")
+            }
+            if var p = planned[s.key] {
+                let key = newKey[s.key] ?? String(storages.count)
+                if newKey[s.key] == nil {
+                    newKey[s.key] = key
+                    p.key = key
+                    storages.append(p)
+                    if p.sourceDType != p.dtype { converted += 1 }
+                }
+                if let done = rewritten[pid] { g[id] = .persistent(pid: done); continue }
+                var items = Array(g.sequence(pid)!.prefix(5))
+                items[2] = g.add(.string(key))
+                let t = g.add(.tuple(items))
+                rewritten[pid] = t
+                g[id] = .persistent(pid: t)
+                continue
             }
             let sourceType = s.dtype ?? .uint8
             let target = conversions[s.key] ?? sourceType
