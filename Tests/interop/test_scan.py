@@ -183,3 +183,27 @@ def test_dangerous_global_before_a_malformed_tail(tmp_path):
     assert code == 1
     assert report["read_error"] and "unknown pickle opcode" in report["read_error"]
     assert "os.system" in [g["name"] for g in report["globals"] if g["class"] == "dangerous"]
+
+
+@pytest.mark.parametrize("command", ["convert-safetensors", "convert-torch", "transfer-from", "transfer-into"])
+def test_every_rewriting_command_refuses_dangerous_files(command, tmp_path):
+    """convert and transfer go through the same check as strip; --allow-unsafe lets them write."""
+    evil = FIXTURES / "malicious" / "os-system.pt"
+    clean = FIXTURES / "sd-proto2.pt"
+    out = tmp_path / ("out.safetensors" if command == "convert-safetensors" else "out.pt")
+    args = {
+        "convert-safetensors": ["convert", evil, out, "--record", "state_dict"],
+        "convert-torch": ["convert", evil, out, "--record", "state_dict"],
+        "transfer-from": ["transfer", evil, clean, out, "--from-record", "state_dict"],
+        "transfer-into": ["transfer", clean, evil, out, "--into-record", "state_dict"],
+    }[command]
+    p = run(*args)
+    assert p.returncode == 1, p.stderr
+    assert "refusing to rewrite" in p.stderr and "os.system" in p.stderr
+    assert list(tmp_path.iterdir()) == []
+    p = run(*args, "--allow-unsafe")
+    assert p.returncode == 0, p.stderr
+    assert out.exists()
+    if command == "convert-torch":  # only the state dict is written: nothing of the payload is left
+        assert scan(out)[0] == 0
+        assert not picklescan_dangerous(out)
