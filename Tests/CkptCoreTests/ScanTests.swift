@@ -302,3 +302,15 @@ private enum P {
         #expect(throws: Never.self) { try PickleDecoder.decode(ok) }
     }
 }
+
+@Suite struct EncoderFuzzFindings {
+    /// fuzz/crashers/pickle/crash-fc570e62...: a protocol-4 STACK_GLOBAL named `torch` + `F\x01...\nage`. Written
+    /// back as protocol 2, the newline ended the GLOBAL's name early and the rest became opcodes, so the encoder's
+    /// output no longer decoded. Such a name is now refused when encoding.
+    @Test func globalNameWithANewlineIsUnencodable() throws {
+        let p = [0x80, 0x04] + P.str("torch") + P.str("F\u{1}\nage") + P.stackGlobal + P.stop
+        let g = try PickleDecoder.decode(p)
+        #expect(g.globalName(g.root) == "torch.F\u{1}\nage")
+        #expect(throws: PickleError.self) { try PickleEncoder.encode(g) }
+    }
+}
