@@ -76,6 +76,13 @@ public final class Checkpoint {
         return zip?.entry(named: "data/\(key)").map { Int64($0.size) }
     }
 
+    /// The CRC-32 of a storage's record when the container has one that ``streamStorage(_:chunkSize:_:)`` checks
+    /// (zip records saved with checksums; nil for legacy files and for `compute_crc32 = False` saves).
+    public func storageRecordCRC32(_ key: String) -> UInt32? {
+        guard let e = zip?.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        return e.crc32
+    }
+
     /// Streams a storage's bytes in bounded chunks. Faults of this file are thrown as
     /// ``CheckpointError``; errors thrown by `body` pass through unchanged.
     public func streamStorage(_ key: String, chunkSize: Int = 1 << 20,

@@ -29,7 +29,9 @@ extension Checkpoint {
             try w.addRecord("byteorder", bytes: Array("little".utf8))
             var done: Int64 = 0
             for s in plan.storages {
-                try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount))
+                // An unchanged copy keeps its record's checksum, which the read verifies: no second CRC pass.
+                let knownCRC = s.sourceDType == s.dtype ? sources[s.source].storageRecordCRC32(s.sourceKey) : nil
+                try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
                 hash.add(Array(s.key.utf8))
                 if s.sourceDType == s.dtype {
                     try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in

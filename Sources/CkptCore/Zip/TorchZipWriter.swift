@@ -41,6 +41,8 @@ public final class TorchZipWriter {
         var written: Written
         var count: UInt64 = 0
         var crc: UInt32 = 0
+        /// The CRC-32 the caller vouched for, when it did (then `crc` is not computed).
+        var knownCRC: UInt32?
     }
 
     private enum State {
@@ -96,7 +98,11 @@ public final class TorchZipWriter {
     }
 
     /// Starts a record whose size is known up front; feed it with ``write(_:)`` and close it with ``endRecord()``.
-    public func beginRecord(_ name: String, size: UInt64) throws(ZipError) {
+    ///
+    /// - Parameter crc32: the CRC-32 of the bytes that will be written, when the caller already knows it: a record
+    ///   copied unchanged from a ``ZipReader`` that verifies that same checksum as it streams (the copy then fails,
+    ///   and its output is discarded, if the bytes do not match). The writer then does not compute it again.
+    public func beginRecord(_ name: String, size: UInt64, crc32: UInt32? = nil) throws(ZipError) {
         guard case .idle = state else { throw misuseError("beginRecord('\(name)')") }
         let fullName = root + "/" + name
         guard ZipNames.isSafe(name), ZipNames.isSafe(fullName), !fullName.hasSuffix("/") else {
@@ -151,7 +157,8 @@ public final class TorchZipWriter {
         state = .inRecord(
             Open(
                 relativeName: name,
-                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags)))
+                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags),
+                knownCRC: crc32))
     }
 
     /// Appends bytes to the open record. Writing more than the announced size throws ``ZipError/sizeMismatch(record:declared:written:)``.
@@ -163,7 +170,7 @@ public final class TorchZipWriter {
             throw ZipError.sizeMismatch(
                 record: root + "/" + open.relativeName, declared: open.written.size, written: newCount)
         }
-        if computesCRC32 { open.crc = ZipCRC32.update(open.crc, chunk) }
+        if computesCRC32 && open.knownCRC == nil { open.crc = ZipCRC32.update(open.crc, chunk) }
         open.count = newCount
         state = .inRecord(open)
         try emit(chunk)
@@ -177,6 +184,7 @@ public final class TorchZipWriter {
             throw ZipError.sizeMismatch(
                 record: root + "/" + open.relativeName, declared: open.written.size, written: open.count)
         }
+        if computesCRC32, let known = open.knownCRC { open.crc = known }
         open.written.crc32 = open.crc
         let size = open.written.size
         if size > 0 {
