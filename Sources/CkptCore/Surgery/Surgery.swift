@@ -56,6 +56,13 @@ public struct OutputStorage: Sendable, Equatable {
     public var dtype: DType
     public var numel: Int64
     public var byteCount: Int64 { numel * Int64(dtype.itemSize) }
+    /// Bytes read from the source record (differs from ``byteCount`` when the dtype changes).
+    public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) }
+}
+
+extension SurgeryPlan {
+    /// Bytes the writer reads from the sources: the total a progress report counts up to.
+    public var sourceBytes: Int64 { storages.reduce(0) { $0 + $1.sourceByteCount } }
 }
 
 /// Training-state records set to None by `strip`.
