@@ -77,7 +77,11 @@ import Testing
         let bytes = Array(name.utf8)
         if bytes.contains(0) || bytes.contains(UInt8(ascii: "\\")) { return false }
         if bytes.first == UInt8(ascii: "/") { return false }
-        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":") { return false }
+        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":"), (bytes[0] | 0x20) >= UInt8(ascii: "a"),
+            (bytes[0] | 0x20) <= UInt8(ascii: "z"), bytes.count == 2 || bytes[2] == UInt8(ascii: "/")
+        {
+            return false
+        }
         var components = name.split(separator: "/", omittingEmptySubsequences: false)
         if components.count > 1, components.last == "" { components.removeLast() }
         return !components.contains { $0.isEmpty || $0 == "." || $0 == ".." }
@@ -85,7 +89,7 @@ import Testing
 
     @Test func agreesWithTheSplittingDefinitionOnEveryShortName() {
         // Every name of up to 5 characters over the characters that matter.
-        let alphabet: [String] = ["a", ".", "/", ":", "\\", "\u{0}", "é"]
+        let alphabet: [String] = ["a", "B", "1", ".", "/", ":", "\\", "\u{0}", "é"]
         var names = [""]
         var frontier = [""]
         for _ in 0..<5 {

@@ -61,12 +61,27 @@ struct ZipTorchCase: CustomTestStringConvertible, Sendable {
                 """),
     ]
 
-    /// Saves this case into `folder` and returns the file's path.
-    func make(in folder: URL) throws -> String {
-        let path = folder.appendingPathComponent(fileName).path
-        let script = "import io, sys, torch\nfrom torch.utils.serialization import config\npath = sys.argv[1]\n" + save
-        try Oracle.run(script, [path])
-        return path
+    /// The path of this case's file, saved by torch (all cases are saved once per test run, in one python call).
+    func saved() throws -> String {
+        try ZipTorchCase.folder.get().appendingPathComponent(fileName).path
+    }
+
+    private static let folderPath = FileManager.default.temporaryDirectory
+        .appendingPathComponent("ckpt-zip-torch-cases-\(getpid())").path
+
+    private static let folder: Result<URL, any Error> = Result {
+        let url = URL(fileURLWithPath: folderPath)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: ZipTorchCase.folderPath) }
+        var script = "import io, os, sys, torch\nfrom torch.utils.serialization import config\n"
+        for (i, torchCase) in all.enumerated() {
+            script += "def case\(i)(path):\n"
+            script += torchCase.save.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
+            script += "config.save.storage_alignment = 64\nconfig.save.compute_crc32 = True\n"
+            script += "case\(i)(os.path.join(sys.argv[1], \(String(reflecting: torchCase.fileName))))\n"
+        }
+        try Oracle.run(script, [url.path])
+        return url
     }
 }
 
@@ -78,7 +93,7 @@ struct ZipTests {
     func rewriteIsByteIdentical(_ torchCase: ZipTorchCase) throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let original = try torchCase.make(in: folder)
+        let original = try torchCase.saved()
         let reader = try ZipReader(path: original)
         #expect(reader.root == torchCase.root)
         #expect(reader.entries.first?.name == torchCase.root + "/data.pkl")
@@ -126,9 +141,7 @@ struct ZipTests {
 
     @Test("torch's record order and sizes are what the reader lists")
     func entriesMatchPythonZipfile() throws {
-        let folder = try Oracle.tempDir()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let path = try ZipTorchCase.all[0].make(in: folder)
+        let path = try ZipTorchCase.all[0].saved()
         let listing = try Oracle.run(
             """
             import sys, zipfile
@@ -152,7 +165,7 @@ struct ZipTests {
     func crcMismatch() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let path = try ZipTorchCase.all[0].make(in: folder)
+        let path = try ZipTorchCase.all[0].saved()
         let entry = try #require(try ZipReader(path: path).entry(named: "data/0"))
         var bytes = try ZipTestSupport.read(path)
         bytes[Int(entry.dataOffset!) + 5] ^= 0x40
@@ -179,6 +192,16 @@ struct ZipTests {
             // Other records still read.
             #expect(try reader.readAll(reader.entry(named: "byteorder")!, limit: 10) == [UInt8]("little".utf8))
         }
+        // Copying the corrupted record fails the writer too.
+        reader.readsStoredThroughLibzip = false
+        let writer = try TorchZipWriter(path: folder.appendingPathComponent("copy.pt").path, root: "model")
+        #expect {
+            try writer.copyRecord(flipped, from: reader)
+        } throws: { error in
+            guard case ZipError.crcMismatch(let record, _, _) = error else { return false }
+            return record == "model/data/0"
+        }
+        #expect(throws: ZipError.self) { try writer.finish() }
     }
 
     @Test("a legacy (pre-1.6) torch file, random bytes and an empty file are not zips")
@@ -207,7 +230,7 @@ struct ZipTests {
     func truncatedArchive() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let path = try ZipTorchCase.all[0].make(in: folder)
+        let path = try ZipTorchCase.all[0].saved()
         let bytes = try ZipTestSupport.read(path)
         for cut in [bytes.count / 2, bytes.count - 1, 10, 25] {
             let bad = folder.appendingPathComponent("truncated-\(cut).pt").path
@@ -220,7 +243,7 @@ struct ZipTests {
     func recordPastEndOfFile() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
-        let path = try ZipTorchCase.all[1].make(in: folder)  // data/0 is empty, serialization_id is last
+        let path = try ZipTorchCase.all[1].saved()  // data/0 is empty, serialization_id is last
         let reader = try ZipReader(path: path)
         let last = try #require(reader.entries.last)
         reader.close()
@@ -276,9 +299,7 @@ struct ZipTests {
 
     @Test("recordTooLarge and tooManyRecords enforce the caller's limits")
     func limits() throws {
-        let folder = try Oracle.tempDir()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let path = try ZipTorchCase.all[0].make(in: folder)
+        let path = try ZipTorchCase.all[0].saved()
         let reader = try ZipReader(path: path)
         let pickle = try #require(reader.entry(named: "data.pkl"))
         #expect(throws: ZipError.recordTooLarge(name: "model/data.pkl", size: pickle.size, limit: 10)) {
@@ -376,6 +397,42 @@ struct ZipTests {
         }
     }
 
+    @Test("mutated torch archives never crash the reader: each open and read succeeds or throws ZipError")
+    func mutatedArchives() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let original = try ZipTestSupport.read(try ZipTorchCase.all[0].saved())
+        let path = folder.appendingPathComponent("mutated.pt").path
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> Int {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return Int(state % UInt64(Int32.max))
+        }
+        let interesting: [UInt8] = [0x00, 0xFF, 0x7F, 0x80, 0x01, 0x50, 0x4B]
+        var opened = 0
+        for round in 0..<1500 {
+            var bytes = original
+            for _ in 0..<(1 + next() % 4) {
+                // Mostly the end records and the directory, sometimes anywhere.
+                let at = round % 4 == 0 ? next() % bytes.count : bytes.count - 1 - next() % min(bytes.count, 700)
+                bytes[at] = next() % 2 == 0 ? interesting[next() % interesting.count] : UInt8(truncatingIfNeeded: next())
+            }
+            try ZipTestSupport.write(bytes, to: path)
+            do {
+                let reader = try ZipReader(path: path)
+                opened += 1
+                for entry in reader.entries {
+                    _ = try? reader.readAll(entry, limit: 1 << 20)
+                }
+            } catch {
+                // Any ZipError is fine; the point is no crash, hang or trap.
+            }
+        }
+        #expect(opened > 0)
+    }
+
     @Test("errors read as one lowercase line with context")
     func errorDescriptions() {
         let errors: [ZipError] = [
@@ -466,6 +523,7 @@ struct ZipTests {
         let writer = try TorchZipWriter(path: folder.appendingPathComponent("n.pt").path, root: "n")
         try writer.addRecord("data.pkl", bytes: [1])
         #expect(throws: ZipError.duplicateRecord("n/data.pkl")) { try writer.addRecord("data.pkl", bytes: [2]) }
+        try writer.addRecord("a:b", bytes: [])  // a colon is only a drive letter at the start ("C:/x")
         for bad in ["../x", "/x", "a//b", "", "a/", ".", "a\\b"] {
             #expect(throws: ZipError.self, "\(bad)") { try writer.addRecord(bad, bytes: []) }
         }

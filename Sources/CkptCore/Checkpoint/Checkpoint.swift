@@ -109,6 +109,26 @@ public final class Checkpoint {
         }
     }
 
+    /// Reads `buffer.count` bytes of a storage's record starting `offset` bytes into it: the random access
+    /// that views of a storage need. Unlike ``streamStorage(_:chunkSize:_:)`` a part of a record is not CRC-checked.
+    public func readStorage(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer)
+        throws(CheckpointError)
+    {
+        guard offset >= 0 else { throw .io("negative offset \(offset) in storage \(key)") }
+        if let l = legacy {
+            try l.read(key, at: UInt64(offset), into: buffer)
+            return
+        }
+        guard let zip, let e = zip.entry(named: "data/\(key)") else { throw .missingRecord("\(root)/data/\(key)") }
+        do { try zip.read(e, at: UInt64(offset), into: buffer) } catch { throw .container(error) }
+    }
+
+    /// The CRC-32 a storage's zip record declares, when it declares one (legacy files have none).
+    public func storageChecksum(_ key: String) -> (record: String, crc: UInt32)? {
+        guard let e = zip?.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        return (e.name, e.crc32)
+    }
+
     /// Every entry name in the container, in directory order.
     public var recordNames: [String] { zip?.entries.map(\.name) ?? legacy?.storageOrder ?? [] }
 

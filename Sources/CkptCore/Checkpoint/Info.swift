@@ -45,7 +45,7 @@ public struct CheckpointInfo: Sendable {
     public var json: JSONValue {
         .object([
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
-            ("root", .string(root)), ("record_count", .int(Int64(recordCount))),
+            ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
             ("records", .array(records.map(\.json))),
@@ -54,7 +54,8 @@ public struct CheckpointInfo: Sendable {
 
     /// The report as an aligned table.
     public var table: String {
-        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) (root '\(root)', \(recordCount) records"
+        var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) ("
+            + (root.isEmpty ? "\(recordCount) storages" : "root '\(root)', \(recordCount) records")
         if let v = formatVersion { head += ", format version \(v)" }
         head += "), top level: \(topKind)"
         var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]

@@ -99,6 +99,18 @@ final class LegacyReader {
         }
     }
 
+    func read(_ key: String, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(CheckpointError) {
+        guard let s = storages[key] else { throw .missingRecord("legacy storage \(key)") }
+        guard offset <= s.bytes, UInt64(buffer.count) <= s.bytes - offset else {
+            throw .notACheckpoint("storage \(key) is cut short")
+        }
+        if buffer.isEmpty { return }
+        do { try handle.seek(toOffset: s.offset + offset) } catch { throw .io("\(error)") }
+        let d = handle.readData(ofLength: buffer.count)
+        guard d.count == buffer.count else { throw .notACheckpoint("storage \(key) is cut short") }
+        d.copyBytes(to: buffer.bindMemory(to: UInt8.self), count: d.count)
+    }
+
     func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
         try handle.seek(toOffset: s.offset)

@@ -11,7 +11,8 @@ extension Checkpoint {
     /// Writes a plan as a torch zip checkpoint at `outPath`, atomically (temp file in the same folder,
     /// fsync, rename). Storage bytes stream from the sources' records in bounded chunks (each
     /// ``OutputStorage/source`` indexes `sources`), converted where the plan says. The layout is
-    /// torch's own, so torch may compute offsets.
+    /// torch's own, so torch may compute offsets. With several sources, a fault reading one of them is thrown as
+    /// a ``FileError`` naming it.
     public static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String,
                              chunkSize: Int = 4 << 20, progress: ((Int64) -> Void)? = nil) throws
     {
@@ -29,26 +30,15 @@ extension Checkpoint {
             try w.addRecord("byteorder", bytes: Array("little".utf8))
             var done: Int64 = 0
             for s in plan.storages {
-                // An unchanged copy keeps its record's checksum, which the read verifies: no second CRC pass.
-                let knownCRC = s.sourceDType == s.dtype ? sources[s.source].storageRecordCRC32(s.sourceKey) : nil
-                try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
                 hash.add(Array(s.key.utf8))
-                if s.sourceDType == s.dtype {
-                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
-                        try w.write(chunk)
-                        done += Int64(chunk.count)
+                do {
+                    try copyStorage(s, from: sources[s.source], to: w, chunkSize: chunkSize) { n in
+                        done += n
                         progress?(done)
                     }
-                } else {
-                    var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
-                    try sources[s.source].streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
-                        try converter.convert(chunk) { out in try w.write(out) }
-                        done += Int64(chunk.count)
-                        progress?(done)
-                    }
-                    try converter.finish()
+                } catch let e as CheckpointError where sources.count > 1 {
+                    throw FileError(path: sources[s.source].path, error: e)
                 }
-                try w.endRecord()
             }
             try w.addRecord("version", bytes: Array("3\n".utf8))
             let id = String(hash.value)
@@ -57,6 +47,46 @@ extension Checkpoint {
             try w.addRecord(".data/serialization_id", bytes: Array(serial.utf8))
             try w.finish()
         }
+    }
+
+    /// Writes one output storage as a record: the source's record as it is, converted, or a view of it compacted.
+    private static func copyStorage(_ s: OutputStorage, from source: Checkpoint, to w: TorchZipWriter, chunkSize: Int,
+                                    progressed: (Int64) -> Void) throws
+    {
+        // A record copied unchanged keeps its checksum, which the read verifies as it streams: no second CRC pass.
+        let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageRecordCRC32(s.sourceKey) : nil
+        try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
+        if let view = s.view {
+            // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
+            let reader = try TensorElementReader(source, storageKey: s.sourceKey,
+                                                 itemSize: s.sourceDType.itemSize, view: view)
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(chunkSize, 64), alignment: 64)
+            defer { buffer.deallocate() }
+            while true {
+                let n = try reader.read(into: buffer)
+                if n == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                if s.sourceDType == s.dtype { try w.write(chunk) } else {
+                    try converter.convert(chunk) { out in try w.write(out) }
+                }
+                progressed(Int64(n))
+            }
+            try converter.finish()
+        } else if s.sourceDType == s.dtype {
+            try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                try w.write(chunk)
+                progressed(Int64(chunk.count))
+            }
+        } else {
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                try converter.convert(chunk) { out in try w.write(out) }
+                progressed(Int64(chunk.count))
+            }
+            try converter.finish()
+        }
+        try w.endRecord()
     }
 
     /// The zip root folder torch would use when saving to `path`: its file name without extension.
@@ -75,16 +105,22 @@ struct FNV64 {
     }
 }
 
-/// Converts a stream of elements of one dtype to another in chunks, carrying partial elements
-/// across chunk boundaries. Floating conversions round to nearest even, as torch's `.to()` does.
+/// Converts a stream of elements of one floating dtype to another (float16, bfloat16, float32, float64, any
+/// pair) in chunks, carrying partial elements across chunk boundaries. Rounding is torch's `.to(dtype)`:
+/// round to nearest even; float64 goes to float16 and bfloat16 through float32, as torch's casts do.
+/// NaN to bfloat16 follows torch 2.13 on CPU: 0xFFFF from float32 (its vectorized cast, whatever the tensor's
+/// size), 0x7FC0 from float16 and float64 (c10's scalar `round_to_nearest_even`; torch's own float64 cast
+/// gives 0xFFFF in 16-element blocks and 0x7FC0 in the tail, so no single rule matches it there).
 struct DTypeConverter {
     let from: DType
     let to: DType
     private var carry: [UInt8] = []
     private var out: [UInt8] = []
 
+    static let floating: [DType] = [.float16, .bfloat16, .float32, .float64]
+
     init(from: DType, to: DType, chunkSize: Int) throws {
-        guard to == .float16, [.float32, .float64, .bfloat16, .float16].contains(from) else {
+        guard from == to || (Self.floating.contains(from) && Self.floating.contains(to)) else {
             throw CheckpointError.invalidOperation("conversion from \(from.rawValue) to \(to.rawValue) is not supported")
         }
         self.from = from
@@ -102,7 +138,8 @@ struct DTypeConverter {
             carry += chunk[0..<take]
             start = take
             if carry.count == inSize {
-                carry.withUnsafeBytes { appendConverted($0, count: 1) }
+                let one = carry
+                one.withUnsafeBytes { appendConverted($0, count: 1) }
                 carry.removeAll()
             }
         }
@@ -121,29 +158,49 @@ struct DTypeConverter {
         }
     }
 
+    /// float32 to bfloat16 as c10's `round_to_nearest_even`, with NaN as `nan`.
+    static func bfloat16Bits(_ f: Float, nan: UInt16 = 0x7FC0) -> UInt16 {
+        if f.isNaN { return nan }
+        let u = f.bitPattern
+        let bias = ((u >> 16) & 1) &+ 0x7FFF
+        return UInt16(truncatingIfNeeded: (u &+ bias) >> 16)
+    }
+
     private mutating func appendConverted(_ src: UnsafeRawBufferPointer, count: Int) {
         let base = out.count
-        out.append(contentsOf: repeatElement(0, count: count * 2))
-        out.withUnsafeMutableBytes { dst in
-            let d = dst.baseAddress!.advanced(by: base).assumingMemoryBound(to: UInt16.self)
-            switch from {
-            case .float32:
-                for i in 0..<count {
-                    let f = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
-                    d[i] = Float16(f).bitPattern.littleEndian
+        let outSize = to.itemSize
+        out.append(contentsOf: repeatElement(0, count: count * outSize))
+        let from = from, to = to
+        out.withUnsafeMutableBytes { dstAll in
+            let dst = UnsafeMutableRawBufferPointer(rebasing: dstAll[base...])
+            if from == to {
+                dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[0..<(count * outSize)]))
+                return
+            }
+            let nan: UInt16 = from == .float32 ? 0xFFFF : 0x7FC0
+            func load16(_ i: Int) -> UInt16 { UInt16(littleEndian: src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
+            func store(_ i: Int, _ f: Float) {
+                switch to {
+                case .float16: dst.storeBytes(of: Float16(f).bitPattern.littleEndian, toByteOffset: i * 2, as: UInt16.self)
+                case .bfloat16: dst.storeBytes(of: Self.bfloat16Bits(f, nan: nan).littleEndian, toByteOffset: i * 2, as: UInt16.self)
+                case .float32: dst.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+                default: dst.storeBytes(of: Double(f).bitPattern.littleEndian, toByteOffset: i * 8, as: UInt64.self)
                 }
+            }
+            switch from {
             case .float64:
                 for i in 0..<count {
-                    let v = Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
-                    d[i] = Float16(Float(v)).bitPattern.littleEndian  // torch goes through float
+                    let d = Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))
+                    store(i, Float(d))  // to float32 directly; to float16 and bfloat16 through float32, as torch does
                 }
-            case .bfloat16:
+            case .float32:
                 for i in 0..<count {
-                    let b = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
-                    d[i] = Float16(Float(bitPattern: UInt32(b) << 16)).bitPattern.littleEndian
+                    store(i, Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))))
                 }
-            default:
-                for i in 0..<count { d[i] = src.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self) }
+            case .float16:
+                for i in 0..<count { store(i, Float(Float16(bitPattern: load16(i)))) }
+            default:  // bfloat16
+                for i in 0..<count { store(i, Float(bitPattern: UInt32(load16(i)) << 16)) }
             }
         }
     }

@@ -18,7 +18,7 @@ public struct StripSummary: Sendable {
     }
 
     private var weights: String {
-        "\(report.weightsRecord ?? "weights"): \(Figures.count(report.parameters)) parameters"
+        "\(report.weightsRecord ?? "state dict"): \(Figures.count(report.parameters)) parameters"
             + (report.weightsDType.map { ", \($0.rawValue)" } ?? "")
     }
 

@@ -56,7 +56,10 @@ public struct OutputStorage: Sendable, Equatable {
     public var dtype: DType
     public var numel: Int64
     public var byteCount: Int64 { numel * Int64(dtype.itemSize) }
-    /// Bytes read from the source record (differs from ``byteCount`` when the dtype changes).
+    /// When set, the output holds only these elements of the source storage (in `sourceDType` units), compacted
+    /// in row-major order: a slice of a larger storage or a non-contiguous view. When nil, the whole record.
+    public var view: StorageView? = nil
+    /// Bytes read from the source (the viewed elements for a view; differs from ``byteCount`` when the dtype changes).
     public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) }
 }
 
@@ -165,7 +168,8 @@ extension Checkpoint {
             _ = keep
         }
         var current = weightsNode
-        if options.stateDict {
+        // A dict root without a weights record is already in dict form; only modules become state dicts there.
+        if options.stateDict && (weightsName != nil || g.moduleState(weightsNode) != nil) {
             let entries = try g.stateDict(current)
             var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),
                                   args: g.add(.tuple([])))
@@ -250,12 +254,13 @@ extension Checkpoint {
             g.replaceNumpyValues()
         }
 
-        // 6. Renumber storages in order of first use, apply conversions, check every tensor.
+        // 6. Check every tensor against its source storage, then renumber storages in order of first
+        //    use and apply conversions.
+        try checkAll(g, againstRecords: true)
         let (renumbered, storages, converted) = try renumberStorages(g, conversions: conversions)
         g = renumbered
         report.convertedStorages = conversions.count
         report.convertedTensors = converted
-        try checkAll(g)
 
         let finalWeights = weightsName.flatMap { n in g.dictEntries(g.root)?.first { g.keyText($0.key) == n }?.value } ?? g.root
         let view = try g.stateDict(finalWeights)
@@ -267,16 +272,25 @@ extension Checkpoint {
         return SurgeryPlan(graph: g, storages: storages, report: report)
     }
 
-    /// Checks every tensor the graph holds against its storage and the storage's record.
-    public func checkAll(_ g: PickleGraph) throws(CheckpointError) {
+    /// Checks every tensor the graph holds against its storage and, with `againstRecords`, the
+    /// storage's record in this checkpoint (for graphs whose storage keys are this checkpoint's).
+    public func checkAll(_ g: PickleGraph, againstRecords: Bool = false) throws(CheckpointError) {
         for t in try g.allTensors(from: g.root) {
-            do { try t.tensor.check(name: t.name, recordBytes: nil) } catch { throw .tensor(error) }
+            let record = againstRecords ? storageRecordBytes(t.tensor.storage.key) : nil
+            if againstRecords && record == nil {
+                throw .tensor(TensorCheckError(tensor: t.name, reason: "its storage record data/\(t.tensor.storage.key) is missing"))
+            }
+            do { try t.tensor.check(name: t.name, recordBytes: record) } catch { throw .tensor(error) }
         }
     }
 
     /// Gives storages keys "0", "1", ... in order of first use in the pickle (as torch.save does),
     /// applying dtype conversions, and checks each source record's size.
-    func renumberStorages(_ graph: PickleGraph, conversions: [String: DType]) throws(CheckpointError)
+    ///
+    /// `planned` holds storages a surgery made up (``planTransfer``): a persistent id whose key is in it becomes
+    /// that output storage, renumbered like the others, instead of a record of this checkpoint.
+    func renumberStorages(_ graph: PickleGraph, conversions: [String: DType],
+                          planned: [String: OutputStorage] = [:]) throws(CheckpointError)
         -> (PickleGraph, [OutputStorage], Int)
     {
         var g = graph
@@ -288,6 +302,22 @@ extension Checkpoint {
             guard case .persistent(let pid) = g[id] else { continue }
             guard let s = g.storageRef(id) else {
                 throw .notACheckpoint("persistent id \(id) is not a torch storage")
+            }
+            if var p = planned[s.key] {
+                let key = newKey[s.key] ?? String(storages.count)
+                if newKey[s.key] == nil {
+                    newKey[s.key] = key
+                    p.key = key
+                    storages.append(p)
+                    if p.sourceDType != p.dtype { converted += 1 }
+                }
+                if let done = rewritten[pid] { g[id] = .persistent(pid: done); continue }
+                var items = Array(g.sequence(pid)!.prefix(5))
+                items[2] = g.add(.string(key))
+                let t = g.add(.tuple(items))
+                rewritten[pid] = t
+                g[id] = .persistent(pid: t)
+                continue
             }
             let sourceType = s.dtype ?? .uint8
             let target = conversions[s.key] ?? sourceType

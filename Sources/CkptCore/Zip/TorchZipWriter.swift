@@ -16,14 +16,18 @@
 /// end-of-central-directory record (made by 0x031E, needed 45) and locator, which torch always writes, and the classic
 /// end record with counts capped at 0xFFFF and sizes/offsets at 0xFFFFFFFF.
 ///
-/// Records are written in call order. Writes go through a 4 MiB buffer; `finish()` flushes and fsyncs. The caller
-/// owns atomicity (see ``AtomicOutput``): a writer that is dropped or fails leaves a partial file behind.
+/// Records are written in call order. When the archive carries `.format_version`, torch may compute storage offsets
+/// instead of reading the directory (`calculate_storage_offsets`, meta/fake loading): it then assumes the first
+/// storage the pickle uses is `data/0` and that each next storage in first-use order is the very next record.
+/// Write storages in that order with nothing between them, or leave `.format_version` out.
+///
+/// Writes go through a 4 MiB buffer; `finish()` flushes and fsyncs. The caller owns atomicity (see ``AtomicOutput``): a writer that is dropped or fails leaves a partial file behind.
 public final class TorchZipWriter {
     /// The archive's root folder (for example the checkpoint's base name, or `archive`).
     public let root: String
     /// The path being written.
     public let path: String
-    /// Data of every non-empty record starts at a multiple of this (torch's `.storage_alignment`, default 64).
+    /// Data of every record starts at a multiple of this (torch's `.storage_alignment`, default 64).
     public let alignment: Int
     /// Whether CRC-32s are computed; `false` writes 0, as torch does with `config.save.compute_crc32 = False`.
     public let computesCRC32: Bool
@@ -41,8 +45,8 @@ public final class TorchZipWriter {
         var written: Written
         var count: UInt64 = 0
         var crc: UInt32 = 0
-        /// The CRC-32 the caller vouched for, when it did (then `crc` is not computed).
-        var knownCRC: UInt32?
+        /// Set when copying a record whose bytes the reader checks against this CRC.
+        var knownCRC: UInt32? = nil
     }
 
     private enum State {
@@ -184,13 +188,13 @@ public final class TorchZipWriter {
             throw ZipError.sizeMismatch(
                 record: root + "/" + open.relativeName, declared: open.written.size, written: open.count)
         }
-        if computesCRC32, let known = open.knownCRC { open.crc = known }
-        open.written.crc32 = open.crc
+        let crc = computesCRC32 ? (open.knownCRC ?? open.crc) : 0
+        open.written.crc32 = crc
         let size = open.written.size
         if size > 0 {
             var descriptor: [UInt8] = []
             descriptor.append(u32: 0x0807_4b50)
-            descriptor.append(u32: open.crc)
+            descriptor.append(u32: crc)
             if size >= Self.max32 || open.written.headerOffset >= Self.max32 {
                 descriptor.append(u64: size)
                 descriptor.append(u64: size)
@@ -202,6 +206,36 @@ public final class TorchZipWriter {
         }
         records.append(open.written)
         state = .idle
+    }
+
+    /// Copies a record from another archive, streaming it in chunks of `chunkSize` bytes.
+    ///
+    /// `name` defaults to the entry's name relative to the reader's root. When the source records a CRC, the reader
+    /// verifies the bytes against it and the writer reuses it instead of computing it again; a mismatch throws
+    /// ``ZipError/crcMismatch(record:expected:actual:)`` and leaves this writer failed.
+    public func copyRecord(
+        _ entry: ZipEntry, from reader: ZipReader, as name: String? = nil, chunkSize: Int = 1 << 20
+    ) throws(ZipError) {
+        let relative: String
+        if let name {
+            relative = name
+        } else if !reader.root.isEmpty, entry.name.hasPrefix(reader.root + "/") {
+            relative = String(entry.name.dropFirst(reader.root.count + 1))
+        } else {
+            relative = entry.name
+        }
+        try beginRecord(relative, size: entry.size)
+        if entry.hasChecksum, case .inRecord(var open) = state {
+            open.knownCRC = entry.crc32
+            state = .inRecord(open)
+        }
+        do {
+            try reader.stream(entry, chunkSize: chunkSize) { chunk in try self.write(chunk) }
+        } catch {
+            state = .failed
+            throw (error as? ZipError) ?? .io("copying '\(entry.name)': \(error)")
+        }
+        try endRecord()
     }
 
     /// Writes the central directory and end records, flushes, fsyncs and closes the file.

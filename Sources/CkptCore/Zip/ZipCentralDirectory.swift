@@ -98,6 +98,10 @@ struct ZipCentralDirectory {
             throw damaged("file shrank while reading")
         }
         let directory = ZipBytes(bytes: directoryBytes)
+        // Every entry takes at least 46 bytes, which bounds the count by the directory's real size.
+        guard count <= directorySize / 46 else {
+            throw damaged("\(count) records cannot fit in a \(directorySize)-byte central directory")
+        }
 
         var records: [Record] = []
         records.reserveCapacity(Int(count))

@@ -76,7 +76,7 @@ public struct ZipEntry: Sendable, Equatable {
 
 /// Record-name checks shared by the reader and the writer.
 enum ZipNames {
-    /// Whether a full record name is safe to accept: not absolute (no leading `/`, `\` or drive letter), no `..`, `.`
+    /// Whether a full record name is safe to accept: not absolute (no leading `/` or drive letter), no `..`, `.`
     /// or empty components, no backslash and no NUL byte. A single trailing `/` (a folder entry) is allowed.
     static func isSafe(_ name: String) -> Bool {
         var name = name
@@ -89,7 +89,12 @@ enum ZipNames {
         let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
         let count = bytes.count
         if count == 0 || bytes[0] == slash { return false }
-        if count >= 2, bytes[1] == UInt8(ascii: ":") { return false }  // "C:..."
+        // A drive letter ("C:", "C:/x") makes a Windows path absolute.
+        if count >= 2, bytes[1] == UInt8(ascii: ":"), (bytes[0] | 0x20) >= UInt8(ascii: "a"),
+            (bytes[0] | 0x20) <= UInt8(ascii: "z"), count == 2 || bytes[2] == slash
+        {
+            return false
+        }
         for b in bytes where b == 0 || b == UInt8(ascii: "\\") { return false }
         // A single trailing "/" (a folder entry "a/b/") ends the last component; every component must be non-empty
         // and neither "." nor "..".

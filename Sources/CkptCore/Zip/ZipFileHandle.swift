@@ -43,6 +43,8 @@ final class ZipFileHandle {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns fewer only at end of file.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ZipError) -> Int {
+        // Offsets come from the file; past what off_t can hold there is nothing to read.
+        guard offset <= UInt64(Int64.max) - UInt64(buffer.count) else { return 0 }
         var done = 0
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))

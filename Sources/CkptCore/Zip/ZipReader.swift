@@ -110,7 +110,7 @@ public final class ZipReader {
             let method = ZipEntry.Method(rawValue: record.method)
             var dataOffset: UInt64? = nil
             // Where the record's bytes start: after the 30-byte local header, its name and its extra field.
-            let localHeader = try file.readBytes(count: 30, at: record.headerOffset)
+            let localHeader = record.headerOffset < fileSize ? try file.readBytes(count: 30, at: record.headerOffset) : nil
             let header = ZipBytes(bytes: localHeader ?? [])
             guard localHeader != nil, header.u32(0) == ZipCentralDirectory.localHeaderSignature else {
                 throw ZipError.inconsistent(path: path, detail: "no local header for '\(name)' at byte \(record.headerOffset)")
@@ -226,6 +226,47 @@ public final class ZipReader {
         }
         if let failure { throw failure }
         return result
+    }
+
+    /// Reads `buffer.count` bytes of a record starting `offset` bytes into it. Stored records are read in place
+    /// with `pread`; compressed ones are decoded from their start up to the range. A part of a record cannot be
+    /// CRC-checked: use ``stream(_:chunkSize:_:)`` where the whole record is wanted.
+    public func read(_ entry: ZipEntry, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ZipError) {
+        guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        guard !o, end <= entry.size else {
+            throw ZipError.truncated(record: entry.name, offset: offset, expected: end, got: entry.size)
+        }
+        if buffer.isEmpty { return }
+        if let dataOffset = entry.dataOffset, !readsStoredThroughLibzip {
+            let got = try file.read(into: buffer, at: dataOffset + offset)
+            if got < buffer.count {
+                throw ZipError.truncated(record: entry.name, offset: dataOffset + offset + UInt64(got),
+                                         expected: entry.size, got: offset + UInt64(got))
+            }
+            return
+        }
+        var position: UInt64 = 0
+        var filled = 0
+        do {
+            try streamCore(entry, chunkSize: 1 << 20) { (chunk) throws(ZipError) in
+                let chunkEnd = position + UInt64(chunk.count)
+                defer { position = chunkEnd }
+                guard chunkEnd > offset + UInt64(filled) else { return }
+                let from = Int(offset + UInt64(filled) - position)
+                let n = min(chunk.count - from, buffer.count - filled)
+                UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: chunk[from..<(from + n)]))
+                filled += n
+                if filled == buffer.count { throw ZipError.misuse("range read complete") }
+            }
+        } catch {
+            if filled == buffer.count { return }
+            throw error
+        }
+        if filled < buffer.count {
+            throw ZipError.truncated(record: entry.name, offset: offset + UInt64(filled), expected: end, got: offset + UInt64(filled))
+        }
     }
 
     /// Streams a record's bytes to `body` in chunks of at most `chunkSize` bytes, never holding the whole record.

@@ -1,0 +1,51 @@
+import ArgumentParser
+import CkptCore
+import Foundation
+
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what differs between two checkpoints: records, tensors, and (--values) numbers.",
+        discussion: """
+        Records: added, removed and changed (epoch 5 -> -1, optimizer state -> None), with the paths inside a
+        record that differ. Tensors: the state_dict of each record both files hold: only in A, only in B, another
+        dtype or shape. With --values, every common tensor of equal shape is streamed and compared element by
+        element in float64, whatever the two dtypes (an fp32 tensor and its fp16 copy are equal within --atol):
+        close when |a - b| <= atol + rtol * |b| (torch.allclose's rule; exact by default); NaN equals NaN when both
+        are NaN; infinities equal only themselves. A dtype or shape change is a difference even when the values
+        are close.
+        Exit status: 0 equal, 1 different, 2 trouble (as diff(1)).
+
+        Examples:
+          ckpt diff best.pt best-stripped.pt
+          ckpt diff a.pt b.pt --record model --values
+          ckpt diff model.pt model-fp16.pt --values --atol 1e-3
+        """)
+
+    @Argument(help: "The first checkpoint (A).") var a: String
+    @Argument(help: "The second checkpoint (B).") var b: String
+    @Option(help: "Compare only this record (a file without records is compared whole).") var record: String?
+    @Flag(help: "Compare tensor values too (streamed in chunks, in float64).") var values = false
+    @Option(help: "Absolute tolerance for --values (default 0).") var atol: Double = 0
+    @Option(help: "Relative tolerance for --values (default 0).") var rtol: Double = 0
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard atol >= 0, rtol >= 0, atol.isFinite, rtol.isFinite else {
+            throw ValidationError("--atol and --rtol must be finite and not negative")
+        }
+    }
+
+    func run() throws {
+        let ca = try reporting(a) { try Checkpoint(path: a) }
+        let cb = try reporting(b) { try Checkpoint(path: b) }
+        var o = DiffOptions()
+        o.record = record
+        o.values = values || atol > 0 || rtol > 0
+        o.atol = atol
+        o.rtol = rtol
+        let report: CheckpointDiff
+        do { report = try Checkpoint.diff(ca, cb, o) } catch { throw Failure(message: error.description) }
+        emit(json ? report.json.rendered() : report.table)
+        if !report.isEqual { Foundation.exit(1) }
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import CkptCore
+import Foundation
+
+struct Transfer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Carry pretrained weights into a model: every tensor whose name and shape match is copied.",
+        discussion: """
+        OUT is INTO with each tensor of FROM's state_dict whose key and shape match copied in and cast to INTO's
+        dtype, as YOLOv5's intersect_dicts does before fine-tuning (a new head keeps INTO's weights). FROM and
+        INTO may be module-object checkpoints or state dicts. Every key not transferred is listed with its reason.
+        --exclude takes a substring (YOLOv5 uses 'anchor' when anchors are given) or a glob.
+
+        Examples:
+          ckpt transfer yolov5s.pt nc3-init.pt nc3-start.pt
+          ckpt transfer yolov5s.pt nc3-init.pt nc3-start.pt --exclude anchor
+        """)
+
+    @Argument(help: "The checkpoint with the pretrained weights (never modified).") var from: String
+    @Argument(help: "The checkpoint that receives them (never modified).") var into: String
+    @Argument(help: "Where to write INTO with FROM's weights.") var out: String
+    @Option(help: "Keys not to transfer: a substring or a glob (repeatable).") var exclude: [String] = []
+    @Option(name: .customLong("from-record"), help: "FROM's record to read (default: model, else ema, ...).")
+    var fromRecord: String?
+    @Option(name: .customLong("into-record"), help: "INTO's record to fill (default: model, else ema, ...).")
+    var intoRecord: String?
+    @Flag(name: .customLong("dry-run"), help: "Report what would be transferred; write nothing.") var dryRun = false
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() throws {
+        let f = try reporting(from) { try Checkpoint(path: from) }
+        let i = try reporting(into) { try Checkpoint(path: into) }
+        var o = TransferOptions()
+        o.exclude = exclude
+        o.fromRecord = fromRecord
+        o.intoRecord = intoRecord
+        let (plan, report): (SurgeryPlan, TransferReport)
+        do { (plan, report) = try i.planTransfer(from: f, o) } catch { throw Failure(message: error.description) }
+        if !dryRun {
+            do {
+                try Checkpoint.write(plan, sources: [i, f], to: out)
+            } catch let e as FileError {
+                throw Failure(message: e.description)
+            } catch let e as CheckpointError {
+                throw Failure(message: "\(into): \(e.description)")  // read faults of INTO or FROM
+            } catch {
+                try reporting(out) { throw error }
+            }
+        }
+        emit(json ? json(report) : text(report))
+    }
+
+    func text(_ r: TransferReport) -> String {
+        var lines = [r.headline]
+        let target = (r.intoRecord.map { "\(into) (\($0))" } ?? into)
+        lines.append(dryRun ? "would write \(out): \(target) with FROM's weights; nothing written"
+                            : "wrote \(out): \(target) with FROM's weights")
+        for c in r.casts { lines.append("  \(c.count) tensors cast \(c.from.rawValue) -> \(c.to.rawValue)") }
+        if !r.skipped.isEmpty {
+            lines.append("")
+            lines.append(Figures.table([["not transferred", "reason"]] + r.skipped.map { [$0.key, $0.reason] }))
+        }
+        if !r.unused.isEmpty {
+            lines.append("")
+            lines.append("\(r.unused.count) keys of FROM not in INTO: \(r.unused.prefix(6).joined(separator: ", "))"
+                         + (r.unused.count > 6 ? ", ..." : ""))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    func json(_ r: TransferReport) -> String {
+        JSONValue.object([
+            ("from", .string(r.from)), ("into", .string(r.into)), ("output", .string(out)), ("dry_run", .bool(dryRun)),
+            ("from_record", r.fromRecord.map { .string($0) } ?? .null),
+            ("into_record", r.intoRecord.map { .string($0) } ?? .null),
+            ("transferred", .int(Int64(r.transferred.count))), ("total", .int(Int64(r.total))),
+            ("transferred_keys", .array(r.transferred.map { .string($0) })),
+            ("not_transferred", .array(r.skipped.map { .object([("key", .string($0.key)), ("reason", .string($0.reason))]) })),
+            ("unused_from", .array(r.unused.map { .string($0) })),
+            ("casts", .array(r.casts.map {
+                .object([("from", .string($0.from.rawValue)), ("to", .string($0.to.rawValue)), ("tensors", .int(Int64($0.count)))])
+            })),
+        ]).rendered()
+    }
+}
