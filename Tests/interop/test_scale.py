@@ -2,7 +2,9 @@
 line (only on a terminal, never with --quiet). The > 4 GiB record path is checked end to end by scripts/bench."""
 import os
 import pty
+import shutil
 import subprocess
+import tempfile
 import zipfile
 
 import pytest
@@ -74,3 +76,49 @@ def test_no_progress_when_stderr_is_not_a_terminal(tmp_path):
     p = subprocess.run([CKPT, "strip", SMALL, tmp_path / "c.pt"], capture_output=True, env=env)
     assert p.returncode == 0 and p.stderr == b"", p.stderr
 
+
+
+# Unchanged storages are copied inside the kernel (copy_file_range) and checked by reading the output back.
+
+def flipped_storage_byte(tmp_path):
+    """A copy of resnet-sd.pt (every storage goes to strip's output) with one byte of its largest storage flipped,
+    its CRC in the zip unchanged."""
+    src = os.path.join(os.path.dirname(SMALL), "resnet-sd.pt")
+    bad = tmp_path / "flipped.pt"
+    data = bytearray(open(src, "rb").read())
+    with zipfile.ZipFile(src) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+def test_a_damaged_storage_fails_the_in_kernel_copy_and_writes_nothing(tmp_path):
+    bad = flipped_storage_byte(tmp_path)
+    out = tmp_path / "out.pt"
+    p = run("strip", bad, out)
+    assert p.returncode == 2 and p.stderr.startswith(f"ckpt: {bad}: ") and "crc" in p.stderr.lower(), p.stderr
+    assert not out.exists() and not [f for f in os.listdir(tmp_path) if "ckpt-tmp" in f]
+
+
+SHM = "/dev/shm"
+
+
+@pytest.mark.skipif(not os.path.isdir(SHM) or os.stat(SHM).st_dev == os.stat("/tmp").st_dev,
+                    reason="needs a second file system (/dev/shm) to force the buffered copy")
+def test_across_file_systems_the_buffered_copy_writes_the_same_bytes(tmp_path):
+    here = tmp_path / "same.pt"
+    run("strip", SMALL, here, check=0)
+    folder = tempfile.mkdtemp(dir=SHM)
+    try:
+        there = os.path.join(folder, "same.pt")  # same name: same zip root, so the files can be compared whole
+        run("strip", SMALL, there, check=0)
+        assert open(there, "rb").read() == here.read_bytes()
+        bad = flipped_storage_byte(tmp_path)
+        p = run("strip", bad, os.path.join(folder, "bad.pt"))
+        assert p.returncode == 2 and "crc" in p.stderr.lower(), p.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -208,6 +208,63 @@ public final class TorchZipWriter {
         state = .idle
     }
 
+    /// Fills the open record with the bytes of a stored record of `reader` without passing them through this
+    /// process (copy_file_range), then reads them back from this file and checks them against the record's CRC-32:
+    /// what is checked is what was written. Cheaper than streaming through a buffer: the copy stays in the page
+    /// cache, and the check is one read and one CRC pass (a buffered copy is a read, a CRC pass and a write).
+    ///
+    /// The record must have been begun with `crc32: entry.crc32` and have had nothing written yet. Returns false,
+    /// having written nothing, when the bytes cannot be copied this way (a compressed or unchecked record, a
+    /// kernel or file system pair without copy_file_range): the caller then streams them with ``write(_:)``.
+    /// `progress` gets the bytes checked so far after each chunk.
+    /// - Throws: ``ZipError/crcMismatch(record:expected:actual:)`` (the source's bytes do not match its CRC),
+    ///   ``ZipError/truncated(record:offset:expected:got:)``, ``ZipError/io(_:)``; the writer is then failed.
+    public func copyStoredRecordData(_ entry: ZipEntry, from reader: ZipReader, progress: (Int) -> Void = { _ in })
+        throws(ZipError) -> Bool
+    {
+        guard case .inRecord(var open) = state, open.count == 0, open.written.size == entry.size, entry.size > 0,
+              computesCRC32, entry.hasChecksum, open.knownCRC == entry.crc32, let dataOffset = entry.dataOffset,
+              let source = reader.storedDataFile, let file
+        else { return false }
+        try flush()
+        let start = offset
+        do {
+            guard try file.copyRange(from: source, at: dataOffset, count: entry.size, record: entry.name) else {
+                return false
+            }
+        } catch {
+            state = .failed
+            throw error
+        }
+        offset += entry.size
+        open.count = entry.size
+        state = .inRecord(open)
+        // Read back what landed in this file (from the page cache) with the write buffer, which flush() emptied.
+        var crc: UInt32 = 0
+        var done: UInt64 = 0
+        while done < entry.size {
+            let want = Int(min(UInt64(buffer.count), entry.size - done))
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
+            let got: Int
+            do { got = try file.read(into: part, at: start + done) } catch {
+                state = .failed
+                throw error
+            }
+            guard got == want else {
+                state = .failed
+                throw ZipError.io("cannot read back '\(path)' at byte \(start + done)")
+            }
+            crc = ZipCRC32.update(crc, UnsafeRawBufferPointer(part))
+            done += UInt64(got)
+            progress(got)
+        }
+        guard crc == entry.crc32 else {
+            state = .failed
+            throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
+        }
+        return true
+    }
+
     /// Copies a record from another archive, streaming it in chunks of `chunkSize` bytes.
     ///
     /// `name` defaults to the entry's name relative to the reader's root. When the source records a CRC, the reader

@@ -171,6 +171,10 @@ public final class ZipReader {
         }
     }
 
+    /// The open file stored records are read from with `pread`, for in-kernel copies (nil after ``close()`` or when
+    /// stored records are read through libzip).
+    var storedDataFile: ZipFileHandle? { readsStoredThroughLibzip ? nil : file }
+
     /// Releases the archive and its file descriptor. Further reads throw ``ZipError/misuse(_:)``. Safe to call twice.
     public func close() {
         if let archive { zip_discard(archive) }
