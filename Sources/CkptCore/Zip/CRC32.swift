@@ -9,6 +9,11 @@ enum ZipCRC32 {
         return UInt32(truncatingIfNeeded: crc32_z(UInt(crc), base.assumingMemoryBound(to: UInt8.self), bytes.count))
     }
 
+    /// The CRC-32 of A followed by B, from the CRC-32s of A and B and B's length (zlib's `crc32_combine`).
+    static func combine(_ a: UInt32, _ b: UInt32, lengthOfB: UInt64) -> UInt32 {
+        UInt32(truncatingIfNeeded: crc32_combine(UInt(a), UInt(b), Int(lengthOfB)))
+    }
+
     /// CRC-32 of `bytes`.
     static func checksum(_ bytes: [UInt8]) -> UInt32 {
         bytes.withUnsafeBytes { update(0, $0) }

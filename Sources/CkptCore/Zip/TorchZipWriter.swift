@@ -1,3 +1,6 @@
+import Dispatch
+import Foundation
+
 /// Writes a zip archive byte for byte the way `torch.save` does (caffe2's `PyTorchStreamWriter` on miniz).
 ///
 /// Layout of one record (everything little-endian):
@@ -228,36 +231,39 @@ public final class TorchZipWriter {
         else { return false }
         try flush()
         let start = offset
-        do {
-            guard try file.copyRange(from: source, at: dataOffset, count: entry.size, record: entry.name) else {
-                return false
+        // Copy in pieces; a second thread reads each piece back and checksums it while the next one is copied,
+        // so the check costs little more than the copy (2 cores). One checker, one buffer: memory stays flat.
+        let piece = max(1, copyPieceSize)
+        let checker = ReadBackChecker(file: file, bufferSize: buffer.count)
+        let queue = DispatchQueue(label: "ckpt.zip.read-back")
+        let group = DispatchGroup()
+        var copied: UInt64 = 0
+        do throws(ZipError) {
+            while copied < entry.size {
+                let n = min(piece, entry.size - copied)
+                guard try file.copyRange(from: source, at: dataOffset + copied, count: n, record: entry.name) else {
+                    if copied == 0 { return false }
+                    throw ZipError.io("cannot copy into '\(path)': the kernel stopped copying between files")
+                }
+                let index = checker.addPiece(at: start + copied, count: n)
+                queue.async(group: group) { checker.check(index) }
+                copied += n
+                progress(Int(n))
             }
         } catch {
+            group.wait()
             state = .failed
             throw error
         }
+        group.wait()
         offset += entry.size
         open.count = entry.size
         state = .inRecord(open)
-        // Read back what landed in this file (from the page cache) with the write buffer, which flush() emptied.
-        var crc: UInt32 = 0
-        var done: UInt64 = 0
-        while done < entry.size {
-            let want = Int(min(UInt64(buffer.count), entry.size - done))
-            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
-            let got: Int
-            do { got = try file.read(into: part, at: start + done) } catch {
-                state = .failed
-                throw error
-            }
-            guard got == want else {
-                state = .failed
-                throw ZipError.io("cannot read back '\(path)' at byte \(start + done)")
-            }
-            crc = ZipCRC32.update(crc, UnsafeRawBufferPointer(part))
-            done += UInt64(got)
-            progress(got)
+        if let error = checker.error {
+            state = .failed
+            throw error
         }
+        let crc = checker.combinedCRC()
         guard crc == entry.crc32 else {
             state = .failed
             throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
@@ -381,6 +387,10 @@ public final class TorchZipWriter {
         state = .finished
     }
 
+    /// How much ``copyStoredRecordData(_:from:progress:)`` copies before handing a piece to the checker (tests
+    /// lower it to cover several pieces with a small record).
+    var copyPieceSize: UInt64 = 64 << 20
+
     /// Total bytes written so far (buffered included).
     public var bytesWritten: UInt64 { offset }
 
@@ -439,6 +449,68 @@ public final class TorchZipWriter {
         case .finished: return .misuse("\(call) on '\(path)' after finish()")
         case .failed: return .misuse("\(call) on '\(path)' after an earlier error; discard the file")
         }
+    }
+}
+
+/// Reads pieces of a file back and checksums them, on whatever thread calls ``check(_:)`` (one at a time).
+/// Pieces are registered before they are queued and read only by the checker until the queue is drained.
+private final class ReadBackChecker: @unchecked Sendable {
+    private let file: ZipFileHandle
+    private let buffer: UnsafeMutableRawBufferPointer
+    private let lock = NSLock()
+    private var pieces: [(offset: UInt64, count: UInt64, crc: UInt32)] = []
+    private(set) var error: ZipError?
+
+    init(file: ZipFileHandle, bufferSize: Int) {
+        self.file = file
+        buffer = .allocate(byteCount: bufferSize, alignment: 64)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func addPiece(at offset: UInt64, count: UInt64) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        pieces.append((offset, count, 0))
+        return pieces.count - 1
+    }
+
+    func check(_ index: Int) {
+        lock.lock()
+        let (offset, count, _) = pieces[index]
+        let failed = error != nil
+        lock.unlock()
+        if failed { return }
+        var crc: UInt32 = 0
+        var done: UInt64 = 0
+        do {
+            while done < count {
+                let want = Int(min(UInt64(buffer.count), count - done))
+                let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
+                let got = try file.read(into: part, at: offset + done)
+                guard got == want else { throw ZipError.io("cannot read back '\(file.path)' at byte \(offset + done)") }
+                crc = ZipCRC32.update(crc, UnsafeRawBufferPointer(part))
+                done += UInt64(got)
+            }
+        } catch let e as ZipError {
+            lock.lock(); error = error ?? e; lock.unlock()
+            return
+        } catch {
+            lock.lock(); self.error = self.error ?? .io("\(error)"); lock.unlock()
+            return
+        }
+        lock.lock()
+        pieces[index].crc = crc
+        lock.unlock()
+    }
+
+    /// The CRC-32 of all pieces in order (call after every check has finished).
+    func combinedCRC() -> UInt32 {
+        lock.lock()
+        defer { lock.unlock() }
+        var crc: UInt32 = 0
+        for p in pieces { crc = ZipCRC32.combine(crc, p.crc, lengthOfB: p.count) }
+        return crc
     }
 }
 
