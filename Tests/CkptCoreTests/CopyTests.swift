@@ -10,6 +10,21 @@ import Testing
         return (0..<n).map { _ in UInt8.random(in: 0...255, using: &g) }
     }
 
+    @Test(.enabled(if: ZipCRC32.usesCarrylessMultiply, "only this CPU path differs from zlib"))
+    func carrylessCRCEqualsZlibAtEveryLengthAndAlignment() {
+        let bytes = Self.randomBytes(70_000, seed: 4)
+        bytes.withUnsafeBytes { raw in
+            for start in [0, 1, 3, 8, 15] {
+                for length in Array(0...300) + [4095, 4096, 4097, 65_536, 69_985] {
+                    let part = UnsafeRawBufferPointer(rebasing: raw[start..<(start + length)])
+                    for seed: UInt32 in [0, 0x1234_5678] {
+                        #expect(ZipCRC32.update(seed, part) == ZipCRC32.zlibUpdate(seed, part), "\(start) \(length)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func combinedCRCEqualsTheWholeCRC() {
         let bytes = Self.randomBytes(100_003, seed: 1)
         for cut in [0, 1, 4095, 4096, 50_000, 100_002, 100_003] {
