@@ -17,9 +17,20 @@ let package = Package(
             pkgConfig: "libzip",
             providers: [.apt(["libzip-dev"])]
         ),
+        .systemLibrary(
+            name: "CProtobufC",
+            pkgConfig: "libprotobuf-c",
+            providers: [.apt(["libprotobuf-c-dev"])]
+        ),
+        // Generated from onnx.proto by protoc-c and committed (see Sources/COnnx/README.md).
+        .target(
+            name: "COnnx",
+            dependencies: ["CProtobufC"],
+            exclude: ["onnx.proto", "README.md"]
+        ),
         .target(
             name: "CkptCore",
-            dependencies: ["CLibzip"]
+            dependencies: ["CLibzip", "COnnx", "CProtobufC"]
         ),
         .executableTarget(
             name: "ckpt",

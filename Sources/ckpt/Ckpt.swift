@@ -11,7 +11,7 @@ struct Ckpt: ParsableCommand {
         Exit status: 0 success; 1 differences found (diff) or dangerous globals (scan); 2 bad input or misuse.
         """,
         version: "0.1.0",
-        subcommands: [Info.self, Keys.self, Strip.self, Diff.self, Transfer.self, Layers.self]
+        subcommands: [Info.self, Keys.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self]
     )
 
     static func main() {

@@ -19,6 +19,8 @@ struct Diff: ParsableCommand {
           ckpt diff best.pt best-stripped.pt
           ckpt diff a.pt b.pt --record model --values
           ckpt diff model.pt model-fp16.pt --values --atol 1e-3
+          ckpt diff best.pt best.onnx --values            # does the export carry the trained weights?
+          ckpt diff ddp.pt best.onnx --map =module.       # B's names get A's prefix before pairing
         """)
 
     @Argument(help: "The first checkpoint (A).") var a: String
@@ -27,12 +29,15 @@ struct Diff: ParsableCommand {
     @Flag(help: "Compare tensor values too (streamed in chunks, in float64).") var values = false
     @Option(help: "Absolute tolerance for --values (default 0).") var atol: Double = 0
     @Option(help: "Relative tolerance for --values (default 0).") var rtol: Double = 0
+    @Option(help: "Rename B's tensors by prefix before pairing, OLD=NEW (repeatable; the longest OLD wins).")
+    var map: [String] = []
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {
         guard atol >= 0, rtol >= 0, atol.isFinite, rtol.isFinite else {
             throw ValidationError("--atol and --rtol must be finite and not negative")
         }
+        for m in map where !m.contains("=") { throw ValidationError("--map '\(m)' is not OLD=NEW") }
     }
 
     func run() throws {
@@ -43,6 +48,7 @@ struct Diff: ParsableCommand {
         o.values = values || atol > 0 || rtol > 0
         o.atol = atol
         o.rtol = rtol
+        o.map = map.map(splitPair)
         let report: CheckpointDiff
         do { report = try Checkpoint.diff(ca, cb, o) } catch { throw Failure(message: error.description) }
         emit(json ? report.json.rendered() : report.table)

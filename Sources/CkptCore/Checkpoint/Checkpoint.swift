@@ -2,6 +2,8 @@ import Foundation
 
 /// A checkpoint opened for reading: its container, its decoded pickle, and where each storage's
 /// bytes are. Storage bytes are never loaded whole; they are streamed on request.
+///
+/// Every format opens into the same two parts (see ``StorageSource``): the graph and a storage source.
 public final class Checkpoint {
     /// The file's path as given.
     public let path: String
@@ -11,7 +13,7 @@ public final class Checkpoint {
     public let graph: PickleGraph
     /// The zip's root folder (`best` for `best.pt`, `archive` for files saved to a buffer).
     public let root: String
-    /// Number of records in the container.
+    /// Number of records in a zip container; for the other formats, the number of storages.
     public let recordCount: Int
     /// Contents of `.format_version`, when present.
     public let formatVersion: String?
@@ -19,62 +21,74 @@ public final class Checkpoint {
     public let version: String?
     /// Contents of `byteorder`, when present.
     public let byteOrder: String?
-    /// `torch zip` or `torch legacy`.
+    /// `torch zip`, `torch legacy`, `safetensors`, `onnx`, or `sharded <format> (N shards)`.
     public let format: String
-    private let zip: ZipReader?
-    private let legacy: LegacyReader?
+    /// Metadata the format carries besides tensors: safetensors' `__metadata__`, an ONNX model's producer and
+    /// opsets, a sharded index's `metadata` and shard files. Empty for torch files.
+    public let metadata: [(key: String, value: String)]
+    /// Serves storage bytes by the keys the graph's persistent ids name.
+    let source: any StorageSource
 
     /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).
     public static let maxPickleBytes: UInt64 = 1 << 31
 
-    /// Opens and decodes a checkpoint. Nothing in it is executed.
+    /// Opens a checkpoint: a torch zip or legacy file, a `.safetensors` file, a sharded checkpoint's index
+    /// (`pytorch_model.bin.index.json`, `model.safetensors.index.json`) or an `.onnx` model. Formats other than
+    /// torch's present the graph `torch.save` would write for their state dict. Nothing in a file is executed.
     public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         self.path = path
         guard FileManager.default.fileExists(atPath: path) else { throw .io("no such file") }
-        if LegacyReader.looksLegacy(path: path) {
-            let l = try LegacyReader(path: path, limits: limits)
-            legacy = l
-            zip = nil
-            format = "torch legacy"
-            fileSize = l.fileSize
-            graph = l.graph
-            root = ""
-            recordCount = l.storageOrder.count
-            formatVersion = nil
-            version = nil
-            byteOrder = "little"
-            return
+        let c: OpenedContainer
+        switch ContainerKind.detect(path: path) {
+        case .zip: c = try Self.openZip(path: path, limits: limits)
+        case .legacy: c = try Self.openLegacy(path: path, limits: limits)
+        case .safetensors: c = try SafetensorsReader.open(path: path)
+        case .shardIndex: c = try ShardedCheckpoint.open(path: path, limits: limits)
+        case .onnx: c = try ONNXReader.open(path: path)
         }
-        format = "torch zip"
-        legacy = nil
+        graph = c.graph
+        source = c.source
+        format = c.format
+        fileSize = c.fileSize
+        root = c.root
+        recordCount = c.recordCount
+        formatVersion = c.formatVersion
+        version = c.version
+        byteOrder = c.byteOrder
+        metadata = c.metadata
+    }
+
+    private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
+        let l = try LegacyReader(path: path, limits: limits)
+        return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
+                               recordCount: l.storageOrder.count)
+    }
+
+    private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let zip: ZipReader
         do { zip = try ZipReader(path: path) } catch { throw .container(error) }
-        self.zip = zip
-        fileSize = zip.fileSize
-        root = zip.root
-        recordCount = zip.entries.count
         guard let pkl = zip.entry(named: "data.pkl") else { throw .missingRecord("\(zip.root)/data.pkl") }
         func small(_ name: String) -> String? {
             guard let e = zip.entry(named: name), e.size < 4096,
                   let b = try? zip.readAll(e, limit: 4096) else { return nil }
             return String(decoding: b, as: UTF8.self)
         }
-        formatVersion = small(".format_version")
-        version = small("version")
-        byteOrder = small("byteorder")
+        let byteOrder = small("byteorder")
         if let order = byteOrder, order != "little" {
             throw .notACheckpoint("byte order '\(order)' is not supported (only little-endian)")
         }
         let bytes: [UInt8]
         do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
+        let graph: PickleGraph
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
+        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: "torch zip", fileSize: zip.fileSize,
+                               root: zip.root, recordCount: zip.entries.count,
+                               formatVersion: small(".format_version"), version: small("version"),
+                               byteOrder: byteOrder)
     }
 
     /// Size in bytes of a storage's record, when it exists.
-    public func storageRecordBytes(_ key: String) -> Int64? {
-        if let l = legacy { return l.storages[key].map { Int64($0.bytes) } }
-        return zip?.entry(named: "data/\(key)").map { Int64($0.size) }
-    }
+    public func storageRecordBytes(_ key: String) -> Int64? { source.storageBytes(key) }
 
     /// The CRC-32 of a storage's record when the container has one that ``streamStorage(_:chunkSize:_:)`` checks
     /// (zip records saved with checksums; nil for legacy files and for `compute_crc32 = False` saves).
@@ -107,22 +121,22 @@ public final class Checkpoint {
     {
         struct BodyError: Error { var inner: any Error }
         do {
-            if let l = legacy {
-                try l.stream(key, chunkSize: chunkSize) { chunk in
-                    do { try body(chunk) } catch { throw BodyError(inner: error) }
-                }
-                return
-            }
-            guard let zip, let e = zip.entry(named: "data/\(key)") else {
-                throw CheckpointError.missingRecord("\(root)/data/\(key)")
-            }
-            try zip.stream(e, chunkSize: chunkSize) { chunk in
+            try source.stream(key, chunkSize: chunkSize) { chunk in
                 do { try body(chunk) } catch { throw BodyError(inner: error) }
             }
         } catch let b as BodyError {
             throw b.inner
-        } catch let z as ZipError {
-            throw CheckpointError.container(z)
+        } catch {
+            throw Self.sourceFault(error)
+        }
+    }
+
+    /// A storage source's fault as a ``CheckpointError``.
+    static func sourceFault(_ error: any Error) -> CheckpointError {
+        switch error {
+        case let c as CheckpointError: c
+        case let z as ZipError: .container(z)
+        default: .io("\(error)")
         }
     }
 
@@ -132,22 +146,14 @@ public final class Checkpoint {
         throws(CheckpointError)
     {
         guard offset >= 0 else { throw .io("negative offset \(offset) in storage \(key)") }
-        if let l = legacy {
-            try l.read(key, at: UInt64(offset), into: buffer)
-            return
-        }
-        guard let zip, let e = zip.entry(named: "data/\(key)") else { throw .missingRecord("\(root)/data/\(key)") }
-        do { try zip.read(e, at: UInt64(offset), into: buffer) } catch { throw .container(error) }
+        do { try source.read(key, at: offset, into: buffer) } catch { throw Self.sourceFault(error) }
     }
 
-    /// The CRC-32 a storage's zip record declares, when it declares one (legacy files have none).
-    public func storageChecksum(_ key: String) -> (record: String, crc: UInt32)? {
-        guard let e = zip?.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
-        return (e.name, e.crc32)
-    }
+    /// The CRC-32 a storage's zip record declares, when it declares one (other formats have none).
+    public func storageChecksum(_ key: String) -> (record: String, crc: UInt32)? { source.checksum(key) }
 
     /// Every entry name in the container, in directory order.
-    public var recordNames: [String] { zip?.entries.map(\.name) ?? legacy?.storageOrder ?? [] }
+    public var recordNames: [String] { source.recordNames }
 
     // MARK: - Records
 

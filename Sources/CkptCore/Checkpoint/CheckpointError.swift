@@ -16,6 +16,8 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
     case invalidOperation(String)
     /// An I/O failure while reading or writing.
     case io(String)
+    /// A file of another format (`safetensors`, `onnx`, `sharded checkpoint index`) that breaks its format's rules.
+    case invalidFile(format: String, String)
 
     public var description: String {
         switch self {
@@ -29,6 +31,7 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
         case .tooDeep(let n): "objects are nested more than \(n) levels deep"
         case .invalidOperation(let why): why
         case .io(let why): why
+        case .invalidFile(let format, let why): "not a valid \(format) file: \(why)"
         }
     }
 }

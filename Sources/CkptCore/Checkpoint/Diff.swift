@@ -9,6 +9,9 @@ public struct DiffOptions: Sendable {
     /// Tolerances as `torch.allclose`: |a - b| <= atol + rtol * |b|.
     public var atol: Double = 0
     public var rtol: Double = 0
+    /// Prefix renames applied to B's tensor names before pairing (``renamedForComparison(_:map:)``), so an
+    /// export's or a wrapper's names line up with A's.
+    public var map: [(old: String, new: String)] = []
     public init() {}
 }
 
@@ -213,6 +216,7 @@ extension Checkpoint {
 
         // Tensors, pair by pair.
         var viewNodesA = Set<NodeID>(), viewNodesB = Set<NodeID>()
+        var mapHits = [Int](repeating: 0, count: options.map.count)
         for (name, na, nb) in pairs {
             var ta = try a.attributing { () throws(CheckpointError) in try a.graph.stateDict(na) }
             var tb = try b.attributing { () throws(CheckpointError) in try b.graph.stateDict(nb) }
@@ -220,6 +224,11 @@ extension Checkpoint {
             for (i, t) in tb.enumerated() where t.name.isEmpty { tb[i].name = name ?? "" }
             viewNodesA.formUnion(ta.map(\.tensor.tensorNode))
             viewNodesB.formUnion(tb.map(\.tensor.tensorNode))
+            if !options.map.isEmpty {
+                let renamed = try b.attributing { () throws(CheckpointError) in try renamedForComparison(tb, map: options.map) }
+                tb = renamed.tensors
+                for (i, h) in renamed.hits.enumerated() { mapHits[i] += h }
+            }
             var inB: [String: TensorRef] = [:]
             for t in tb where inB[t.name] == nil { inB[t.name] = t.tensor }
             let namesA = Set(ta.map(\.name))
@@ -249,6 +258,10 @@ extension Checkpoint {
                 report.tensors.append(TensorDifference(record: name, name: t.name, a: nil, b: (t.tensor.dtype, t.tensor.shape),
                                                        changes: ["only in B"]))
             }
+        }
+
+        for (i, m) in options.map.enumerated() where mapHits[i] == 0 {
+            report.notes.append("--map \(m.old)=\(m.new) renames no tensor of B")
         }
 
         // Records: the structure around the tensors.

@@ -40,6 +40,8 @@ public struct CheckpointInfo: Sendable {
     /// Kind of the top-level object: dict, state_dict, module, ...
     public var topKind: String
     public var records: [RecordSummary]
+    /// The format's own metadata (safetensors `__metadata__`, ONNX producer and opsets, shard files).
+    public var metadata: [(key: String, value: String)] = []
 
     /// The report as JSON.
     public var json: JSONValue {
@@ -49,7 +51,7 @@ public struct CheckpointInfo: Sendable {
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
             ("records", .array(records.map(\.json))),
-        ])
+        ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))]))
     }
 
     /// The report as an aligned table.
@@ -71,7 +73,8 @@ public struct CheckpointInfo: Sendable {
                          r.elements.map { Figures.count($0) } ?? "", r.storageBytes.map { Figures.bytes($0) } ?? "",
                          r.dtypes.map(\.rawValue).joined(separator: ",")])
         }
-        return head + "\n\n" + Figures.table(rows)
+        let meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
+        return head + meta + "\n\n" + Figures.table(rows)
     }
 }
 
@@ -138,6 +141,6 @@ extension Checkpoint {
         }
         return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries)
+                              records: summaries, metadata: metadata)
     }
 }

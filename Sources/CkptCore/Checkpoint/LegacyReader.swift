@@ -57,12 +57,19 @@ final class LegacyReader {
                 guard graphs[1].int(graphs[1].root) == 1001 else {
                     throw CheckpointError.notACheckpoint("legacy protocol version is not 1001")
                 }
-                let graph = graphs[3]
+                var graph = graphs[3]
                 let keysGraph = graphs[4]
                 let keys = (keysGraph.sequence(keysGraph.root) ?? []).compactMap { keysGraph.string($0) }
                 var types: [String: DType] = [:]
                 for id in graph.reachable(from: graph.root) {
-                    guard case .persistent = graph[id] else { continue }
+                    guard case .persistent(let pid) = graph[id] else { continue }
+                    // A pickled module's class: ('module', <class>, source file, source); torch.load returns the
+                    // class, so the node becomes the class's global, as the zip format pickles it.
+                    if let t = graph.sequence(pid), t.count == 4, graph.string(t[0]) == "module",
+                       case .global = graph[t[1]] {
+                        graph[id] = graph[t[1]]
+                        continue
+                    }
                     guard let s = graph.storageRef(id) else {
                         throw CheckpointError.notACheckpoint("persistent id \(id) is not a torch storage")
                     }
@@ -97,18 +104,6 @@ final class LegacyReader {
                 throw .io("\(error)")
             }
         }
-    }
-
-    func read(_ key: String, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(CheckpointError) {
-        guard let s = storages[key] else { throw .missingRecord("legacy storage \(key)") }
-        guard offset <= s.bytes, UInt64(buffer.count) <= s.bytes - offset else {
-            throw .notACheckpoint("storage \(key) is cut short")
-        }
-        if buffer.isEmpty { return }
-        do { try handle.seek(toOffset: s.offset + offset) } catch { throw .io("\(error)") }
-        let d = handle.readData(ofLength: buffer.count)
-        guard d.count == buffer.count else { throw .notACheckpoint("storage \(key) is cut short") }
-        d.copyBytes(to: buffer.bindMemory(to: UInt8.self), count: d.count)
     }
 
     func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {

@@ -58,6 +58,19 @@ public struct TensorRef: Hashable, Sendable {
     }
 }
 
+extension TensorRef {
+    /// The bytes of its storage the tensor reaches: from its first element to just past its last (empty for an
+    /// empty tensor). Only meaningful for a tensor that passed ``check(name:recordBytes:)``.
+    public var byteRange: Range<Int64> {
+        let item = Int64(dtype.itemSize)
+        let start = storageOffset * item
+        guard let n = numel, n > 0 else { return start..<start }
+        var last = storageOffset
+        for (size, st) in zip(shape, stride) { last += (size - 1) * st }
+        return start..<((last + 1) * item)
+    }
+}
+
 /// A tensor that fails a shape check.
 public struct TensorCheckError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The tensor's name (state_dict key or path in the checkpoint).

@@ -1,0 +1,144 @@
+import Foundation
+
+/// Where a checkpoint's storage bytes live: the read half of a format adapter.
+///
+/// Every container format (torch zip, legacy `.pth`, safetensors, a sharded set, ONNX) opens as the same pair: a
+/// ``PickleGraph`` (for the formats that are not pickles, exactly what `torch.save` would pickle for their state dict)
+/// and a storage source that serves each storage's bytes, by the key the graph's persistent ids name, from the right
+/// file at the right offset. Bytes are only ever streamed in bounded chunks or read in bounded ranges.
+///
+/// Faults of the source are thrown as ``CheckpointError`` (or ``ZipError``); errors thrown by `body` pass through.
+protocol StorageSource: AnyObject {
+    /// The size in bytes of a storage's bytes, or nil when the storage does not exist.
+    func storageBytes(_ key: String) -> Int64?
+    /// Streams all bytes of a storage in order, in chunks of at most `chunkSize` bytes, with whatever integrity
+    /// check the container has (the zip CRC-32).
+    func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws
+    /// Reads exactly `buffer.count` bytes of a storage starting at byte `offset` (no checksum: a part cannot be
+    /// checked). The range must lie inside the storage.
+    func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws
+    /// The names the container lists (zip record names, legacy storage keys, tensor names).
+    var recordNames: [String] { get }
+    /// The CRC-32 the container declares for a whole storage, when it declares one (zip records).
+    func checksum(_ key: String) -> (record: String, crc: UInt32)?
+}
+
+extension StorageSource {
+    func checksum(_ key: String) -> (record: String, crc: UInt32)? { nil }
+
+    /// Throws unless `[offset, offset + count)` lies inside the storage.
+    func checkRange(_ key: String, _ offset: Int64, _ count: Int) throws {
+        guard let size = storageBytes(key) else { throw CheckpointError.missingRecord("storage \(key)") }
+        let (end, o) = offset.addingReportingOverflow(Int64(count))
+        guard offset >= 0, !o, end <= size else {
+            throw CheckpointError.io("read of bytes \(offset)..<\(end) is outside the \(size)-byte storage \(key)")
+        }
+    }
+}
+
+/// The storages of a torch zip checkpoint: the records `<root>/data/<key>`.
+final class ZipStorageSource: StorageSource {
+    let zip: ZipReader
+
+    init(_ zip: ZipReader) { self.zip = zip }
+
+    private func entry(_ key: String) throws -> ZipEntry {
+        guard let e = zip.entry(named: "data/\(key)") else {
+            throw CheckpointError.missingRecord("\(zip.root)/data/\(key)")
+        }
+        return e
+    }
+
+    func storageBytes(_ key: String) -> Int64? { zip.entry(named: "data/\(key)").map { Int64($0.size) } }
+
+    func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try zip.stream(try entry(key), chunkSize: chunkSize, body)
+    }
+
+    func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(key, offset, buffer.count)
+        try zip.read(try entry(key), at: UInt64(offset), into: buffer)
+    }
+
+    var recordNames: [String] { zip.entries.map(\.name) }
+
+    func checksum(_ key: String) -> (record: String, crc: UInt32)? {
+        guard let e = zip.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        return (e.name, e.crc32)
+    }
+}
+
+extension LegacyReader: StorageSource {
+    func storageBytes(_ key: String) -> Int64? { storages[key].map { Int64($0.bytes) } }
+
+    // stream(_:chunkSize:_:) is LegacyReader's own.
+
+    func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(key, offset, buffer.count)
+        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
+        guard !buffer.isEmpty else { return }
+        try handle.seek(toOffset: s.offset + UInt64(offset))
+        let d = handle.readData(ofLength: buffer.count)
+        guard d.count == buffer.count else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
+        _ = d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
+    }
+
+    var recordNames: [String] { storageOrder }
+}
+
+/// Exact reads from a file through ``ZipFileHandle`` (plain `pread`), with errors as ``CheckpointError``.
+enum FileRange {
+    /// Reads exactly `buffer.count` bytes at `offset`; a short read means the file was cut short.
+    static func read(_ file: ZipFileHandle, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer,
+                     what: String) throws(CheckpointError)
+    {
+        guard buffer.count > 0 else { return }
+        let got: Int
+        do { got = try file.read(into: buffer, at: offset) } catch { throw .io(error.description) }
+        guard got == buffer.count else {
+            throw .io("\(what) is cut short: the file ends at byte \(offset + UInt64(got))")
+        }
+    }
+
+    /// Reads exactly `count` bytes at `offset` into a new array.
+    static func readBytes(_ file: ZipFileHandle, at offset: UInt64, count: Int, what: String) throws(CheckpointError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        do {
+            try out.withUnsafeMutableBytes { try read(file, at: offset, into: $0, what: what) }
+        } catch let e as CheckpointError {
+            throw e
+        } catch {
+            throw .io("\(error)")
+        }
+        return out
+    }
+
+    /// Streams `[offset, offset + count)` of a file in chunks of at most `chunkSize` bytes.
+    static func stream(_ file: ZipFileHandle, offset: UInt64, count: UInt64, chunkSize: Int, what: String,
+                       _ body: (UnsafeRawBufferPointer) throws -> Void) throws
+    {
+        guard count > 0 else { return }
+        let size = Int(min(UInt64(max(chunkSize, 1)), count))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { buffer.deallocate() }
+        if count >= 64 << 20 { file.adviseSequential() }
+        var done: UInt64 = 0
+        while done < count {
+            let n = Int(min(UInt64(size), count - done))
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+            try read(file, at: offset + done, into: part, what: what)
+            try body(UnsafeRawBufferPointer(part))
+            done += UInt64(n)
+        }
+    }
+
+    /// Opens a file for reading, with errors as ``CheckpointError``.
+    static func open(_ path: String) throws(CheckpointError) -> ZipFileHandle {
+        do { return try ZipFileHandle.openForReading(path) } catch { throw .io(error.description) }
+    }
+
+    /// A file's size.
+    static func size(_ file: ZipFileHandle) throws(CheckpointError) -> UInt64 {
+        do { return try file.size() } catch { throw .io(error.description) }
+    }
+}
