@@ -90,20 +90,13 @@ public final class Checkpoint {
     /// Size in bytes of a storage's record, when it exists.
     public func storageRecordBytes(_ key: String) -> Int64? { source.storageBytes(key) }
 
-    /// The CRC-32 of a storage's record when the container has one that ``streamStorage(_:chunkSize:_:)`` checks
-    /// (zip records saved with checksums; nil for legacy files and for `compute_crc32 = False` saves).
-    public func storageRecordCRC32(_ key: String) -> UInt32? {
-        guard let e = zip?.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
-        return e.crc32
-    }
-
-    /// Copies a storage's record unchanged into the record `writer` has open (begun with the CRC-32 that
-    /// ``storageRecordCRC32(_:)`` gives) inside the kernel, checked against that CRC after the copy. Returns false
-    /// when this is not possible (legacy file, compressed or unchecked record, no copy_file_range between the two
-    /// files); the caller then streams the bytes. A storage whose bytes do not match its CRC is this file's fault
-    /// (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the output's).
+    /// Copies a storage's zip record unchanged into the record `writer` has open (begun with the CRC-32 that
+    /// ``storageChecksum(_:)`` gives) inside the kernel, checked against that CRC after the copy. Returns false
+    /// when this is not possible (another format, a compressed or unchecked record, no copy_file_range between the
+    /// two files); the caller then streams the bytes. A storage whose bytes do not match its CRC is this file's
+    /// fault (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the output's).
     func copyStorageRecord(_ key: String, into writer: TorchZipWriter, progress: (Int) -> Void) throws -> Bool {
-        guard let zip, let e = zip.entry(named: "data/\(key)") else { return false }
+        guard let zip = (source as? ZipStorageSource)?.zip, let e = zip.entry(named: "data/\(key)") else { return false }
         do {
             return try writer.copyStoredRecordData(e, from: zip, progress: progress)
         } catch let z {

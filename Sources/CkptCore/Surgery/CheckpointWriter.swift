@@ -54,7 +54,7 @@ extension Checkpoint {
                                     progressed: (Int64) -> Void) throws
     {
         // A record copied unchanged keeps its checksum, which the read verifies as it streams: no second CRC pass.
-        let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageRecordCRC32(s.sourceKey) : nil
+        let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageChecksum(s.sourceKey)?.crc : nil
         try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
         if let view = s.view {
             // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
