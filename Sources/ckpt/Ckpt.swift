@@ -8,10 +8,11 @@ struct Ckpt: ParsableCommand {
         commandName: "ckpt",
         abstract: "Inspect and rewrite PyTorch checkpoints without executing them.",
         discussion: """
-        Exit status: 0 success; 1 differences found (diff) or dangerous globals (scan); 2 bad input or misuse.
+        Exit status: 0 success; 1 differences found (diff) or dangerous globals (scan finds them; rewriting
+        commands refuse such files unless --allow-unsafe); 2 bad input or misuse.
         """,
         version: "0.1.0",
-        subcommands: [Info.self, Keys.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self]
+        subcommands: [Info.self, Keys.self, Scan.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self]
     )
 
     static func main() {
@@ -52,6 +53,7 @@ func reporting<T>(_ file: String, _ body: () throws -> T) throws -> T {
     } catch let e as Failure {
         throw e
     } catch let e as CheckpointError {
+        if case .dangerousGlobals = e { throw Failure(message: "\(file): \(e.description)", code: 1) }
         throw Failure(message: "\(file): \(e.description)")
     } catch let e as CustomStringConvertible {
         throw Failure(message: "\(file): \(e.description)")

@@ -25,10 +25,14 @@ struct Convert: ParsableCommand {
     var record: String?
     @Flag(name: .customLong("dry-run"), help: "Say what would be written; write nothing.") var dryRun = false
     @Flag(help: "Print the summary as JSON.") var json = false
+    @Flag(name: .customLong("allow-unsafe"),
+          help: "Rewrite a file whose pickle names dangerous globals (see ckpt scan).")
+    var allowUnsafe = false
 
     func run() throws {
         let format = try reporting(output) { try OutputFormat(path: output) }
         let ckpt = try reporting(input) { try Checkpoint(path: input) }
+        try reporting(input) { try ckpt.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
         let report: ConvertReport
         switch format {
         case .safetensors:

@@ -28,6 +28,9 @@ struct Strip: ParsableCommand {
     @Option(help: "Record whose keys --drop and --rename change (default: the model).") var record: String?
     @Flag(help: "Allow --drop to remove every tensor.") var force = false
     @Flag(name: .customLong("dry-run"), help: "Say what would change; write nothing.") var dryRun = false
+    @Flag(name: .customLong("allow-unsafe"),
+          help: "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names).")
+    var allowUnsafe = false
     @Flag(help: "Print the summary as JSON.") var json = false
     @OptionGroup var progress: ProgressOptions
 
@@ -49,6 +52,7 @@ struct Strip: ParsableCommand {
         o.force = force
         let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
             let c = keptUntilExit(try Checkpoint(path: input))
+            try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
             return (c, try c.planStrip(o))
         }
         for w in plan.report.warnings { warn("\(input): \(w)") }

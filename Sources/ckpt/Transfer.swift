@@ -26,10 +26,15 @@ struct Transfer: ParsableCommand {
     var intoRecord: String?
     @Flag(name: .customLong("dry-run"), help: "Report what would be transferred; write nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
+    @Flag(name: .customLong("allow-unsafe"),
+          help: "Rewrite even if FROM's or INTO's pickle names dangerous globals (INTO's are copied unchanged).")
+    var allowUnsafe = false
 
     func run() throws {
         let f = try reporting(from) { try Checkpoint(path: from) }
         let i = try reporting(into) { try Checkpoint(path: into) }
+        try reporting(from) { try f.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
+        try reporting(into) { try i.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
         var o = TransferOptions()
         o.exclude = exclude
         o.fromRecord = fromRecord

@@ -28,6 +28,10 @@ public final class Checkpoint {
     public let metadata: [(key: String, value: String)]
     /// Serves storage bytes by the keys the graph's persistent ids name.
     let source: any StorageSource
+    /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
+    /// record) of a zip, the five pickles of a legacy file, every shard's for a sharded checkpoint; none for
+    /// safetensors and ONNX. See ``Checkpoint/scan(path:limits:)``.
+    public let pickleScans: [PickleScan]
 
     /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).
     public static let maxPickleBytes: UInt64 = 1 << 31
@@ -56,12 +60,14 @@ public final class Checkpoint {
         version = c.version
         byteOrder = c.byteOrder
         metadata = c.metadata
+        pickleScans = c.pickleScans
+        try validate(limits: limits)
     }
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
         return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
-                               recordCount: l.storageOrder.count)
+                               recordCount: l.storageOrder.count, pickleScans: l.scans)
     }
 
     private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
@@ -81,10 +87,49 @@ public final class Checkpoint {
         do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
         let graph: PickleGraph
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
+        var scans = [PickleScanner.scan(bytes, label: pkl.name, limits: limits)]
+        for e in ContainerPickles.records(of: zip) where e != pkl {
+            do {
+                scans.append(PickleScanner.scan(try zip.readAll(e, limit: Self.maxPickleBytes), label: e.name, limits: limits))
+            } catch { throw .container(error) }
+        }
         return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: "torch zip", fileSize: zip.fileSize,
                                root: zip.root, recordCount: zip.entries.count,
                                formatVersion: small(".format_version"), version: small("version"),
-                               byteOrder: byteOrder)
+                               byteOrder: byteOrder, pickleScans: scans)
+    }
+
+    /// What torch.load checks before it builds a tensor, checked up front so that every command answers a bad
+    /// file with one error instead of failing later: every persistent id is a storage of a type torch has,
+    /// whose record exists and holds exactly the declared bytes, and every tensor passes
+    /// ``TensorRef/check(name:recordBytes:)`` (strides, offsets, overflow, bounds). Also walks the state_dict
+    /// view once, so that nesting past ``PickleLimits/maxNesting`` or memo abuse is refused at open by every command.
+    func validate(limits: PickleLimits) throws(CheckpointError) {
+        var checked = Set<String>()
+        for id in graph.reachable(from: graph.root) {
+            guard case .persistent = graph[id] else { continue }
+            guard let s = graph.storageRef(id) else { throw .notACheckpoint("persistent id \(id) is not a torch storage") }
+            guard checked.insert(s.key).inserted else { continue }
+            guard s.dtype != nil || s.storageClass == "torch.storage.UntypedStorage" else {
+                throw .notACheckpoint("storage \(s.key) has type \(s.storageClass), which torch does not have")
+            }
+            guard let record = storageRecordBytes(s.key) else {
+                throw .missingRecord(root.isEmpty ? "storage \(s.key)" : "\(root)/data/\(s.key)")
+            }
+            guard s.numel >= 0, let declared = s.byteCount else {
+                throw .tensor(TensorCheckError(tensor: "storage \(s.key)", reason: "element count \(s.numel) is impossible"))
+            }
+            guard declared == record else {
+                throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
+                    reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
+            }
+        }
+        for t in try graph.allTensors(from: graph.root, limits: limits) {
+            do { try t.tensor.check(name: t.name.isEmpty ? "at the top level" : t.name, recordBytes: nil) } catch {
+                throw .tensor(error)
+            }
+        }
+        _ = try graph.stateDict(graph.root, limits: limits)
     }
 
     /// Size in bytes of a storage's record, when it exists.

@@ -12,10 +12,16 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
     case noSuchRecord(String, available: [String])
     /// Nesting deeper than the walk limit.
     case tooDeep(Int)
+    /// Shared objects reached by more paths than a walk may take (memo abuse: a pickle that reuses memo
+    /// entries so that naming its contents would take exponential time).
+    case sharedTooOften(Int)
     /// A surgery option that cannot be applied.
     case invalidOperation(String)
     /// An I/O failure while reading or writing.
     case io(String)
+    /// The pickle names globals that run code when unpickled (see ``Checkpoint/dangerousGlobals()``);
+    /// rewriting commands refuse such files unless allowed. The CLI exits 1 for it.
+    case dangerousGlobals([String])
     /// A file of another format (`safetensors`, `onnx`, `sharded checkpoint index`) that breaks its format's rules.
     case invalidFile(format: String, String)
 
@@ -29,8 +35,14 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
         case .noSuchRecord(let r, let avail):
             "no record '\(r)' (records: \(avail.isEmpty ? "none" : avail.joined(separator: ", ")))"
         case .tooDeep(let n): "objects are nested more than \(n) levels deep"
+        case .sharedTooOften(let n): "objects are shared so often that naming them takes more than \(n) steps (memo abuse)"
         case .invalidOperation(let why): why
         case .io(let why): why
+        case .dangerousGlobals(let names):
+            "refusing to rewrite: its pickle names \(names.count) dangerous global\(names.count == 1 ? "" : "s") ("
+                + names.prefix(6).joined(separator: ", ") + (names.count > 6 ? ", ..." : "")
+                + ") that can run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy "
+                + (names.count == 1 ? "it" : "them") + " unchanged"
         case .invalidFile(let format, let why): "not a valid \(format) file: \(why)"
         }
     }

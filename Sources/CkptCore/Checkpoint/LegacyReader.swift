@@ -14,6 +14,8 @@ final class LegacyReader {
     /// Storage key -> (offset of its bytes, byte count).
     let storages: [String: (offset: UInt64, bytes: UInt64)]
     let storageOrder: [String]
+    /// Raw scans of the five pickles.
+    let scans: [PickleScan]
     let handle: FileHandle
     let fileSize: UInt64
 
@@ -32,11 +34,11 @@ final class LegacyReader {
         handle = h
         let size = (try? h.seekToEnd()) ?? 0
         fileSize = size
-        (graph, storages, storageOrder) = try Self.parse(h, size: size, limits: limits)
+        (graph, storages, storageOrder, scans) = try Self.parse(h, size: size, limits: limits)
     }
 
     private static func parse(_ h: FileHandle, size: UInt64, limits: PickleLimits) throws(CheckpointError)
-        -> (PickleGraph, [String: (offset: UInt64, bytes: UInt64)], [String])
+        -> (PickleGraph, [String: (offset: UInt64, bytes: UInt64)], [String], [PickleScan])
     {
         // The pickles come first; read a growing prefix until all five decode.
         var prefixLength: UInt64 = min(size, 1 << 20)
@@ -75,6 +77,7 @@ final class LegacyReader {
                     }
                     types[s.key] = s.dtype ?? .uint8
                 }
+                let pickleEnd = pos
                 var offset = UInt64(pos)
                 var table: [String: (UInt64, UInt64)] = [:]
                 for key in keys {
@@ -91,7 +94,8 @@ final class LegacyReader {
                     table[key] = (offset + 8, bytes)
                     offset += 8 + bytes
                 }
-                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, keys)
+                let scans = PickleScanner.scanSequence(Array(prefix[..<pickleEnd]), count: 5, label: "pickle", limits: limits)
+                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, keys, scans)
             } catch let e as PickleError {
                 if case .truncated = e, prefixLength < size {
                     prefixLength = min(size, prefixLength * 4)

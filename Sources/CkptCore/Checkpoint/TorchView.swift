@@ -31,13 +31,18 @@ extension PickleGraph {
 
     /// The strings of a set node (`_non_persistent_buffers_set`), in either spelling pickle uses.
     public func stringSet(_ id: NodeID) -> Set<String> {
+        stringSet(id, depth: 0)
+    }
+
+    private func stringSet(_ id: NodeID, depth: Int) -> Set<String> {
+        guard depth < 2 else { return [] }  // `set([...])`: one call around one list
         switch self[id] {
         case .set(let items), .frozenset(let items), .list(let items), .tuple(let items):
             return Set(items.compactMap { string($0) })
         case .object(let o):
             if let name = globalName(o.callable), name.hasSuffix(".set") || name.hasSuffix(".frozenset"),
                let args = sequence(o.args), let first = args.first {
-                return stringSet(first)
+                return stringSet(first, depth: depth + 1)
             }
             return Set(o.listItems.compactMap { string($0) })
         default:
@@ -66,15 +71,24 @@ extension PickleGraph {
         throws(CheckpointError) -> [(NamedTensor, EntryLocation?)]
     {
         var out: [(NamedTensor, EntryLocation?)] = []
-        try collect(id, prefix: "", depth: 0, limit: limits.maxNesting, into: &out)
+        // Shared containers are walked once per path to them, as state_dict() would; a pickle that reuses memo
+        // entries to make exponentially many paths (memo abuse) is stopped by this budget instead of running forever.
+        var budget = Self.visitBudget(nodes: nodes.count)
+        try collect(id, prefix: "", depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
         return out
     }
 
+    /// Most node visits a walk of the state_dict view may make: enough for every real checkpoint (each node
+    /// a few times over), never exponential.
+    static func visitBudget(nodes: Int) -> Int { max(1 << 17, nodes.multipliedReportingOverflow(by: 4).partialValue) }
+
     private func collect(_ id: NodeID, prefix: String, depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
-                         at location: EntryLocation? = nil)
+                         at location: EntryLocation? = nil, budget: inout Int)
         throws(CheckpointError)
     {
         guard depth <= limit else { throw .tooDeep(limit) }
+        budget -= 1
+        guard budget >= 0 else { throw .sharedTooOften(Self.visitBudget(nodes: nodes.count)) }
         let name = prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix
         let t: TensorRef?
         do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: name, reason: error.reason)) }
@@ -90,13 +104,13 @@ extension PickleGraph {
                     guard let k = string(e.key), self[e.value] != .none else { continue }
                     if field == "_buffers" && nonPersistent.contains(k) { continue }
                     try collect(e.value, prefix: prefix + k, depth: depth + 1, limit: limit, into: &out,
-                                at: EntryLocation(container: holder, key: e.key))
+                                at: EntryLocation(container: holder, key: e.key), budget: &budget)
                 }
             }
             if let mods = lookup(state, "_modules") {
                 for e in dictEntries(mods) ?? [] {
                     guard let k = string(e.key), self[e.value] != .none else { continue }
-                    try collect(e.value, prefix: prefix + k + ".", depth: depth + 1, limit: limit, into: &out)
+                    try collect(e.value, prefix: prefix + k + ".", depth: depth + 1, limit: limit, into: &out, budget: &budget)
                 }
             }
             return
@@ -105,30 +119,31 @@ extension PickleGraph {
             for e in entries {
                 guard let k = keyText(e.key) else { continue }
                 try collect(e.value, prefix: prefix + k + ".", depth: depth + 1, limit: limit, into: &out,
-                            at: EntryLocation(container: id, key: e.key))
+                            at: EntryLocation(container: id, key: e.key), budget: &budget)
             }
             return
         }
         if case .list(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out)
+                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         } else if case .tuple(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out)
+                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         }
     }
 
     /// Every tensor reachable from `start` (inside modules, attributes, lists), each once, in pickle
     /// order, with a path naming where it was met. Used by the checks and the writer.
-    public func allTensors(from start: NodeID) throws(CheckpointError) -> [NamedTensor] {
+    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NamedTensor] {
         var out: [NamedTensor] = []
         var seen = Set<NodeID>()
-        // Iterative walk with paths.
-        var stack: [(NodeID, String)] = [(start, "")]
-        while let (id, path) = stack.popLast() {
+        // Iterative walk with paths; the nesting limit also bounds the length of the paths it builds.
+        var stack: [(NodeID, String, Int)] = [(start, "", 0)]
+        while let (id, path, depth) = stack.popLast() {
             guard seen.insert(id).inserted else { continue }
+            guard depth <= limits.maxNesting else { throw .tooDeep(limits.maxNesting) }
             let t: TensorRef?
             do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path, reason: error.reason)) }
             if let t {
@@ -164,7 +179,7 @@ extension PickleGraph {
                     break
                 }
             }
-            stack.append(contentsOf: next.reversed())
+            stack.append(contentsOf: next.reversed().map { ($0.0, $0.1, depth + 1) })
         }
         return out
     }

@@ -3,6 +3,11 @@
 extension PickleGraph {
     /// The bytes of a bytes node, or of protocol 2's `_codecs.encode(text, 'latin1')` spelling.
     public func bytesValue(_ id: NodeID) -> [UInt8]? {
+        bytesValue(id, depth: 0)
+    }
+
+    private func bytesValue(_ id: NodeID, depth: Int) -> [UInt8]? {
+        guard depth < 2 else { return nil }  // `bytearray(bytes)`: one call around one value
         switch self[id] {
         case .bytes(let b), .bytearray(let b): return b
         case .object(let o):
@@ -20,7 +25,7 @@ extension PickleGraph {
             }
             if (fn == "__builtin__.bytes" || fn == "builtins.bytes"), args.isEmpty { return [] }
             if (fn == "__builtin__.bytearray" || fn == "builtins.bytearray") {
-                return args.isEmpty ? [] : bytesValue(args[0])
+                return args.isEmpty ? [] : bytesValue(args[0], depth: depth + 1)
             }
             return nil
         default:
@@ -90,7 +95,9 @@ extension PickleGraph {
     public func scalarJSON(_ id: NodeID) -> JSONValue? {
         switch self[id] {
         case .int(let v): return .int(v)
-        case .bigInt(let b): return .bigInt(BigInt.decimal(littleEndian: b))
+        case .bigInt(let b):
+            // Past CPython's digit limit, as Python itself does: the conversion would take quadratic time.
+            return b.count <= BigInt.maxDecimalBytes ? .bigInt(BigInt.decimal(littleEndian: b)) : nil
         case .float(let d): return .double(d)
         case .bool(let b): return .bool(b)
         default:

@@ -308,7 +308,7 @@ public struct PickleDecoder {
             case .addItems:
                 let items = try popMark()
                 let target = try top()
-                guard case .set(var s) = graph[target] else { throw badStack("ADDITEMS target is not a set") }
+                guard var s = takeSet(target) else { throw badStack("ADDITEMS target is not a set") }
                 s += items
                 graph[target] = .set(s)
 
@@ -373,32 +373,54 @@ public struct PickleDecoder {
         return stride(from: 0, to: items.count, by: 2).map { DictEntry(key: items[$0], value: items[$0 + 1]) }
     }
 
+    // The container is taken out of the graph while it grows, so that its array is uniquely referenced and
+    // grows in place: one APPEND or SETITEM at a time (protocols 0 and 1) must stay linear, not quadratic.
+    private mutating func takeList(_ id: NodeID) -> [NodeID]? {
+        guard case .list(let l) = graph[id] else { return nil }
+        graph[id] = .none
+        return l
+    }
+
+    private mutating func takeDict(_ id: NodeID) -> [DictEntry]? {
+        guard case .dict(let d) = graph[id] else { return nil }
+        graph[id] = .none
+        return d
+    }
+
+    private mutating func takeSet(_ id: NodeID) -> [NodeID]? {
+        guard case .set(let s) = graph[id] else { return nil }
+        graph[id] = .none
+        return s
+    }
+
+    private mutating func takeObject(_ id: NodeID) -> PickleObject? {
+        guard case .object(let o) = graph[id] else { return nil }
+        graph[id] = .none
+        return o
+    }
+
     private mutating func appendItems(_ items: [NodeID]) throws(PickleError) {
         let target = try top()
-        switch take(target) {
-        case .list(var l):
+        if var l = takeList(target) {
             l += items
             graph[target] = .list(l)
-        case .object(var o):
+        } else if var o = takeObject(target) {
             o.listItems += items
             graph[target] = .object(o)
-        case let other:
-            graph[target] = other
+        } else {
             throw badStack("append target is not a list")
         }
     }
 
     private mutating func setItems(_ entries: [DictEntry]) throws(PickleError) {
         let target = try top()
-        switch take(target) {
-        case .dict(var d):
+        if var d = takeDict(target) {
             d += entries
             graph[target] = .dict(d)
-        case .object(var o):
+        } else if var o = takeObject(target) {
             o.dictItems += entries
             graph[target] = .object(o)
-        case let other:
-            graph[target] = other
+        } else {
             throw badStack("setitem target is not a dict")
         }
     }
@@ -417,15 +439,35 @@ public struct PickleDecoder {
 
     private func integer(decimal text: String) throws(PickleError) -> PickleNode {
         if let v = Int64(text) { return .int(v) }
+        // CPython refuses longer integer text (sys.int_info.default_max_str_digits); the conversion is quadratic.
+        guard text.utf8.count <= BigInt.maxDecimalDigits + 2 else {
+            throw bad("integer text is longer than \(BigInt.maxDecimalDigits) digits")
+        }
         guard let bytes = BigInt.littleEndianBytes(decimal: text) else { throw bad("bad integer text") }
         return BigInt.node(littleEndian: bytes)
     }
 
-    private func latin1(_ b: ArraySlice<UInt8>) -> String {
+    private func latin1(_ b: ArraySlice<UInt8>) -> String { Self.latin1(b) }
+
+    private func rawUnicodeEscape(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+        guard let s = Self.rawUnicodeEscape(b) else { throw bad("bad \\u escape") }
+        return s
+    }
+
+    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+        switch Self.pythonStringLiteral(b) {
+        case .success(let s): return s
+        case .failure(let reason): throw bad(reason.text)
+        }
+    }
+
+    /// Text read as Latin-1, one scalar a byte (BINSTRING, SHORT_BINSTRING).
+    static func latin1(_ b: ArraySlice<UInt8>) -> String {
         String(String.UnicodeScalarView(b.map { Unicode.Scalar($0) }))
     }
 
-    private func rawUnicodeEscape(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+    /// The UNICODE opcode's raw-unicode-escape text; nil on a bad `\\u` escape.
+    static func rawUnicodeEscape(_ b: ArraySlice<UInt8>) -> String? {
         var out = String.UnicodeScalarView()
         var i = b.startIndex
         while i < b.endIndex {
@@ -435,7 +477,7 @@ public struct PickleDecoder {
                 guard i + 2 + n <= b.endIndex,
                       let v = UInt32(String(decoding: b[(i + 2)..<(i + 2 + n)], as: UTF8.self), radix: 16),
                       let scalar = Unicode.Scalar(v)
-                else { throw bad("bad \\u escape") }
+                else { return nil }
                 out.append(scalar)
                 i += 2 + n
             } else {
@@ -446,9 +488,12 @@ public struct PickleDecoder {
         return String(out)
     }
 
-    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+    struct LiteralError: Error { var text: String }
+
+    /// The STRING opcode's quoted Python literal.
+    static func pythonStringLiteral(_ b: ArraySlice<UInt8>) -> Result<String, LiteralError> {
         guard b.count >= 2, let q = b.first, q == 0x27 || q == 0x22, b.last == q else {
-            throw bad("string is not quoted")
+            return .failure(LiteralError(text: "string is not quoted"))
         }
         let body = b.dropFirst().dropLast()
         var out: [UInt8] = []
@@ -468,7 +513,7 @@ public struct PickleDecoder {
                 out.append(UInt8(v & 0xFF))
             case 0x78:
                 guard i + 2 <= body.endIndex, let v = UInt8(String(decoding: body[i..<(i + 2)], as: UTF8.self), radix: 16)
-                else { throw bad("bad \\x escape") }
+                else { return .failure(LiteralError(text: "bad \\x escape")) }
                 out.append(v)
                 i += 2
             case 0x5C, 0x27, 0x22: out.append(e)
@@ -479,12 +524,17 @@ public struct PickleDecoder {
             default: out.append(0x5C); out.append(e)
             }
         }
-        return latin1(out[...])
+        return .success(latin1(out[...]))
     }
 }
 
 /// Conversions for integers that do not fit Int64, kept as little-endian two's complement bytes.
 public enum BigInt {
+    /// The most digits converted between text and integers, as CPython's `sys.int_info.default_max_str_digits`.
+    public static let maxDecimalDigits = 4300
+    /// Bytes of the largest integer whose decimal text stays within ``maxDecimalDigits``.
+    public static let maxDecimalBytes = 1785
+
     /// The node for a LONG1/LONG4 payload: `.int` when it fits Int64, else `.bigInt` with minimal bytes.
     public static func node(littleEndian bytes: [UInt8]) -> PickleNode {
         var b = bytes

@@ -72,6 +72,14 @@ public struct PickleEncoder {
         op(.binUnicode); le32(UInt32(u.count)); out += u
     }
 
+    /// GLOBAL and INST end each name at a newline, so a name holding one (possible only through protocol 4's
+    /// STACK_GLOBAL) cannot be written as protocol 2 without turning into other opcodes.
+    private func checkGlobalText(_ module: String, _ name: String) throws(PickleError) {
+        guard !module.utf8.contains(0x0A), !name.utf8.contains(0x0A) else {
+            throw .unencodable("global name \(String(reflecting: module + "." + name)) contains a newline")
+        }
+    }
+
     private mutating func writeGlobal(_ module: String, _ name: String) {
         let key = module + "\n" + name
         if let idx = globalMemo[key] { get(idx); return }
@@ -159,6 +167,7 @@ public struct PickleEncoder {
             }
             op(.reduce); memoize(id)
         case .global(let m, let n):
+            try checkGlobalText(m, n)
             writeGlobal(m, n)
             memo[id] = globalMemo[m + "\n" + n]
         case .tuple(let items):
@@ -217,6 +226,7 @@ public struct PickleEncoder {
             op(.newObjEx)
         case .inst:
             guard case .global(let m, let n) = graph[o.callable] else { throw .unencodable("INST without a class name") }
+            try checkGlobalText(m, n)
             op(.mark)
             for a in graph.sequence(o.args) ?? [] { try save(a, depth: depth + 1) }
             op(.inst); out += Array(m.utf8) + [0x0A] + Array(n.utf8) + [0x0A]

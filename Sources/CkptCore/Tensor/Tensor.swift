@@ -109,7 +109,9 @@ extension PickleGraph {
         func fail(_ r: String) -> TensorCheckError { TensorCheckError(tensor: "#\(id.index)", reason: r) }
         switch name {
         case "_rebuild_parameter", "_rebuild_parameter_with_state":
-            guard args.count >= 2, var inner = try tensor(args[0]) else { throw fail("malformed parameter") }
+            // The wrapped tensor is a rebuilt tensor, never another parameter (which also bounds the recursion).
+            guard args.count >= 2, let innerFn = objectCallable(args[0]), !innerFn.hasPrefix("torch._utils._rebuild_parameter"),
+                  var inner = try tensor(args[0]) else { throw fail("malformed parameter") }
             inner.node = id
             inner.isParameter = true
             if case .bool(let rg) = self[args[1]] { inner.requiresGrad = rg }
@@ -176,7 +178,8 @@ extension TensorRef {
         }
         let (extentBytes, o) = extent.multipliedReportingOverflow(by: Int64(dtype.itemSize))
         guard !o else { throw fail("extent in bytes overflows") }
-        guard extentBytes <= storageBytes else {
+        // As torch's checkInBoundsForStorage: an empty tensor may sit anywhere (it reads nothing).
+        guard n == 0 || extentBytes <= storageBytes else {
             throw fail("reaches byte \(extentBytes) of a \(storageBytes)-byte storage \(storage.key)")
         }
         if let r = recordBytes, r != storageBytes {

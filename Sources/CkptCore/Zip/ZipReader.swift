@@ -210,6 +210,16 @@ public final class ZipReader {
             throw ZipError.recordTooLarge(name: entry.name, size: entry.size, limit: limit)
         }
         let size = Int(entry.size)
+        if entry.dataOffset == nil {
+            // Compressed: the declared size is only a claim until the bytes arrive, so memory grows with what
+            // decompression actually produces (streamCore stops at the declared size), not with the claim.
+            var out: [UInt8] = []
+            out.reserveCapacity(min(size, 16 << 20))
+            try streamCore(entry, chunkSize: min(max(size, 1), 4 << 20)) { (chunk) throws(ZipError) in
+                out.append(contentsOf: chunk)
+            }
+            return out
+        }
         var failure: ZipError? = nil
         let result = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             initialized = 0

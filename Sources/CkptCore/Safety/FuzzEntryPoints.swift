@@ -1,0 +1,55 @@
+/// Every reader run over untrusted input, results discarded: the bodies of the libFuzzer targets in `fuzz/`
+/// and of the regression tests that replay their crashers, kept here so that both run exactly the same code.
+/// Errors are the expected outcome for most inputs; a crash, a hang or a sanitizer report is a bug.
+public enum FuzzEntryPoints {
+    /// Limits small enough that a fuzzer's inputs cannot make legitimately huge allocations.
+    public static var limits: PickleLimits {
+        var l = PickleLimits()
+        l.maxStringLength = 1 << 20
+        l.maxNodes = 1 << 20
+        l.maxMemo = 1 << 16
+        return l
+    }
+
+    /// The pickle layer on arbitrary bytes: scan, decode, the torch view, and re-encoding what decodes
+    /// (whose output must decode again).
+    public static func pickle(_ input: [UInt8]) {
+        let limits = limits
+        _ = PickleScanner.scan(input, label: "fuzz", limits: limits)
+        _ = PickleScanner.scanSequence(input, count: 5, label: "fuzz", limits: limits)
+        guard let graph = try? PickleDecoder.decode(input, limits: limits) else { return }
+        _ = try? graph.stateDict(graph.root, limits: limits)
+        _ = try? graph.allTensors(from: graph.root)
+        for id in graph.reachable(from: graph.root).prefix(10_000) {
+            _ = try? graph.tensor(id)
+            _ = graph.numpyValue(id)
+            _ = graph.scalarJSON(id)
+            _ = graph.stringSet(id)
+        }
+        if let encoded = try? PickleEncoder.encode(graph) {
+            precondition((try? PickleDecoder.decode(encoded, limits: limits)) != nil,
+                         "the encoder wrote a pickle its own decoder refuses")
+        }
+    }
+
+    /// The checkpoint reader on an arbitrary file: scan, open (zip or legacy), describe, plan a strip and
+    /// stream the storages it would copy.
+    public static func checkpoint(path: String) {
+        if let report = try? Checkpoint.scan(path: path, limits: limits) {
+            _ = report.table
+            _ = report.json.rendered()
+        }
+        guard let c = try? Checkpoint(path: path, limits: limits) else { return }
+        _ = try? c.info()
+        _ = try? c.keys()
+        _ = c.dangerousGlobals()
+        for r in c.records.prefix(100) { _ = try? c.record(named: r.name) }
+        var o = StripOptions()
+        o.half = true
+        guard let plan = try? c.planStrip(o) else { return }
+        _ = try? PickleEncoder.encode(plan.graph)
+        for s in plan.storages.prefix(64) {
+            _ = try? c.streamStorage(s.sourceKey, chunkSize: 4096) { _ in }
+        }
+    }
+}
