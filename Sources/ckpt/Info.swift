@@ -9,7 +9,7 @@ struct Info: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        let report = try reporting(file) { try Checkpoint(path: file).info() }
+        let report = try reporting(file) { try keptUntilExit(Checkpoint(path: file)).info() }
         emit(json ? report.json.rendered() : report.table)
     }
 }

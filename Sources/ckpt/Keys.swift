@@ -14,7 +14,7 @@ struct Keys: ParsableCommand {
 
     func run() throws {
         let listing = try reporting(file) {
-            try Checkpoint(path: file).keys(record: record, prefix: prefix, match: match)
+            try keptUntilExit(Checkpoint(path: file)).keys(record: record, prefix: prefix, match: match)
         }
         emit(json ? listing.json.rendered() : listing.table)
     }

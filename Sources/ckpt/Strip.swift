@@ -11,6 +11,7 @@ struct Strip: ParsableCommand {
           ckpt strip best.pt out.pt --use-ema --half
           ckpt strip ddp.pt clean.pt --state-dict --rename module.=
           ckpt strip best.pt nc3.pt --drop model.24.
+        On a terminal, work longer than a second shows its progress on stderr (bytes, rate, time left); -q hides it.
         """)
 
     @Argument(help: "The checkpoint to read (never modified).") var input: String
@@ -31,6 +32,7 @@ struct Strip: ParsableCommand {
           help: "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names).")
     var allowUnsafe = false
     @Flag(help: "Print the summary as JSON.") var json = false
+    @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         for r in rename + renameRegex where !r.contains("=") {
@@ -49,14 +51,16 @@ struct Strip: ParsableCommand {
         o.record = record
         o.force = force
         let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = try Checkpoint(path: input)
+            let c = keptUntilExit(try Checkpoint(path: input))
             try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
             return (c, try c.planStrip(o))
         }
         for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
+            let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)
+            defer { reporter?.finish() }
             do {
-                try ckpt.write(plan, to: output)
+                try ckpt.write(plan, to: output, progress: reporter.map { r in { r.update($0) } })
             } catch let e as CheckpointError {
                 throw Failure(message: "\(input): \(e.description)")  // read faults belong to the input
             } catch {

@@ -30,12 +30,32 @@ public enum Figures {
     /// Rows padded into aligned columns, two spaces apart; the last column is not padded.
     public static func table(_ rows: [[String]]) -> String {
         guard let width = rows.map(\.count).max() else { return "" }
+        let lengths = rows.map { $0.map(characterCount) }
         var widths = [Int](repeating: 0, count: width)
-        for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
-        return rows.map { r in
-            r.enumerated().map { i, c in i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count) }
-                .joined(separator: "  ").replacingTrailingSpaces()
-        }.joined(separator: "\n")
+        for r in lengths { for (i, n) in r.enumerated() { widths[i] = max(widths[i], n) } }
+        // Built as UTF-8 bytes: String appends cost more than the rest of `ckpt keys` on a big model.
+        var out: [UInt8] = []
+        out.reserveCapacity(rows.count * (widths.reduce(0, +) + 2 * width + 1))
+        for (ri, r) in rows.enumerated() {
+            if ri > 0 { out.append(0x0A) }
+            let lineStart = out.count
+            for (i, cell) in r.enumerated() {
+                if i > 0 { out.append(0x20); out.append(0x20) }
+                var cell = cell
+                cell.withUTF8 { out.append(contentsOf: $0) }
+                if i < r.count - 1 { out.append(contentsOf: repeatElement(0x20, count: widths[i] - lengths[ri][i])) }
+            }
+            while out.count > lineStart, out.last == 0x20 { out.removeLast() }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `s.count`, without the grapheme walk when the text is ASCII other than CR (tables of thousands of tensor
+    /// names; "\r\n" is one character).
+    static func characterCount(_ s: String) -> Int {
+        var s = s
+        let ascii = s.withUTF8 { $0.allSatisfy { $0 < 0x80 && $0 != 0x0D } }
+        return ascii ? s.utf8.count : s.count
     }
 }
 

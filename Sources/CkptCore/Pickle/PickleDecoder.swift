@@ -21,9 +21,15 @@ public struct PickleDecoder {
     private let data: [UInt8]
     private var pos: Int
     private var graph = PickleGraph()
+    /// One flat stack; `marks` holds where each open MARK began (the items above the last mark are the current
+    /// frame, and pop/top never reach below it). Flat, it grows once instead of once per MARK.
     private var stack: [NodeID] = []
-    private var marks: [[NodeID]] = []
-    private var memo: [Int: NodeID] = [:]
+    private var marks: [Int] = []
+    /// The memo: indices below `denseMemo.count` live in the array (-1 = empty), which is where every pickler puts
+    /// them (0, 1, 2, ...); others, which only a hand-made pickle has, in `sparseMemo`.
+    private var denseMemo: [Int] = []
+    private var sparseMemo: [Int: NodeID] = [:]
+    private var memoCount = 0
     private let limits: PickleLimits
     private var opStart = 0
     private var op: Opcode = .stop
@@ -56,8 +62,9 @@ public struct PickleDecoder {
 
     private mutating func byte() throws(PickleError) -> UInt8 {
         guard pos < data.count else { throw .truncated(offset: pos) }
-        defer { pos += 1 }
-        return data[pos]
+        let b = data[pos]
+        pos += 1
+        return b
     }
 
     private mutating func bytes(_ n: Int) throws(PickleError) -> ArraySlice<UInt8> {
@@ -70,11 +77,19 @@ public struct PickleDecoder {
         return data[pos..<(pos + n)]
     }
 
+    /// A little-endian unsigned integer of `n` bytes: 1, 2, 4 or 8.
     private mutating func uint(_ n: Int) throws(PickleError) -> UInt64 {
-        let b = try bytes(n)
-        var v: UInt64 = 0
-        for (i, x) in b.enumerated() { v |= UInt64(x) << (8 * UInt64(i)) }
-        return v
+        guard n <= data.count - pos else { throw .truncated(offset: data.count) }
+        let at = pos
+        pos += n
+        return data.withUnsafeBytes { raw in
+            switch n {
+            case 1: UInt64(raw[at])
+            case 2: UInt64(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt16.self)))
+            case 4: UInt64(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
+            default: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt64.self))
+            }
+        }
     }
 
     private mutating func length(_ n: Int) throws(PickleError) -> Int {
@@ -106,40 +121,76 @@ public struct PickleDecoder {
 
     // MARK: - Stack
 
-    private mutating func push(_ node: PickleNode) throws(PickleError) {
+    private mutating func push(_ node: consuming PickleNode) throws(PickleError) {
         guard graph.nodes.count < limits.maxNodes else {
             throw .limitExceeded(what: "objects", limit: limits.maxNodes, offset: opStart)
         }
-        stack.append(graph.add(node))
+        graph.nodes.append(node)
+        stack.append(NodeID(graph.nodes.count - 1))
     }
 
+    /// Takes a node out of the graph (leaving None) so that growing its arrays does not copy them: APPENDS and
+    /// SETITEMS come in batches of 1,000, and copying the list on each batch would be quadratic.
+    private mutating func take(_ id: NodeID) -> PickleNode {
+        let node = graph.nodes[id.index]
+        graph.nodes[id.index] = .none
+        return node
+    }
+
+    /// Where the current frame (the items above the last MARK) begins.
+    private var frameStart: Int { marks.last ?? 0 }
+
     private mutating func pop() throws(PickleError) -> NodeID {
-        guard let v = stack.popLast() else { throw badStack("stack is empty") }
-        return v
+        guard stack.count > frameStart else { throw badStack("stack is empty") }
+        return stack.removeLast()
     }
 
     private func top() throws(PickleError) -> NodeID {
-        guard let v = stack.last else { throw badStack("stack is empty") }
+        guard stack.count > frameStart, let v = stack.last else { throw badStack("stack is empty") }
         return v
     }
 
     private mutating func popMark() throws(PickleError) -> [NodeID] {
-        guard let saved = marks.popLast() else { throw badStack("no MARK before it") }
-        let items = stack
-        stack = saved
+        guard let start = marks.popLast() else { throw badStack("no MARK before it") }
+        let items = Array(stack[start...])
+        stack.removeSubrange(start...)
         return items
     }
 
     private mutating func memoPut(_ index: Int) throws(PickleError) {
         guard index >= 0 else { throw bad("negative memo index") }
-        guard memo.count < limits.maxMemo || memo[index] != nil else {
+        let value = try top().index
+        if index == denseMemo.count, sparseMemo.isEmpty {  // what picklers write: 0, 1, 2, ...
+            try countMemoEntry()
+            denseMemo.append(value)
+        } else if index < denseMemo.count {
+            if denseMemo[index] < 0 { try countMemoEntry() }
+            denseMemo[index] = value
+        } else if index < denseMemo.count + 1024, sparseMemo.isEmpty {
+            // The dense part grows only by small steps, so a hostile index cannot make it allocate much; once an index
+            // went to `sparseMemo` it stops growing, so no index is ever in both.
+            try countMemoEntry()
+            while denseMemo.count < index { denseMemo.append(-1) }
+            denseMemo.append(value)
+        } else {
+            if sparseMemo[index] == nil { try countMemoEntry() }
+            sparseMemo[index] = NodeID(value)
+        }
+    }
+
+    private mutating func countMemoEntry() throws(PickleError) {
+        guard memoCount < limits.maxMemo else {
             throw .limitExceeded(what: "memo entries", limit: limits.maxMemo, offset: opStart)
         }
-        memo[index] = try top()
+        memoCount += 1
     }
 
     private mutating func memoGet(_ index: Int) throws(PickleError) {
-        guard let id = memo[index] else { throw .missingMemo(index: index, offset: opStart) }
+        if index >= 0, index < denseMemo.count, denseMemo[index] >= 0 {
+            stack.append(NodeID(denseMemo[index]))
+            return
+        }
+        guard let id = sparseMemo[index] else { throw .missingMemo(index: index, offset: opStart) }
         stack.append(id)
     }
 
@@ -165,10 +216,9 @@ public struct PickleDecoder {
                 guard marks.count < limits.maxMarkDepth else {
                     throw .limitExceeded(what: "nested MARKs", limit: limits.maxMarkDepth, offset: opStart)
                 }
-                marks.append(stack)
-                stack = []
+                marks.append(stack.count)
             case .pop:
-                if stack.isEmpty { _ = try popMark() } else { _ = try pop() }
+                if stack.count == frameStart { _ = try popMark() } else { _ = try pop() }
             case .popMark:
                 _ = try popMark()
             case .dup:
@@ -266,7 +316,7 @@ public struct PickleDecoder {
             case .put: try memoPut(try decimalInt(try line()))
             case .binPut: try memoPut(Int(try byte()))
             case .longBinPut: try memoPut(Int(try uint(4)))
-            case .memoize: try memoPut(memo.count)
+            case .memoize: try memoPut(memoCount)
             case .get: try memoGet(try decimalInt(try line()))
             case .binGet: try memoGet(Int(try byte()))
             case .longBinGet: try memoGet(Int(try uint(4)))

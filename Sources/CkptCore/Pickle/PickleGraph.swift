@@ -140,9 +140,12 @@ public struct PickleGraph: Sendable {
 
     /// Whether a callable names a dict type (`collections.OrderedDict`, `builtins.dict`, ...).
     func isDictClass(_ id: NodeID) -> Bool {
-        guard let name = globalName(id) else { return false }
-        return name == "collections.OrderedDict" || name == "builtins.dict" || name == "__builtin__.dict"
-            || name == "collections.defaultdict" || name == "collections.Counter"
+        guard case .global(let module, let name) = self[id] else { return false }
+        switch module {
+        case "collections": return name == "OrderedDict" || name == "defaultdict" || name == "Counter"
+        case "builtins", "__builtin__": return name == "dict"
+        default: return false
+        }
     }
 
     /// The value for a string key in a dict-like node.

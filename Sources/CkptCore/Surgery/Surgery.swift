@@ -59,6 +59,13 @@ public struct OutputStorage: Sendable, Equatable {
     /// When set, the output holds only these elements of the source storage (in `sourceDType` units), compacted
     /// in row-major order: a slice of a larger storage or a non-contiguous view. When nil, the whole record.
     public var view: StorageView? = nil
+    /// Bytes read from the source (the viewed elements for a view; differs from ``byteCount`` when the dtype changes).
+    public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) }
+}
+
+extension SurgeryPlan {
+    /// Bytes the writer reads from the sources: the total a progress report counts up to.
+    public var sourceBytes: Int64 { storages.reduce(0) { $0 + $1.sourceByteCount } }
 }
 
 /// Training-state records set to None by `strip`.

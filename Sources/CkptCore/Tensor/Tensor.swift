@@ -84,10 +84,11 @@ extension PickleGraph {
     public func storageRef(_ id: NodeID) -> StorageRef? {
         // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view.
         guard case .persistent(let pid) = self[id], let t = sequence(pid), t.count == 5 || (t.count == 6 && self[t[5]] == .none),
-              string(t[0]) == "storage", let cls = globalName(t[1]), let key = string(t[2]),
+              string(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
-        let short = cls.hasPrefix("torch.") ? String(cls.dropFirst(6)) : cls
+        let cls = module + "." + name
+        let short = module == "torch" ? name : cls.hasPrefix("torch.") ? String(cls.dropFirst(6)) : cls
         return StorageRef(key: key, storageClass: cls, dtype: DType(storageClass: short), location: loc, numel: numel)
     }
 
@@ -100,11 +101,14 @@ extension PickleGraph {
     /// Parses a tensor or parameter node; nil when the node is not a tensor torch's rebuild functions
     /// describe. Throws when it names a tensor rebuild function but its arguments are malformed.
     public func tensor(_ id: NodeID) throws(TensorCheckError) -> TensorRef? {
-        guard case .object(let o) = self[id], let fn = globalName(o.callable) else { return nil }
+        // Every node a walk meets comes here: rule out non-tensors before building any string.
+        guard case .object(let o) = self[id], case .global(let module, let name) = self[o.callable],
+              module == "torch._utils"
+        else { return nil }
         let args = sequence(o.args) ?? []
         func fail(_ r: String) -> TensorCheckError { TensorCheckError(tensor: "#\(id.index)", reason: r) }
-        switch fn {
-        case "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state":
+        switch name {
+        case "_rebuild_parameter", "_rebuild_parameter_with_state":
             // The wrapped tensor is a rebuilt tensor, never another parameter (which also bounds the recursion).
             guard args.count >= 2, let innerFn = objectCallable(args[0]), !innerFn.hasPrefix("torch._utils._rebuild_parameter"),
                   var inner = try tensor(args[0]) else { throw fail("malformed parameter") }
@@ -112,10 +116,9 @@ extension PickleGraph {
             inner.isParameter = true
             if case .bool(let rg) = self[args[1]] { inner.requiresGrad = rg }
             return inner
-        case "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_tensor",
-             "torch._utils._rebuild_qtensor":
-            let isV3 = fn.hasSuffix("v3")
-            guard args.count >= 4 else { throw fail("\(fn) with \(args.count) arguments") }
+        case "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_tensor", "_rebuild_qtensor":
+            let isV3 = name == "_rebuild_tensor_v3"
+            guard args.count >= 4 else { throw fail("torch._utils.\(name) with \(args.count) arguments") }
             guard let storage = storageRef(args[0]) else { throw fail("storage reference is malformed") }
             guard let offset = int(args[1]) else { throw fail("storage offset is not an integer") }
             guard let shapeIDs = sequence(args[2]), let strideIDs = sequence(args[3]) else {
@@ -134,7 +137,7 @@ extension PickleGraph {
             }
             guard let dt = dtype else { throw fail("unknown storage type \(storage.storageClass)") }
             var rg = false
-            let rgIndex = fn.hasSuffix("qtensor") ? 5 : 4  // qtensor: (storage, offset, size, stride, qparams, rg, hooks)
+            let rgIndex = name == "_rebuild_qtensor" ? 5 : 4  // qtensor: (storage, offset, size, stride, qparams, rg, hooks)
             if args.count > rgIndex, case .bool(let b) = self[args[rgIndex]] { rg = b }
             return TensorRef(node: id, tensorNode: id, storageNode: args[0], storage: storage, dtype: dt,
                              storageOffset: offset, shape: shape, stride: stride, requiresGrad: rg, isParameter: false)

@@ -1,3 +1,6 @@
+import Dispatch
+import Foundation
+
 /// Writes a zip archive byte for byte the way `torch.save` does (caffe2's `PyTorchStreamWriter` on miniz).
 ///
 /// Layout of one record (everything little-endian):
@@ -102,7 +105,11 @@ public final class TorchZipWriter {
     }
 
     /// Starts a record whose size is known up front; feed it with ``write(_:)`` and close it with ``endRecord()``.
-    public func beginRecord(_ name: String, size: UInt64) throws(ZipError) {
+    ///
+    /// - Parameter crc32: the CRC-32 of the bytes that will be written, when the caller already knows it: a record
+    ///   copied unchanged from a ``ZipReader`` that verifies that same checksum as it streams (the copy then fails,
+    ///   and its output is discarded, if the bytes do not match). The writer then does not compute it again.
+    public func beginRecord(_ name: String, size: UInt64, crc32: UInt32? = nil) throws(ZipError) {
         guard case .idle = state else { throw misuseError("beginRecord('\(name)')") }
         let fullName = root + "/" + name
         guard ZipNames.isSafe(name), ZipNames.isSafe(fullName), !fullName.hasSuffix("/") else {
@@ -157,7 +164,8 @@ public final class TorchZipWriter {
         state = .inRecord(
             Open(
                 relativeName: name,
-                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags)))
+                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags),
+                knownCRC: crc32))
     }
 
     /// Appends bytes to the open record. Writing more than the announced size throws ``ZipError/sizeMismatch(record:declared:written:)``.
@@ -201,6 +209,66 @@ public final class TorchZipWriter {
         }
         records.append(open.written)
         state = .idle
+    }
+
+    /// Fills the open record with the bytes of a stored record of `reader` without passing them through this
+    /// process (copy_file_range), then reads them back from this file and checks them against the record's CRC-32:
+    /// what is checked is what was written. Cheaper than streaming through a buffer: the copy stays in the page
+    /// cache, and the check is one read and one CRC pass (a buffered copy is a read, a CRC pass and a write).
+    ///
+    /// The record must have been begun with `crc32: entry.crc32` and have had nothing written yet. Returns false,
+    /// having written nothing, when the bytes cannot be copied this way (a compressed or unchecked record, a
+    /// kernel or file system pair without copy_file_range): the caller then streams them with ``write(_:)``.
+    /// `progress` gets the bytes checked so far after each chunk.
+    /// - Throws: ``ZipError/crcMismatch(record:expected:actual:)`` (the source's bytes do not match its CRC),
+    ///   ``ZipError/truncated(record:offset:expected:got:)``, ``ZipError/io(_:)``; the writer is then failed.
+    public func copyStoredRecordData(_ entry: ZipEntry, from reader: ZipReader, progress: (Int) -> Void = { _ in })
+        throws(ZipError) -> Bool
+    {
+        guard case .inRecord(var open) = state, open.count == 0, open.written.size == entry.size, entry.size > 0,
+              computesCRC32, entry.hasChecksum, open.knownCRC == entry.crc32, let dataOffset = entry.dataOffset,
+              let source = reader.storedDataFile, let file
+        else { return false }
+        try flush()
+        let start = offset
+        // Copy in pieces; a second thread reads each piece back and checksums it while the next one is copied,
+        // so the check costs little more than the copy (2 cores). One checker, one buffer: memory stays flat.
+        let piece = max(1, copyPieceSize)
+        let checker = ReadBackChecker(file: file, bufferSize: buffer.count)
+        let queue = DispatchQueue(label: "ckpt.zip.read-back")
+        let group = DispatchGroup()
+        var copied: UInt64 = 0
+        do throws(ZipError) {
+            while copied < entry.size {
+                let n = min(piece, entry.size - copied)
+                guard try file.copyRange(from: source, at: dataOffset + copied, count: n, record: entry.name) else {
+                    if copied == 0 { return false }
+                    throw ZipError.io("cannot copy into '\(path)': the kernel stopped copying between files")
+                }
+                let index = checker.addPiece(at: start + copied, count: n)
+                queue.async(group: group) { checker.check(index) }
+                copied += n
+                progress(Int(n))
+            }
+        } catch {
+            group.wait()
+            state = .failed
+            throw error
+        }
+        group.wait()
+        offset += entry.size
+        open.count = entry.size
+        state = .inRecord(open)
+        if let error = checker.error {
+            state = .failed
+            throw error
+        }
+        let crc = checker.combinedCRC()
+        guard crc == entry.crc32 else {
+            state = .failed
+            throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
+        }
+        return true
     }
 
     /// Copies a record from another archive, streaming it in chunks of `chunkSize` bytes.
@@ -319,6 +387,10 @@ public final class TorchZipWriter {
         state = .finished
     }
 
+    /// How much ``copyStoredRecordData(_:from:progress:)`` copies before handing a piece to the checker (tests
+    /// lower it to cover several pieces with a small record).
+    var copyPieceSize: UInt64 = 64 << 20
+
     /// Total bytes written so far (buffered included).
     public var bytesWritten: UInt64 { offset }
 
@@ -377,6 +449,68 @@ public final class TorchZipWriter {
         case .finished: return .misuse("\(call) on '\(path)' after finish()")
         case .failed: return .misuse("\(call) on '\(path)' after an earlier error; discard the file")
         }
+    }
+}
+
+/// Reads pieces of a file back and checksums them, on whatever thread calls ``check(_:)`` (one at a time).
+/// Pieces are registered before they are queued and read only by the checker until the queue is drained.
+private final class ReadBackChecker: @unchecked Sendable {
+    private let file: ZipFileHandle
+    private let buffer: UnsafeMutableRawBufferPointer
+    private let lock = NSLock()
+    private var pieces: [(offset: UInt64, count: UInt64, crc: UInt32)] = []
+    private(set) var error: ZipError?
+
+    init(file: ZipFileHandle, bufferSize: Int) {
+        self.file = file
+        buffer = .allocate(byteCount: bufferSize, alignment: 64)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func addPiece(at offset: UInt64, count: UInt64) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        pieces.append((offset, count, 0))
+        return pieces.count - 1
+    }
+
+    func check(_ index: Int) {
+        lock.lock()
+        let (offset, count, _) = pieces[index]
+        let failed = error != nil
+        lock.unlock()
+        if failed { return }
+        var crc: UInt32 = 0
+        var done: UInt64 = 0
+        do {
+            while done < count {
+                let want = Int(min(UInt64(buffer.count), count - done))
+                let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
+                let got = try file.read(into: part, at: offset + done)
+                guard got == want else { throw ZipError.io("cannot read back '\(file.path)' at byte \(offset + done)") }
+                crc = ZipCRC32.update(crc, UnsafeRawBufferPointer(part))
+                done += UInt64(got)
+            }
+        } catch let e as ZipError {
+            lock.lock(); error = error ?? e; lock.unlock()
+            return
+        } catch {
+            lock.lock(); self.error = self.error ?? .io("\(error)"); lock.unlock()
+            return
+        }
+        lock.lock()
+        pieces[index].crc = crc
+        lock.unlock()
+    }
+
+    /// The CRC-32 of all pieces in order (call after every check has finished).
+    func combinedCRC() -> UInt32 {
+        lock.lock()
+        defer { lock.unlock() }
+        var crc: UInt32 = 0
+        for p in pieces { crc = ZipCRC32.combine(crc, p.crc, lengthOfB: p.count) }
+        return crc
     }
 }
 

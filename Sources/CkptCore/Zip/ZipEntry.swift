@@ -79,20 +79,33 @@ enum ZipNames {
     /// Whether a full record name is safe to accept: not absolute (no leading `/` or drive letter), no `..`, `.`
     /// or empty components, no backslash and no NUL byte. A single trailing `/` (a folder entry) is allowed.
     static func isSafe(_ name: String) -> Bool {
-        if name.isEmpty { return false }
-        let bytes = Array(name.utf8)
-        if bytes.contains(0) || bytes.contains(UInt8(ascii: "\\")) { return false }
-        if bytes.first == UInt8(ascii: "/") { return false }
+        var name = name
+        return name.withUTF8 { isSafe(bytes: $0) }
+    }
+
+    /// ``isSafe(_:)`` on the name's UTF-8 bytes, in one pass and without allocating (archives hold up to millions
+    /// of names, and `ckpt keys` opens one per call).
+    static func isSafe(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let count = bytes.count
+        if count == 0 || bytes[0] == slash { return false }
         // A drive letter ("C:", "C:/x") makes a Windows path absolute.
-        if bytes.count >= 2, bytes[1] == UInt8(ascii: ":"), (bytes[0] | 0x20) >= UInt8(ascii: "a"),
-            (bytes[0] | 0x20) <= UInt8(ascii: "z"), bytes.count == 2 || bytes[2] == UInt8(ascii: "/")
+        if count >= 2, bytes[1] == UInt8(ascii: ":"), (bytes[0] | 0x20) >= UInt8(ascii: "a"),
+            (bytes[0] | 0x20) <= UInt8(ascii: "z"), count == 2 || bytes[2] == slash
         {
             return false
         }
-        var components = name.split(separator: "/", omittingEmptySubsequences: false)
-        if components.count > 1, components.last == "" { components.removeLast() }  // folder entry "a/b/"
-        for component in components where component.isEmpty || component == "." || component == ".." {
-            return false
+        for b in bytes where b == 0 || b == UInt8(ascii: "\\") { return false }
+        // A single trailing "/" (a folder entry "a/b/") ends the last component; every component must be non-empty
+        // and neither "." nor "..".
+        let end = count > 1 && bytes[count - 1] == slash ? count - 1 : count
+        var start = 0
+        for i in 0...end where i == end || bytes[i] == slash {
+            let length = i - start
+            if length == 0 || (length <= 2 && bytes[start] == dot && (length == 1 || bytes[start + 1] == dot)) {
+                return false
+            }
+            start = i + 1
         }
         return true
     }

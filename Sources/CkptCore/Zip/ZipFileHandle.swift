@@ -1,3 +1,5 @@
+internal import CLibzip
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -23,9 +25,10 @@ final class ZipFileHandle {
         return ZipFileHandle(path: path, fd: fd)
     }
 
-    /// Creates or truncates `path` for writing (mode 0644 before the umask).
+    /// Creates or truncates `path` for writing (mode 0644 before the umask). It is opened for reading too, so that
+    /// bytes copied in by ``copyRange(from:at:count:)`` can be read back and checked.
     static func openForWriting(_ path: String) throws(ZipError) -> ZipFileHandle {
-        let fd = Self.retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        let fd = Self.retryingEINTR { open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
         if fd < 0 { throw ZipError.io(systemMessage("cannot create '\(path)'")) }
         return ZipFileHandle(path: path, fd: fd)
     }
@@ -77,6 +80,35 @@ final class ZipFileHandle {
             }
             done += n
         }
+    }
+
+    /// Appends `count` bytes of `source`, from `offset`, at this file's position, inside the kernel
+    /// (copy_file_range): the bytes never pass through this process. Returns false, having copied nothing, when the
+    /// kernel or the pair of file systems cannot do it (the caller then copies through a buffer).
+    ///
+    /// - Throws: ``ZipError/truncated(record:offset:expected:got:)`` (named `record`) when `source` ends first, and
+    ///   ``ZipError/io(_:)`` when a copy that had started fails.
+    func copyRange(from source: ZipFileHandle, at offset: UInt64, count: UInt64, record: String) throws(ZipError) -> Bool {
+        #if os(Linux)
+        var position = Int64(offset)
+        var left = count
+        while left > 0 {
+            let n = ckpt_copy_file_range(source.fd, &position, fd, min(left, 1 << 30))
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                if left == count, [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP, EBADF, EPERM, ETXTBSY].contains(code) { return false }
+                throw ZipError.io(Self.systemMessage("cannot copy from '\(source.path)' to '\(path)'"))
+            }
+            if n == 0 {
+                throw ZipError.truncated(record: record, offset: UInt64(position), expected: count, got: count - left)
+            }
+            left -= UInt64(n)
+        }
+        return true
+        #else
+        return false
+        #endif
     }
 
     /// Flushes the file's data and metadata to stable storage.
