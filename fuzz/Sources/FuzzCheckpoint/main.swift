@@ -18,4 +18,5 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     return 0
 }
 
+atexit { unlink(path) }
 runFuzzer(fuzzOne)
