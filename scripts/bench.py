@@ -343,7 +343,7 @@ def machine():
 
 def disk(path):
     dev = subprocess.run(["df", "-h", "--output=source,fstype,size,avail", path], capture_output=True, text=True)
-    return dev.stdout.strip().splitlines()[-1]
+    return " ".join(dev.stdout.strip().splitlines()[-1].split())
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
