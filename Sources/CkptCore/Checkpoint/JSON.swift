@@ -53,12 +53,16 @@ public indirect enum JSONValue: Equatable, Sendable {
         }
     }
 
+    /// A JSON string literal as serde_json writes it (`\b`, `\f` and the usual short escapes, `\u00XX` for
+    /// other control characters): one spelling for `--json` output and for safetensors headers.
     static func quote(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
             case "\"": out += "\\\""
             case "\\": out += "\\\\"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
@@ -66,7 +70,9 @@ public indirect enum JSONValue: Equatable, Sendable {
                 if u.value < 0x20 {
                     let hex = String(u.value, radix: 16)
                     out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else { out.unicodeScalars.append(u) }
+                } else {
+                    out.unicodeScalars.append(u)
+                }
             }
         }
         return out + "\""

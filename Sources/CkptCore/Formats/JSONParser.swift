@@ -205,7 +205,7 @@ extension JSONValue {
         case .int(let v): out += String(v)
         case .bigInt(let s): out += s
         case .double(let d): out += "\(d)"
-        case .string(let s): out += JSONValue.serdeQuote(s)
+        case .string(let s): out += JSONValue.quote(s)
         case .array(let items):
             out += "["
             for (n, item) in items.enumerated() {
@@ -217,33 +217,10 @@ extension JSONValue {
             out += "{"
             for (n, (k, v)) in pairs.enumerated() {
                 if n > 0 { out += "," }
-                out += JSONValue.serdeQuote(k) + ":"
+                out += JSONValue.quote(k) + ":"
                 v.writeCompact(into: &out)
             }
             out += "}"
         }
-    }
-
-    static func serdeQuote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
     }
 }
