@@ -526,7 +526,7 @@ def main():
 
     ckpt = os.path.abspath(args.ckpt)
     if not os.access(ckpt, os.X_OK):
-        raise SystemExit(f"bench: no ckpt at {ckpt}; run `swift build -c release` (scripts/bench does)")
+        raise SystemExit(f"bench: no ckpt at {ckpt}; run `swift build -c release --static-swift-stdlib` (scripts/bench does)")
     work = args.workdir or tempfile.mkdtemp(prefix="ckpt-bench-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
     if os.path.realpath(work).startswith(os.path.realpath(ROOT) + os.sep):

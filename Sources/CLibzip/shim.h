@@ -18,6 +18,18 @@ static inline int64_t ckpt_copy_file_range(int in, int64_t *in_offset, int out, 
     return -1;
 #endif
 }
+
+/// sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE): starts writeback of a range's dirty pages without
+/// waiting for it, so that the fsync at the end of a long write finds most pages already on their way to disk.
+/// Returns 0, or -1 with errno (ENOSYS when the kernel lacks it; the caller ignores failures: it is only a hint).
+static inline int ckpt_start_writeback(int fd, int64_t offset, int64_t count) {
+#if defined(SYS_sync_file_range)
+    return (int)syscall(SYS_sync_file_range, fd, offset, count, 2u /* SYNC_FILE_RANGE_WRITE */);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
 #endif
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))

@@ -4,6 +4,7 @@ import Foundation
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "convert",
         abstract: "Write a record's state dict in another format: .safetensors, or a weights-only torch file.",
         discussion: """
         The input may be a torch file (zip or legacy), .safetensors, a sharded checkpoint's index

@@ -4,6 +4,7 @@ import Foundation
 
 struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "diff",
         abstract: "Show what differs between two checkpoints: records, tensors, and (--values) numbers.",
         discussion: """
         Records: added, removed and changed (epoch 5 -> -1, optimizer state -> None), with the paths inside a

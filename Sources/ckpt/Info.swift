@@ -3,6 +3,7 @@ import CkptCore
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "info",
         abstract: "Show a checkpoint's container and every top-level record.")
 
     @Argument(help: "The checkpoint.") var file: String

@@ -3,6 +3,7 @@ import CkptCore
 
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "keys",
         abstract: "List the state_dict view of a record: name, dtype, shape.")
 
     @Argument(help: "The checkpoint.") var file: String

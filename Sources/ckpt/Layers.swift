@@ -3,6 +3,7 @@ import CkptCore
 
 struct Layers: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "layers",
         abstract: "Show a model's layers and what YOLOv5's --freeze would freeze.",
         discussion: """
         YOLO models (module objects): one row a layer as parse_model built it (index, from, repeats, parameters,

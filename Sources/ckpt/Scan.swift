@@ -3,6 +3,7 @@ import CkptCore
 
 struct Scan: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "scan",
         abstract: "List every global the file's pickles name, classed safe, needs-code or dangerous.",
         discussion: """
         Nothing is imported or run: globals are read as names from the raw opcode stream.

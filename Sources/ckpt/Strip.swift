@@ -4,6 +4,7 @@ import Foundation
 
 struct Strip: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "strip",
         abstract: "Write a weights-only checkpoint: optimizer, EMA and counters out, epoch -1.",
         discussion: """
         Examples:

@@ -4,6 +4,7 @@ import Foundation
 
 struct Transfer: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "transfer",
         abstract: "Carry pretrained weights into a model: every tensor whose name and shape match is copied.",
         discussion: """
         OUT is INTO with each tensor of FROM's state_dict whose key and shape match copied in and cast to INTO's

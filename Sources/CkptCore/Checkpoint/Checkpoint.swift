@@ -31,7 +31,8 @@ public final class Checkpoint {
     /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
     /// record) of a zip, the five pickles of a legacy file, every shard's for a sharded checkpoint; none for
     /// safetensors and ONNX. See ``Checkpoint/scan(path:limits:)``.
-    public let pickleScans: [PickleScan]
+    public private(set) lazy var pickleScans: [PickleScan] = scanPickles()
+    private let scanPickles: () -> [PickleScan]
 
     /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).
     public static let maxPickleBytes: UInt64 = 1 << 31
@@ -60,14 +61,14 @@ public final class Checkpoint {
         version = c.version
         byteOrder = c.byteOrder
         metadata = c.metadata
-        pickleScans = c.pickleScans
+        scanPickles = c.scanPickles
         try validate(limits: limits)
     }
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
         return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
-                               recordCount: l.storageOrder.count, pickleScans: l.scans)
+                               recordCount: l.storageOrder.count, scanPickles: { l.scans })
     }
 
     private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
@@ -87,16 +88,18 @@ public final class Checkpoint {
         do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
         let graph: PickleGraph
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
-        var scans = [PickleScanner.scan(bytes, label: pkl.name, limits: limits)]
+        var others: [(label: String, bytes: [UInt8])] = []
         for e in ContainerPickles.records(of: zip) where e != pkl {
-            do {
-                scans.append(PickleScanner.scan(try zip.readAll(e, limit: Self.maxPickleBytes), label: e.name, limits: limits))
-            } catch { throw .container(error) }
+            do { others.append((e.name, try zip.readAll(e, limit: Self.maxPickleBytes))) } catch { throw .container(error) }
+        }
+        let scans = { [label = pkl.name] in
+            [PickleScanner.scan(bytes, label: label, limits: limits)]
+                + others.map { PickleScanner.scan($0.bytes, label: $0.label, limits: limits) }
         }
         return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: "torch zip", fileSize: zip.fileSize,
                                root: zip.root, recordCount: zip.entries.count,
                                formatVersion: small(".format_version"), version: small("version"),
-                               byteOrder: byteOrder, pickleScans: scans)
+                               byteOrder: byteOrder, scanPickles: scans)
     }
 
     /// What torch.load checks before it builds a tensor, checked up front so that every command answers a bad
@@ -106,8 +109,11 @@ public final class Checkpoint {
     /// view once, so that nesting past ``PickleLimits/maxNesting`` or memo abuse is refused at open by every command.
     func validate(limits: PickleLimits) throws(CheckpointError) {
         var checked = Set<String>()
-        for id in graph.reachable(from: graph.root) {
-            guard case .persistent = graph[id] else { continue }
+        // Every persistent id in the pickle, reachable from the root or not: torch.load calls persistent_load for
+        // each one it meets, so each must name a good storage. A pass over the arena; no walk needed.
+        for (i, node) in graph.nodes.enumerated() {
+            guard case .persistent = node else { continue }
+            let id = NodeID(i)
             guard let s = graph.storageRef(id) else { throw .notACheckpoint("persistent id \(id) is not a torch storage") }
             guard checked.insert(s.key).inserted else { continue }
             guard s.dtype != nil || s.storageClass == "torch.storage.UntypedStorage" else {
@@ -124,12 +130,15 @@ public final class Checkpoint {
                     reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
             }
         }
-        for t in try graph.allTensors(from: graph.root, limits: limits) {
-            do { try t.tensor.check(name: t.name.isEmpty ? "at the top level" : t.name, recordBytes: nil) } catch {
-                throw .tensor(error)
+        // Names are spelled only for a tensor that fails (a second walk), not for the thousands that pass.
+        for t in try graph.allTensors(from: graph.root, limits: limits, names: false) {
+            do { try t.tensor.check(name: "", recordBytes: nil) } catch {
+                let named = try graph.allTensors(from: graph.root, limits: limits).first { $0.tensor.node == t.tensor.node }
+                let name = named.map { $0.name.isEmpty ? "at the top level" : $0.name } ?? "at the top level"
+                do { try t.tensor.check(name: name, recordBytes: nil) } catch { throw .tensor(error) }
             }
         }
-        _ = try graph.stateDict(graph.root, limits: limits)
+        try graph.checkStateDictWalk(graph.root, limits: limits)
     }
 
     /// Size in bytes of a storage's record, when it exists.

@@ -17,10 +17,39 @@ extension PickleGraph {
     /// The `__dict__` of an `nn.Module` object: an object whose BUILD state holds `_parameters`,
     /// `_buffers` and `_modules`.
     public func moduleState(_ id: NodeID) -> NodeID? {
-        guard case .object(let o) = self[id], let s = o.state, dictEntries(s) != nil,
-              lookup(s, "_modules") != nil, lookup(s, "_parameters") != nil
-        else { return nil }
-        return s
+        moduleFields(id)?.state
+    }
+
+    /// What the state_dict walk reads of a module's `__dict__`, found in one pass over it (the first entry of each
+    /// name, as ``lookup(_:_:)`` finds).
+    struct ModuleFields {
+        var state: NodeID
+        var parameters: NodeID?
+        var buffers: NodeID?
+        var modules: NodeID?
+        var nonPersistentBuffers: NodeID?
+    }
+
+    /// The module fields of an `nn.Module` object (see ``moduleState(_:)``), or nil when it is not one.
+    func moduleFields(_ id: NodeID) -> ModuleFields? {
+        guard case .object(let o) = self[id], let s = o.state, let entries = dictEntries(s) else { return nil }
+        var f = ModuleFields(state: s)
+        for e in entries {
+            // Most keys of a module's __dict__ are none of these four; their lengths (8, 11, 27) rule them out
+            // without a string comparison, which is the costliest step of this walk otherwise.
+            guard case .string(let k) = self[e.key] else { continue }
+            let n = k.utf8.count
+            guard n == 8 || n == 11 || n == 27 else { continue }
+            switch k {
+            case "_parameters": if f.parameters == nil { f.parameters = e.value }
+            case "_buffers": if f.buffers == nil { f.buffers = e.value }
+            case "_modules": if f.modules == nil { f.modules = e.value }
+            case "_non_persistent_buffers_set": if f.nonPersistentBuffers == nil { f.nonPersistentBuffers = e.value }
+            default: break
+            }
+        }
+        guard f.modules != nil, f.parameters != nil else { return nil }
+        return f
     }
 
     /// The class name of a module or other object (`models.yolo.DetectionModel`).
@@ -82,35 +111,63 @@ extension PickleGraph {
     /// a few times over), never exponential.
     static func visitBudget(nodes: Int) -> Int { max(1 << 17, nodes.multipliedReportingOverflow(by: 4).partialValue) }
 
-    private func collect(_ id: NodeID, prefix: String, depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
+    /// Walks the state_dict view as ``stateDict(_:limits:)`` does, with the same nesting limit and visit budget, but
+    /// spells no names and parses no tensor: what the checks at open need (``allTensors(from:limits:names:)`` has
+    /// already parsed and checked every tensor).
+    public func checkStateDictWalk(_ id: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
+        var out: [(NamedTensor, EntryLocation?)] = []
+        var budget = Self.visitBudget(nodes: nodes.count)
+        try collect(id, prefix: nil, depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
+    }
+
+    /// Whether a node is a call of one of torch's tensor rebuild functions (a leaf of the state_dict walk).
+    func isTensorNode(_ id: NodeID) -> Bool {
+        guard case .object(let o) = self[id], case .global(let module, let name) = self[o.callable],
+              module == "torch._utils" else { return false }
+        switch name {
+        case "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
+             "_rebuild_tensor", "_rebuild_qtensor":
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// `prefix` nil: names are not spelled and tensors are not parsed (see ``checkStateDictWalk(_:limits:)``).
+    private func collect(_ id: NodeID, prefix: String?, depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
                          at location: EntryLocation? = nil, budget: inout Int)
         throws(CheckpointError)
     {
         guard depth <= limit else { throw .tooDeep(limit) }
         budget -= 1
         guard budget >= 0 else { throw .sharedTooOften(Self.visitBudget(nodes: nodes.count)) }
-        let name = prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix
-        let t: TensorRef?
-        do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: name, reason: error.reason)) }
-        if let t {
-            out.append((NamedTensor(name: name, tensor: t), location))
+        // The name is spelled only for a tensor (or its error): most nodes met here are not tensors.
+        if let prefix {
+            func name() -> String { prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix }
+            let t: TensorRef?
+            do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: name(), reason: error.reason)) }
+            if let t {
+                out.append((NamedTensor(name: name(), tensor: t), location))
+                return
+            }
+        } else if isTensorNode(id) {
             return
         }
-        if let state = moduleState(id) {
-            let nonPersistent = lookup(state, "_non_persistent_buffers_set").map { stringSet($0) } ?? []
-            for field in ["_parameters", "_buffers"] {
-                guard let holder = lookup(state, field) else { continue }
+        if let fields = moduleFields(id) {
+            let nonPersistent = fields.nonPersistentBuffers.map { stringSet($0) } ?? []
+            for (holder, isBuffers) in [(fields.parameters, false), (fields.buffers, true)] {
+                guard let holder else { continue }
                 for e in dictEntries(holder) ?? [] {
-                    guard let k = string(e.key), self[e.value] != .none else { continue }
-                    if field == "_buffers" && nonPersistent.contains(k) { continue }
-                    try collect(e.value, prefix: prefix + k, depth: depth + 1, limit: limit, into: &out,
+                    guard let k = string(e.key), !isNone(e.value) else { continue }
+                    if isBuffers && nonPersistent.contains(k) { continue }
+                    try collect(e.value, prefix: prefix.map { $0 + k }, depth: depth + 1, limit: limit, into: &out,
                                 at: EntryLocation(container: holder, key: e.key), budget: &budget)
                 }
             }
-            if let mods = lookup(state, "_modules") {
+            if let mods = fields.modules {
                 for e in dictEntries(mods) ?? [] {
-                    guard let k = string(e.key), self[e.value] != .none else { continue }
-                    try collect(e.value, prefix: prefix + k + ".", depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                    guard let k = string(e.key), !isNone(e.value) else { continue }
+                    try collect(e.value, prefix: prefix.map { $0 + k + "." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
                 }
             }
             return
@@ -118,68 +175,101 @@ extension PickleGraph {
         if let entries = dictEntries(id) {
             for e in entries {
                 guard let k = keyText(e.key) else { continue }
-                try collect(e.value, prefix: prefix + k + ".", depth: depth + 1, limit: limit, into: &out,
+                try collect(e.value, prefix: prefix.map { $0 + k + "." }, depth: depth + 1, limit: limit, into: &out,
                             at: EntryLocation(container: id, key: e.key), budget: &budget)
             }
             return
         }
         if case .list(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                try collect(item, prefix: prefix.map { $0 + "\(i)." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         } else if case .tuple(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix + "\(i).", depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                try collect(item, prefix: prefix.map { $0 + "\(i)." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         }
     }
 
     /// Every tensor reachable from `start` (inside modules, attributes, lists), each once, in pickle
     /// order, with a path naming where it was met. Used by the checks and the writer.
-    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NamedTensor] {
+    ///
+    /// With `names: false` every name is empty (the checks at open need names only to report a failure).
+    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits(), names: Bool = true)
+        throws(CheckpointError) -> [NamedTensor]
+    {
+        // This walk meets every reachable node on every open, so paths are kept as links to their parent
+        // (a dict key or a list index) and spelled out only for the tensors found.
+        enum Component { case key(NodeID), index(Int) }
+        var links: [(parent: Int, component: Component)] = []  // index -1: the empty path
+        func path(_ link: Int) -> String {
+            var parts: [Component] = []
+            var i = link
+            while i >= 0 { parts.append(links[i].component); i = links[i].parent }
+            var p = ""
+            for c in parts.reversed() {
+                let k: String
+                switch c {
+                case .key(let id): k = keyText(id) ?? "?"
+                case .index(let n): k = String(n)
+                }
+                p = p.isEmpty ? k : p + "." + k
+            }
+            return p
+        }
+        func link(_ parent: Int, _ c: Component) -> Int {
+            links.append((parent, c))
+            return links.count - 1
+        }
         var out: [NamedTensor] = []
-        var seen = Set<NodeID>()
-        // Iterative walk with paths; the nesting limit also bounds the length of the paths it builds.
-        var stack: [(NodeID, String, Int)] = [(start, "", 0)]
-        while let (id, path, depth) = stack.popLast() {
-            guard seen.insert(id).inserted else { continue }
+        var seen = [Bool](repeating: false, count: nodes.count)
+        // Iterative walk; the nesting limit also bounds the length of the paths it builds.
+        var stack: [(NodeID, Int, Int)] = [(start, -1, 0)]
+        var next: [(NodeID, Int)] = []
+        while let (id, at, depth) = stack.popLast() {
+            guard !seen[id.index] else { continue }
+            seen[id.index] = true
             guard depth <= limits.maxNesting else { throw .tooDeep(limits.maxNesting) }
             let t: TensorRef?
-            do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path, reason: error.reason)) }
+            do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path(at), reason: error.reason)) }
             if let t {
-                out.append(NamedTensor(name: path, tensor: t))
-                seen.insert(t.tensorNode)
+                out.append(NamedTensor(name: names ? path(at) : "", tensor: t))
+                seen[t.tensorNode.index] = true
                 continue
             }
-            var next: [(NodeID, String)] = []
-            func join(_ k: String) -> String { path.isEmpty ? k : path + "." + k }
+            next.removeAll(keepingCapacity: true)
             if let entries = dictEntries(id) {
-                for e in entries { next.append((e.value, join(keyText(e.key) ?? "?"))) }
-                if case .object(let o) = self[id], let s = o.state { next.append((s, path)) }
+                for e in entries { next.append((e.value, link(at, .key(e.key)))) }
+                if case .object(let o) = self[id], let s = o.state { next.append((s, at)) }
             } else {
                 switch self[id] {
                 case .list(let items), .tuple(let items), .set(let items), .frozenset(let items):
-                    for (i, item) in items.enumerated() { next.append((item, join(String(i)))) }
+                    for (i, item) in items.enumerated() { next.append((item, link(at, .index(i)))) }
                 case .object(let o):
                     if let s = o.state, let entries = dictEntries(s) {
                         // An object's attributes: skip the module bookkeeping level in paths.
                         for e in entries {
-                            let k = keyText(e.key) ?? "?"
-                            let skip = ["_parameters", "_buffers", "_modules"].contains(k)
-                            next.append((e.value, skip ? path : join(k)))
+                            var skip = false
+                            if let k = string(e.key), k.utf8.count == 8 || k.utf8.count == 11 {
+                                switch k {
+                                case "_parameters", "_buffers", "_modules": skip = true
+                                default: break
+                                }
+                            }
+                            next.append((e.value, skip ? at : link(at, .key(e.key))))
                         }
                     } else if let s = o.state {
-                        next.append((s, path))
+                        next.append((s, at))
                     }
-                    next.append((o.args, path))
-                    for (i, item) in o.listItems.enumerated() { next.append((item, join(String(i)))) }
+                    next.append((o.args, at))
+                    for (i, item) in o.listItems.enumerated() { next.append((item, link(at, .index(i)))) }
                 case .dict(let entries):
-                    for e in entries { next.append((e.value, join(keyText(e.key) ?? "?"))) }
+                    for e in entries { next.append((e.value, link(at, .key(e.key)))) }
                 default:
                     break
                 }
             }
-            stack.append(contentsOf: next.reversed().map { ($0.0, $0.1, depth + 1) })
+            for (n, l) in next.reversed() where !seen[n.index] { stack.append((n, l, depth + 1)) }
         }
         return out
     }

@@ -13,8 +13,9 @@ struct OpenedContainer {
     var version: String? = nil
     var byteOrder: String? = "little"
     var metadata: [(key: String, value: String)] = []
-    /// Raw scans of the pickles the format holds (none for safetensors and ONNX).
-    var pickleScans: [PickleScan] = []
+    /// Raw scans of the pickles the format holds (none for safetensors and ONNX), run only when asked for:
+    /// `keys` and `info` do not need them.
+    var scanPickles: () -> [PickleScan] = { [] }
 }
 
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without

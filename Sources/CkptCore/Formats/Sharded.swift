@@ -93,13 +93,15 @@ final class ShardedCheckpoint: StorageSource {
         }
         let inner = formats.count == 1 ? formats.first! : formats.sorted().joined(separator: " + ")
         // Every shard's pickles: the merged graph keeps only tensors, but loading the shards would run them all.
-        let scans = zip(shardNames, shards).flatMap { name, shard in
-            shard.pickleScans.map { s in var s = s; s.label = "\(name): \(s.label)"; return s }
+        let scans = {
+            zip(shardNames, shards).flatMap { name, shard in
+                shard.pickleScans.map { s in var s = s; s.label = "\(name): \(s.label)"; return s }
+            }
         }
         return OpenedContainer(graph: merged.finished(), source: source,
                                format: "sharded \(inner) (\(shards.count) shard\(shards.count == 1 ? "" : "s"))",
                                fileSize: size + shardBytes, recordCount: keyOrder.count, metadata: metadata,
-                               pickleScans: scans)
+                               scanPickles: scans)
     }
 
     private func locate(_ key: String) throws -> (Checkpoint, String) {

@@ -65,10 +65,12 @@ public enum PickleNode: Hashable, Sendable {
     case set([NodeID])
     case frozenset([NodeID])
     /// A name: `module.name`. Never imported.
-    case global(module: String, name: String)
+    // The two large payloads are boxed (`indirect`) so that a node takes 24 bytes instead of 72: the arena of a
+    // large pickle is most of what `keys` and `info` touch, and every page of it costs a fault.
+    indirect case global(module: String, name: String)
     /// What `persistent_load(pid)` would return; for torch, a storage.
     case persistent(pid: NodeID)
-    case object(PickleObject)
+    indirect case object(PickleObject)
 }
 
 /// A decoded pickle: an arena of nodes and the root the pickle returned.
@@ -103,6 +105,13 @@ public struct PickleGraph: Sendable {
     public func string(_ id: NodeID) -> String? {
         if case .string(let s) = self[id] { return s }
         return nil
+    }
+
+    /// Whether a node is None.
+    @inline(__always)
+    public func isNone(_ id: NodeID) -> Bool {
+        if case .none = self[id] { return true }
+        return false
     }
 
     /// The integer value of a node, if it fits Int64.
@@ -156,15 +165,42 @@ public struct PickleGraph: Sendable {
 
     /// The ids of every node reachable from `start`, each once, in depth-first pre-order.
     public func reachable(from start: NodeID) -> [NodeID] {
-        var seen = Set<NodeID>()
+        // A bitmap over the arena instead of a hashed set: this walk runs on every open.
+        var seen = [Bool](repeating: false, count: nodes.count)
         var order: [NodeID] = []
         var stack = [start]
+        var kids: [NodeID] = []
         while let id = stack.popLast() {
-            guard seen.insert(id).inserted else { continue }
+            guard !seen[id.index] else { continue }
+            seen[id.index] = true
             order.append(id)
-            stack.append(contentsOf: children(of: id).reversed())
+            kids.removeAll(keepingCapacity: true)
+            forEachChild(of: id) { kids.append($0) }
+            stack.append(contentsOf: kids.reversed())
         }
         return order
+    }
+
+    /// Calls `body` with each node a node refers to directly, in pickle order, without building an array.
+    @inline(__always)
+    public func forEachChild(of id: NodeID, _ body: (NodeID) -> Void) {
+        switch self[id] {
+        case .none, .bool, .int, .bigInt, .float, .string, .bytes, .bytearray, .global:
+            return
+        case .tuple(let items), .list(let items), .set(let items), .frozenset(let items):
+            for i in items { body(i) }
+        case .dict(let entries):
+            for e in entries { body(e.key); body(e.value) }
+        case .persistent(let pid):
+            body(pid)
+        case .object(let o):
+            body(o.callable)
+            body(o.args)
+            if let k = o.kwargs { body(k) }
+            for i in o.listItems { body(i) }
+            for e in o.dictItems { body(e.key); body(e.value) }
+            if let s = o.state { body(s) }
+        }
     }
 
     /// The nodes a node refers to directly, in pickle order.

@@ -110,7 +110,8 @@ extension PickleGraph {
         switch name {
         case "_rebuild_parameter", "_rebuild_parameter_with_state":
             // The wrapped tensor is a rebuilt tensor, never another parameter (which also bounds the recursion).
-            guard args.count >= 2, let innerFn = objectCallable(args[0]), !innerFn.hasPrefix("torch._utils._rebuild_parameter"),
+            guard args.count >= 2, case .object(let io) = self[args[0]], case .global(let im, let iname) = self[io.callable],
+                  !(im == "torch._utils" && iname.hasPrefix("_rebuild_parameter")),
                   var inner = try tensor(args[0]) else { throw fail("malformed parameter") }
             inner.node = id
             inner.isParameter = true

@@ -544,6 +544,8 @@ private final class ReadBackChecker: @unchecked Sendable {
             return
         }
         crc = ZipCRC32.combine(crc, pieceCRC, lengthOfB: count)
+        // Checked: start writing the piece to disk now, while the next one is copied, rather than all at the fsync.
+        file.startWriteback(at: offset, count: count)
     }
 
     /// The CRC-32 of all pieces in order (after ``finish()``).

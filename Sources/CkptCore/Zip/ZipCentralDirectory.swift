@@ -35,6 +35,10 @@ struct ZipCentralDirectory {
         var compressedSize: UInt64
         var size: UInt64
         var headerOffset: UInt64
+        /// Version needed to extract, and the DOS modification time and date: a local header repeats them.
+        var versionNeeded: UInt16 = 0
+        var modTime: UInt16 = 0
+        var modDate: UInt16 = 0
     }
 
     static let eocdSignature: UInt32 = 0x0605_4b50
@@ -44,6 +48,8 @@ struct ZipCentralDirectory {
     static let localHeaderSignature: UInt32 = 0x0403_4b50
 
     var records: [Record]
+    /// Where the central directory starts: every record's data ends before it.
+    var directoryOffset: UInt64 = 0
 
     /// Reads the end records and the central directory of `file`.
     init(file: ZipFileHandle, fileSize: UInt64, maxRecords: Int) throws(ZipError) {
@@ -125,7 +131,10 @@ struct ZipCentralDirectory {
                 crc32: directory.u32(p + 16)!,
                 compressedSize: UInt64(directory.u32(p + 20)!),
                 size: UInt64(directory.u32(p + 24)!),
-                headerOffset: UInt64(directory.u32(p + 42)!))
+                headerOffset: UInt64(directory.u32(p + 42)!),
+                versionNeeded: directory.u16(p + 6)!,
+                modTime: directory.u16(p + 12)!,
+                modDate: directory.u16(p + 14)!)
             // Zip64 extended information: the 64-bit values present are exactly those whose 32-bit field is all ones.
             if record.size == 0xFFFF_FFFF || record.compressedSize == 0xFFFF_FFFF || record.headerOffset == 0xFFFF_FFFF {
                 var q = extraStart
@@ -159,5 +168,78 @@ struct ZipCentralDirectory {
             p = end
         }
         self.records = records
+        self.directoryOffset = directoryOffset
+    }
+
+    /// Reads a record's local header, checks that it agrees with the central directory (what libzip's
+    /// `ZIP_CHECKCONS` checked: version, method, time, name, and, without a data descriptor, CRC and sizes, zip64
+    /// ones included) and that the data ends before the central directory; returns where the data starts.
+    static func checkLocalHeader(_ record: Record, displayName name: String, file: ZipFileHandle, fileSize: UInt64,
+                                 directoryOffset: UInt64) throws(ZipError) -> UInt64
+    {
+        let path = file.path
+        func damaged(_ detail: String) -> ZipError { .inconsistent(path: path, detail: detail) }
+        // One read for the usual case: the fixed part, the name and up to 192 bytes of extra field.
+        let want = UInt64(30 + record.name.count + 192)
+        guard record.headerOffset <= fileSize, fileSize - record.headerOffset >= 30 else {
+            throw damaged("no local header for '\(name)' at byte \(record.headerOffset)")
+        }
+        var raw = try file.readBytes(count: Int(min(want, fileSize - record.headerOffset)), at: record.headerOffset) ?? []
+        var h = ZipBytes(bytes: raw)
+        guard h.u32(0) == localHeaderSignature, let nameLength = h.u16(26), let extraLength = h.u16(28) else {
+            throw damaged("no local header for '\(name)' at byte \(record.headerOffset)")
+        }
+        let headerLength = 30 + Int(nameLength) + Int(extraLength)
+        if raw.count < headerLength {
+            guard UInt64(headerLength) <= fileSize - record.headerOffset,
+                  let more = try file.readBytes(count: headerLength, at: record.headerOffset) else {
+                throw damaged("local header of '\(name)' runs past the end of the file")
+            }
+            raw = more
+            h = ZipBytes(bytes: raw)
+        }
+        let flags = h.u16(6)!
+        guard h.u16(4)! <= record.versionNeeded, h.u16(8)! == record.method, h.u16(10)! == record.modTime,
+              h.u16(12)! == record.modDate, raw[30..<(30 + Int(nameLength))].elementsEqual(record.name)
+        else {
+            throw damaged("local and central header of '\(name)' do not agree")
+        }
+        do {
+            var compressed = UInt64(h.u32(18)!), size = UInt64(h.u32(22)!)
+            if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF {
+                // Zip64 local extra field: both sizes, uncompressed first.
+                var q = 30 + Int(nameLength)
+                let end = headerLength
+                var found = false
+                while q + 4 <= end {
+                    let id = h.u16(q)!, length = Int(h.u16(q + 2)!)
+                    guard q + 4 + length <= end else { break }
+                    if id == 0x0001, length >= 16 {
+                        size = h.u64(q + 4)!
+                        compressed = h.u64(q + 12)!
+                        found = true
+                        break
+                    }
+                    q += 4 + length
+                }
+                if !found { throw damaged("local header of '\(name)' needs a zip64 extra field but has none") }
+            }
+            let crc = h.u32(14)!
+            // Without a data descriptor the values must match; with one (bit 3), a local value is zero or matches.
+            let descriptor = flags & 0x0008 != 0
+            func agrees<T: BinaryInteger>(_ local: T, _ central: T) -> Bool { local == central || (descriptor && local == 0) }
+            guard agrees(crc, record.crc32), agrees(compressed, record.compressedSize), agrees(size, record.size) else {
+                throw damaged("local and central header of '\(name)' do not agree")
+            }
+        }
+        let start = record.headerOffset + UInt64(headerLength)
+        if start > fileSize || record.compressedSize > fileSize - start {
+            throw ZipError.truncated(record: name, offset: fileSize, expected: record.compressedSize,
+                                     got: start > fileSize ? 0 : fileSize - start)
+        }
+        guard start + record.compressedSize <= directoryOffset else {
+            throw damaged("the data of '\(name)' runs into the central directory")
+        }
+        return start
     }
 }

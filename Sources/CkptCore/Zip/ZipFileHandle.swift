@@ -111,6 +111,14 @@ final class ZipFileHandle {
         #endif
     }
 
+    /// Starts writing a range's dirty pages to disk without waiting (a hint; failures are ignored), so that the
+    /// final ``sync()`` of a large file waits for the tail only instead of the whole file.
+    func startWriteback(at offset: UInt64, count: UInt64) {
+        #if os(Linux)
+        _ = ckpt_start_writeback(fd, Int64(clamping: offset), Int64(clamping: count))
+        #endif
+    }
+
     /// Flushes the file's data and metadata to stable storage.
     func sync() throws(ZipError) {
         if Self.retryingEINTR({ fsync(fd) }) != 0 { throw ZipError.io(Self.systemMessage("cannot fsync '\(path)'")) }

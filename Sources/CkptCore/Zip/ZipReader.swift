@@ -10,8 +10,9 @@ import Musl
 
 /// Read-only access to a zip archive (the container of a `torch.save` checkpoint), backed by libzip.
 ///
-/// Opening checks the archive with libzip (`ZIP_RDONLY | ZIP_CHECKCONS`: the central directory must agree with every
-/// local header), then refuses duplicate and unsafe record names. Stored records, which is every record `torch.save`
+/// Opening reads the central directory twice, with libzip and with ``ZipCentralDirectory``, which must agree, checks
+/// every local header against it (what libzip's `ZIP_CHECKCONS` would, in one read per record instead of two),
+/// then refuses duplicate and unsafe record names. Stored records, which is every record `torch.save`
 /// writes, are read with `pread` straight from their data offset and CRC-checked with zlib as they stream; other
 /// records are decoded by libzip, which checks their CRC too.
 ///
@@ -59,7 +60,7 @@ public final class ZipReader {
         }
 
         var code: Int32 = 0
-        guard let archive = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code) else {
+        guard let archive = zip_open(path, ZIP_RDONLY, &code) else {
             var error = zip_error_t()
             zip_error_init_with_code(&error, code)
             defer { zip_error_fini(&error) }
@@ -109,18 +110,9 @@ public final class ZipReader {
 
             let method = ZipEntry.Method(rawValue: record.method)
             var dataOffset: UInt64? = nil
-            // Where the record's bytes start: after the 30-byte local header, its name and its extra field.
-            let localHeader = record.headerOffset < fileSize ? try file.readBytes(count: 30, at: record.headerOffset) : nil
-            let header = ZipBytes(bytes: localHeader ?? [])
-            guard localHeader != nil, header.u32(0) == ZipCentralDirectory.localHeaderSignature else {
-                throw ZipError.inconsistent(path: path, detail: "no local header for '\(name)' at byte \(record.headerOffset)")
-            }
-            let start = record.headerOffset + 30 + UInt64(header.u16(26)!) + UInt64(header.u16(28)!)
-            if start > fileSize || record.compressedSize > fileSize - start {
-                throw ZipError.truncated(
-                    record: name, offset: fileSize, expected: record.compressedSize,
-                    got: start > fileSize ? 0 : fileSize - start)
-            }
+            // Where the record's bytes start: after the local header, its name and its extra field.
+            let start = try ZipCentralDirectory.checkLocalHeader(
+                record, displayName: name, file: file, fileSize: fileSize, directoryOffset: directory.directoryOffset)
             if method == .stored {
                 guard record.compressedSize == record.size else {
                     throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
