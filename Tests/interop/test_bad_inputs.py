@@ -122,3 +122,62 @@ def test_cut_at_sample_offsets(tmp_path):
         out = tmp_path / "out.pt"
         assert_clean_failure(run("strip", path, out), path)
         assert not out.exists()
+
+
+def _storage_local_header_defects(tmp_path):
+    """Copies of resnet-sd.pt whose data/0 local header disagrees with the central directory, one per field
+    ckpt compares (what libzip's ZIP_CHECKCONS compares): name, method, CRC-32 and size."""
+    import zipfile
+
+    src = FIXTURES / "resnet-sd.pt"
+    raw = src.read_bytes()
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    h = info.header_offset
+    assert raw[h:h + 4] == b"PK\x03\x04"
+    out = {}
+    for what, at in [("name", h + 30), ("method", h + 8), ("crc", h + 14), ("size", h + 22)]:
+        b = bytearray(raw)
+        b[at] ^= 0x01
+        p = tmp_path / f"local-header-{what}.pt"
+        p.write_bytes(bytes(b))
+        out[what] = p
+    return out
+
+
+def libzip_checkcons_refuses(path):
+    """The reference for local-header consistency: libzip's zip_open with ZIP_CHECKCONS (what ckpt's reader
+    replaced), called through ctypes. torch does not compare local headers at all (miniz reads only the name and
+    extra lengths from them), so it is no oracle here."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.CDLL(ctypes.util.find_library("zip") or "libzip.so.4")
+    lib.zip_open.restype = ctypes.c_void_p
+    lib.zip_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.zip_discard.argtypes = [ctypes.c_void_p]
+    err = ctypes.c_int(0)
+    za = lib.zip_open(str(path).encode(), 4 | 16, ctypes.byref(err))  # ZIP_CHECKCONS | ZIP_RDONLY
+    if za:
+        lib.zip_discard(za)
+        return False
+    return True
+
+
+def test_storage_local_header_defects_are_found_when_the_bytes_are_read(tmp_path):
+    """A storage's local header is checked when its bytes are first read: strip (and every command that copies
+    storages) answers with one line naming the damage and writes nothing; keys and info, which read no storage
+    bytes, still list the file (as for a storage whose bytes fail their CRC). libzip's ZIP_CHECKCONS refuses every
+    copy, and accepts the original."""
+    assert not libzip_checkcons_refuses(FIXTURES / "resnet-sd.pt")
+    for what, path in _storage_local_header_defects(tmp_path).items():
+        before = sha(path)
+        assert libzip_checkcons_refuses(path), what
+        out = tmp_path / "out.pt"
+        p = run("strip", path, out)
+        assert_clean_failure(p, path)
+        assert "damaged zip" in p.stderr and "data/0" in p.stderr, (what, p.stderr)
+        assert not out.exists()
+        assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == [], "strip left a temp file"
+        assert run("keys", path).returncode == 0, what
+        assert sha(path) == before

@@ -107,38 +107,51 @@ public final class Checkpoint {
     /// whose record exists and holds exactly the declared bytes, and every tensor passes
     /// ``TensorRef/check(name:recordBytes:)`` (strides, offsets, overflow, bounds). Also walks the state_dict
     /// view once, so that nesting past ``PickleLimits/maxNesting`` or memo abuse is refused at open by every command.
+    ///
+    /// Storages and tensors are found by one pass over the arena, reachable from the root or not: unpickling runs
+    /// every opcode, so torch.load calls persistent_load and the tensor rebuild functions for each one it meets.
     func validate(limits: PickleLimits) throws(CheckpointError) {
         var checked = Set<String>()
-        // Every persistent id in the pickle, reachable from the root or not: torch.load calls persistent_load for
-        // each one it meets, so each must name a good storage. A pass over the arena; no walk needed.
         for (i, node) in graph.nodes.enumerated() {
-            guard case .persistent = node else { continue }
             let id = NodeID(i)
-            guard let s = graph.storageRef(id) else { throw .notACheckpoint("persistent id \(id) is not a torch storage") }
-            guard checked.insert(s.key).inserted else { continue }
-            guard s.dtype != nil || s.storageClass == "torch.storage.UntypedStorage" else {
-                throw .notACheckpoint("storage \(s.key) has type \(s.storageClass), which torch does not have")
-            }
-            guard let record = storageRecordBytes(s.key) else {
-                throw .missingRecord(root.isEmpty ? "storage \(s.key)" : "\(root)/data/\(s.key)")
-            }
-            guard s.numel >= 0, let declared = s.byteCount else {
-                throw .tensor(TensorCheckError(tensor: "storage \(s.key)", reason: "element count \(s.numel) is impossible"))
-            }
-            guard declared == record else {
-                throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
-                    reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
-            }
-        }
-        // Names are spelled only for a tensor that fails (a second walk), not for the thousands that pass.
-        for t in try graph.allTensors(from: graph.root, limits: limits, names: false) {
-            do { try t.tensor.check(name: "", recordBytes: nil) } catch {
-                let named = try graph.allTensors(from: graph.root, limits: limits).first { $0.tensor.node == t.tensor.node }
-                let name = named.map { $0.name.isEmpty ? "at the top level" : $0.name } ?? "at the top level"
-                do { try t.tensor.check(name: name, recordBytes: nil) } catch { throw .tensor(error) }
+            switch node {
+            case .persistent:
+                guard let s = graph.storageRef(id) else { throw .notACheckpoint("persistent id \(id) is not a torch storage") }
+                guard checked.insert(s.key).inserted else { continue }
+                guard s.dtype != nil || s.storageClass == "torch.storage.UntypedStorage" else {
+                    throw .notACheckpoint("storage \(s.key) has type \(s.storageClass), which torch does not have")
+                }
+                guard let record = storageRecordBytes(s.key) else {
+                    throw .missingRecord(root.isEmpty ? "storage \(s.key)" : "\(root)/data/\(s.key)")
+                }
+                guard s.numel >= 0, let declared = s.byteCount else {
+                    throw .tensor(TensorCheckError(tensor: "storage \(s.key)", reason: "element count \(s.numel) is impossible"))
+                }
+                guard declared == record else {
+                    throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
+                        reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
+                }
+            case .object:
+                guard graph.isTensorNode(id) else { continue }
+                // Names are spelled only for a tensor that fails, not for the thousands that pass.
+                do {
+                    try graph.tensor(id)?.check(name: "", recordBytes: nil)
+                } catch {
+                    throw .tensor(TensorCheckError(tensor: try tensorName(id, limits: limits), reason: error.reason))
+                }
+            default:
+                continue
             }
         }
         try graph.checkStateDictWalk(graph.root, limits: limits)
+    }
+
+    /// The path of a tensor node as ``PickleGraph/allTensors(from:limits:names:)`` names it (for an error message);
+    /// `#N` when it is not reachable from the root.
+    private func tensorName(_ id: NodeID, limits: PickleLimits) throws(CheckpointError) -> String {
+        let named = try graph.allTensors(from: graph.root, limits: limits).first { $0.tensor.node == id || $0.tensor.tensorNode == id }
+        guard let named else { return "\(id) (not reachable from the root)" }
+        return named.name.isEmpty ? "at the top level" : named.name
     }
 
     /// Size in bytes of a storage's record, when it exists.

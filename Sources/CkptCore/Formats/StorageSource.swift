@@ -39,17 +39,22 @@ extension StorageSource {
 /// The storages of a torch zip checkpoint: the records `<root>/data/<key>`.
 final class ZipStorageSource: StorageSource {
     let zip: ZipReader
+    /// `<root>/data/`: a storage's record is this and its key (looked up for every storage at open).
+    private let dataPrefix: String
 
-    init(_ zip: ZipReader) { self.zip = zip }
+    init(_ zip: ZipReader) {
+        self.zip = zip
+        dataPrefix = zip.root.isEmpty ? "data/" : zip.root + "/data/"
+    }
 
     private func entry(_ key: String) throws -> ZipEntry {
-        guard let e = zip.entry(named: "data/\(key)") else {
+        guard let e = zip.entry(fullName: dataPrefix + key) else {
             throw CheckpointError.missingRecord("\(zip.root)/data/\(key)")
         }
         return e
     }
 
-    func storageBytes(_ key: String) -> Int64? { zip.entry(named: "data/\(key)").map { Int64($0.size) } }
+    func storageBytes(_ key: String) -> Int64? { zip.entry(fullName: dataPrefix + key).map { Int64($0.size) } }
 
     func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         try zip.stream(try entry(key), chunkSize: chunkSize, body)
@@ -63,7 +68,7 @@ final class ZipStorageSource: StorageSource {
     var recordNames: [String] { zip.entries.map(\.name) }
 
     func checksum(_ key: String) -> (record: String, crc: UInt32)? {
-        guard let e = zip.entry(named: "data/\(key)"), e.hasChecksum else { return nil }
+        guard let e = zip.entry(fullName: dataPrefix + key), e.hasChecksum else { return nil }
         return (e.name, e.crc32)
     }
 }

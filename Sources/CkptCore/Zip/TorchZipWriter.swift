@@ -226,7 +226,7 @@ public final class TorchZipWriter {
         throws(ZipError) -> Bool
     {
         guard case .inRecord(var open) = state, open.count == 0, open.written.size == entry.size, entry.size > 0,
-              computesCRC32, entry.hasChecksum, open.knownCRC == entry.crc32, let dataOffset = entry.dataOffset,
+              computesCRC32, entry.hasChecksum, open.knownCRC == entry.crc32, let dataOffset = try reader.dataOffset(of: entry),
               let source = reader.storedDataFile, let file
         else { return false }
         try flush()

@@ -51,14 +51,11 @@ public struct ZipEntry: Sendable, Equatable {
     public let crc32: UInt32
     /// Offset of the record's local header in the file.
     public let headerOffset: UInt64
-    /// Offset of the record's first data byte in the file (local header offset + 30 + name length + extra length),
-    /// for stored records only; `nil` for compressed ones. This is where `torch.load(mmap=True)` maps a storage from.
-    public let dataOffset: UInt64?
 
     /// Memberwise initializer.
     public init(
         name: String, index: Int, size: UInt64, compressedSize: UInt64, method: Method, crc32: UInt32,
-        headerOffset: UInt64, dataOffset: UInt64?
+        headerOffset: UInt64
     ) {
         self.name = name
         self.index = index
@@ -67,7 +64,6 @@ public struct ZipEntry: Sendable, Equatable {
         self.method = method
         self.crc32 = crc32
         self.headerOffset = headerOffset
-        self.dataOffset = dataOffset
     }
 
     /// Whether the archive records a checksum that reads of this record are verified against.

@@ -10,9 +10,9 @@ import Musl
 
 /// Read-only access to a zip archive (the container of a `torch.save` checkpoint), backed by libzip.
 ///
-/// Opening reads the central directory twice, with libzip and with ``ZipCentralDirectory``, which must agree, checks
-/// every local header against it (what libzip's `ZIP_CHECKCONS` would, in one read per record instead of two),
-/// then refuses duplicate and unsafe record names. Stored records, which is every record `torch.save`
+/// Opening reads the central directory (``ZipCentralDirectory``), refuses duplicate, unsafe and encrypted records,
+/// and checks the local headers of the records outside `data/` against it (what libzip's `ZIP_CHECKCONS` checks);
+/// a storage's local header is checked when its bytes are first read (``dataOffset(of:)``). Stored records, which is every record `torch.save`
 /// writes, are read with `pread` straight from their data offset and CRC-checked with zlib as they stream; other
 /// records are decoded by libzip, which checks their CRC too.
 ///
@@ -32,8 +32,15 @@ public final class ZipReader {
     /// Read stored records through libzip instead of `pread` (for tests and benchmarks of both paths).
     var readsStoredThroughLibzip = false
 
+    /// libzip's handle, opened on first use: only compressed records (which `torch.save` never writes) and
+    /// ``readsStoredThroughLibzip`` need it.
     private var archive: OpaquePointer?
+    private var archiveClosed = false
     private var file: ZipFileHandle?
+    private let directory: ZipCentralDirectory
+    /// Where each record's data starts, once its local header has been checked (``unchecked`` until then).
+    private var dataOffsets: [UInt64]
+    private static let unchecked = UInt64.max
     private let indexByName: [String: Int]
     /// The read buffer, kept from one read to the next. A fresh chunk-sized buffer per record made glibc's malloc
     /// keep the freed ones (its mmap threshold rises after the first big free): resident memory grew with the
@@ -59,70 +66,38 @@ public final class ZipReader {
             throw try Self.notAZipError(file: file)
         }
 
-        var code: Int32 = 0
-        guard let archive = zip_open(path, ZIP_RDONLY, &code) else {
-            var error = zip_error_t()
-            zip_error_init_with_code(&error, code)
-            defer { zip_error_fini(&error) }
-            throw try Self.openError(&error, file: file)
+        let directory: ZipCentralDirectory
+        do {
+            directory = try ZipCentralDirectory(file: file, fileSize: fileSize, maxRecords: maxRecords)
+        } catch {
+            if case .inconsistent(_, let detail) = error, detail.hasPrefix("no end-of-central-directory") {
+                throw try Self.notAZipError(file: file)
+            }
+            throw error
         }
-        var ok = false
-        defer { if !ok { zip_discard(archive) } }
-
-        let count = zip_get_num_entries(archive, 0)
-        guard count >= 0 else { throw ZipError.io("cannot list records of '\(path)'") }
-        guard count <= Int64(maxRecords) else { throw ZipError.tooManyRecords(count: UInt64(count), limit: maxRecords) }
-
-        let directory = try ZipCentralDirectory(file: file, fileSize: fileSize, maxRecords: maxRecords)
-        guard directory.records.count == Int(count) else {
-            throw ZipError.inconsistent(
-                path: path, detail: "libzip lists \(count) records but the central directory holds \(directory.records.count)")
-        }
+        let count = directory.records.count
 
         var entries: [ZipEntry] = []
-        entries.reserveCapacity(Int(count))
+        entries.reserveCapacity(count)
         var indexByName: [String: Int] = [:]
-        indexByName.reserveCapacity(Int(count))
+        indexByName.reserveCapacity(count)
 
-        for index in 0..<Int(count) {
-            var stat = zip_stat_t()
-            zip_stat_init(&stat)
-            guard zip_stat_index(archive, UInt64(index), zip_flags_t(ZIP_FL_ENC_RAW), &stat) == 0, let cName = stat.name else {
-                throw Self.archiveError(archive, path: path, doing: "reading record \(index) of")
-            }
-            let record = directory.records[index]
-            let rawName = Array(UnsafeRawBufferPointer(start: cName, count: strlen(cName)))
+        for (index, record) in directory.records.enumerated() {
             let lossyName = String(decoding: record.name, as: UTF8.self)
-            guard rawName == record.name else {
-                if record.name.contains(0) { throw ZipError.unsafeRecordName(lossyName) }
-                throw ZipError.inconsistent(path: path, detail: "record \(index) is named differently by libzip and by the central directory")
-            }
             guard let name = ZipNames.decode(record.name), ZipNames.isSafe(name) else {
                 throw ZipError.unsafeRecordName(lossyName)
             }
             guard indexByName.updateValue(index, forKey: name) == nil else { throw ZipError.duplicateRecord(name) }
-            guard stat.size == record.size, stat.comp_size == record.compressedSize, stat.crc == record.crc32,
-                stat.comp_method == record.method
-            else {
-                throw ZipError.inconsistent(path: path, detail: "record '\(name)' has different sizes in libzip and in the central directory")
-            }
-            if stat.encryption_method != UInt16(ZIP_EM_NONE) { throw ZipError.encryptedRecord(name) }
-
+            // Bit 0: traditional PKWARE encryption; bit 6: strong encryption.
+            if record.flags & 0x0041 != 0 { throw ZipError.encryptedRecord(name) }
             let method = ZipEntry.Method(rawValue: record.method)
-            var dataOffset: UInt64? = nil
-            // Where the record's bytes start: after the local header, its name and its extra field.
-            let start = try ZipCentralDirectory.checkLocalHeader(
-                record, displayName: name, file: file, fileSize: fileSize, directoryOffset: directory.directoryOffset)
-            if method == .stored {
-                guard record.compressedSize == record.size else {
-                    throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
-                }
-                dataOffset = start
+            if method == .stored && record.compressedSize != record.size {
+                throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
             }
             entries.append(
                 ZipEntry(
                     name: name, index: index, size: record.size, compressedSize: record.compressedSize, method: method,
-                    crc32: record.crc32, headerOffset: record.headerOffset, dataOffset: dataOffset))
+                    crc32: record.crc32, headerOffset: record.headerOffset))
         }
 
         if let first = entries.first, let slash = first.name.firstIndex(of: "/") {
@@ -132,9 +107,16 @@ public final class ZipReader {
         }
         self.entries = entries
         self.indexByName = indexByName
-        self.archive = archive
         self.file = file
-        ok = true
+        self.directory = directory
+        dataOffsets = Array(repeating: Self.unchecked, count: count)
+        // The local headers of the small records (data.pkl, version, byteorder, ...) are checked now; those of the
+        // storages under data/, when their bytes are first read: `keys` and `info` read none of them, and a
+        // checkpoint holds thousands (one pread each).
+        let storages = root.isEmpty ? "data/" : root + "/data/"
+        for e in entries where !e.name.hasPrefix(storages) {
+            _ = try dataOffset(of: e)
+        }
     }
 
     deinit {
@@ -167,10 +149,51 @@ public final class ZipReader {
     /// stored records are read through libzip).
     var storedDataFile: ZipFileHandle? { readsStoredThroughLibzip ? nil : file }
 
+    /// Offset of a record's first data byte in the file (local header offset + 30 + name length + extra length), for
+    /// stored records; nil for compressed ones. This is where `torch.load(mmap=True)` maps a storage from. The
+    /// first call reads the record's local header and checks it against the central directory (version, method,
+    /// time, name, CRC and sizes) and that the data lies inside the file, before the central directory.
+    /// - Throws: ``ZipError/inconsistent(path:detail:)``, ``ZipError/truncated(record:offset:expected:got:)``,
+    ///   ``ZipError/misuse(_:)`` after ``close()``.
+    public func dataOffset(of entry: ZipEntry) throws(ZipError) -> UInt64? {
+        guard entry.index >= 0, entry.index < entries.count, entries[entry.index] == entry else {
+            throw ZipError.misuse("record '\(entry.name)' does not belong to '\(path)'")
+        }
+        var start = dataOffsets[entry.index]
+        if start == Self.unchecked {
+            guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+            start = try ZipCentralDirectory.checkLocalHeader(
+                directory.records[entry.index], displayName: entry.name, file: file, fileSize: fileSize,
+                directoryOffset: directory.directoryOffset)
+            dataOffsets[entry.index] = start
+        }
+        return entry.method == .stored ? start : nil
+    }
+
+    /// libzip's handle on the archive, opened on first use.
+    private func libzipArchive() throws(ZipError) -> OpaquePointer {
+        if let archive { return archive }
+        guard !archiveClosed, let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+        var code: Int32 = 0
+        guard let opened = zip_open(path, ZIP_RDONLY, &code) else {
+            var error = zip_error_t()
+            zip_error_init_with_code(&error, code)
+            defer { zip_error_fini(&error) }
+            throw try Self.openError(&error, file: file)
+        }
+        guard zip_get_num_entries(opened, 0) == Int64(entries.count) else {
+            zip_discard(opened)
+            throw ZipError.inconsistent(path: path, detail: "libzip and the central directory list different records")
+        }
+        archive = opened
+        return opened
+    }
+
     /// Releases the archive and its file descriptor. Further reads throw ``ZipError/misuse(_:)``. Safe to call twice.
     public func close() {
         if let archive { zip_discard(archive) }
         archive = nil
+        archiveClosed = true
         try? file?.close()
         file = nil
     }
@@ -202,7 +225,7 @@ public final class ZipReader {
             throw ZipError.recordTooLarge(name: entry.name, size: entry.size, limit: limit)
         }
         let size = Int(entry.size)
-        if entry.dataOffset == nil {
+        if try dataOffset(of: entry) == nil {
             // Compressed: the declared size is only a claim until the bytes arrive, so memory grows with what
             // decompression actually produces (streamCore stops at the declared size), not with the claim.
             var out: [UInt8] = []
@@ -244,7 +267,7 @@ public final class ZipReader {
             throw ZipError.truncated(record: entry.name, offset: offset, expected: end, got: entry.size)
         }
         if buffer.isEmpty { return }
-        if let dataOffset = entry.dataOffset, !readsStoredThroughLibzip {
+        if let dataOffset = try dataOffset(of: entry), !readsStoredThroughLibzip {
             let got = try file.read(into: buffer, at: dataOffset + offset)
             if got < buffer.count {
                 throw ZipError.truncated(record: entry.name, offset: dataOffset + offset + UInt64(got),
@@ -300,10 +323,8 @@ public final class ZipReader {
     private func streamCore(
         _ entry: ZipEntry, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void
     ) throws(ZipError) {
-        guard let archive, let file else { throw ZipError.misuse("read from '\(path)' after close()") }
-        guard entry.index >= 0, entry.index < entries.count, entries[entry.index] == entry else {
-            throw ZipError.misuse("record '\(entry.name)' does not belong to '\(path)'")
-        }
+        guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+        let storedAt = try dataOffset(of: entry)
         let chunkSize = max(1, chunkSize)
         if entry.size == 0 && entry.compressedSize == 0 { return }
 
@@ -312,7 +333,7 @@ public final class ZipReader {
         var crc: UInt32 = 0
         var total: UInt64 = 0
 
-        if let dataOffset = entry.dataOffset, !readsStoredThroughLibzip {
+        if let dataOffset = storedAt, !readsStoredThroughLibzip {
             // Stored: read the bytes in place; libzip's own read path adds a copy and per-call overhead.
             if entry.size >= 64 << 20 { file.adviseSequential() }
             while total < entry.size {
@@ -335,6 +356,7 @@ public final class ZipReader {
             return
         }
 
+        let archive = try libzipArchive()
         if zip_compression_method_supported(Int32(entry.method.rawValue), 0) == 0 {
             throw ZipError.unsupportedCompression(record: entry.name, method: entry.method.rawValue)
         }
