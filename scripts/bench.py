@@ -8,7 +8,8 @@ Generates, with torch, in a fresh folder under /tmp (never inside the repository
                          multipliers), model + EMA in float16, SGD momentum buffers in float32, numpy values;
   yolov5x-train-next.pt  the same run one optimizer step later (the other side of `diff --values`);
   big-sd.pt              a ~5 GiB state dict with one 4.3 GiB tensor and a view into it past byte 4 GiB.
-Then times each job several times (medians) with /usr/bin/time -v (peak RSS):
+Then times each job several times (medians of wall and CPU time, from the child's own rusage), and once more
+under /usr/bin/time -v (peak RSS):
   ckpt strip        against torch.load + YOLOv5's strip_optimizer + torch.save, and against cp of the input
                     (plain, and followed by an fsync of the copy: ckpt fsyncs its output, cp does not);
   ckpt keys / info  against a Python script that loads with torch and lists the same;
@@ -266,27 +267,43 @@ class Run:
         self.seconds, self.cpu, self.rss_mb, self.stdout = seconds, cpu, rss_mb, stdout
 
 
-def run_once(cmd, workdir, ok_codes=(0,)):
-    """Runs cmd under /usr/bin/time -v; wall time by perf_counter, CPU time (user + system) and peak RSS from
-    time's report. CPU time is what the machine's other work cannot stretch."""
-    report = os.path.join(workdir, "time-report.txt")
+def run_once(cmd, workdir, ok_codes=(0,), time_v=False):
+    """Runs cmd once. Wall time by perf_counter around the child alone, CPU time (user + system) and peak RSS from
+    the child's own rusage (wait4, the call /usr/bin/time makes), so that no wrapper process is timed with it.
+    With time_v, runs it under `/usr/bin/time -v` instead and takes CPU and peak RSS from its report (the run
+    that reports peak RSS as the issue asks; its wall time includes /usr/bin/time's own start)."""
     os.sync()  # let earlier runs' dirty pages reach the disk before the clock starts
-    t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", "-o", report, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    dt = time.perf_counter() - t0
-    if p.returncode not in ok_codes:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed ({p.returncode}):\n{p.stderr.decode(errors='replace')}")
-    rss, cpu = 0.0, 0.0
-    with open(report) as f:
-        for line in f:
-            if "Maximum resident set size" in line:
-                rss = int(line.rsplit(":", 1)[1]) / 1024
-            elif "User time (seconds)" in line or "System time (seconds)" in line:
-                cpu += float(line.rsplit(":", 1)[1])
-    return Run(dt, cpu, rss, p.stdout)
+    if time_v:
+        report = os.path.join(workdir, "time-report.txt")
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-v", "-o", report, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        dt = time.perf_counter() - t0
+        if p.returncode not in ok_codes:
+            raise SystemExit(f"bench: {' '.join(cmd)} failed ({p.returncode}):\n{p.stderr.decode(errors='replace')}")
+        rss, cpu = 0.0, 0.0
+        with open(report) as f:
+            for line in f:
+                if "Maximum resident set size" in line:
+                    rss = int(line.rsplit(":", 1)[1]) / 1024
+                elif "User time (seconds)" in line or "System time (seconds)" in line:
+                    cpu += float(line.rsplit(":", 1)[1])
+        return Run(dt, cpu, rss, p.stdout)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        dt = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode not in ok_codes:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({child.returncode}):\n{stderr.decode(errors='replace')}")
+    return Run(dt, usage.ru_utime + usage.ru_stime, None, stdout)
 
 
 def measure(label, cmd, reps, workdir, cleanup=None, ok_codes=(0,)):
+    """`reps` timed runs (median wall and CPU time), then one more under /usr/bin/time -v for peak RSS."""
     runs = []
     load = os.getloadavg()[0]
     for _ in range(reps):
@@ -295,14 +312,19 @@ def measure(label, cmd, reps, workdir, cleanup=None, ok_codes=(0,)):
         runs.append(run_once(cmd, workdir, ok_codes))
     if cleanup:
         cleanup()
+    timed_v = run_once(cmd, workdir, ok_codes, time_v=True)
+    if cleanup:
+        cleanup()
     med = statistics.median(r.seconds for r in runs)
     cpu = statistics.median(r.cpu for r in runs)
-    rss = max(r.rss_mb for r in runs)
+    # Peak RSS from /usr/bin/time -v alone: a child forked from this Python process carries the parent's resident
+    # pages in its own maximum until exec, so wait4's figure would count Python's ~20 MB against every command.
+    rss = timed_v.rss_mb
     spread = ", ".join(f"{r.seconds:.3f}" for r in runs)
     print(f"  {label:<26} median {fmt_time(med):>9}  cpu {fmt_time(cpu):>9}  peak RSS {rss:7.1f} MB  load {load:4.1f}"
           f"  (runs: {spread})", flush=True)
-    return {"seconds": med, "cpu": cpu, "rss_mb": rss, "load": load, "runs": [r.seconds for r in runs],
-            "stdout": runs[-1].stdout}
+    return {"seconds": med, "cpu": cpu, "rss_mb": rss, "rss_mb_time_v": timed_v.rss_mb, "load": load,
+            "runs": [r.seconds for r in runs], "stdout": runs[-1].stdout}
 
 
 def fmt_time(s):

@@ -181,3 +181,62 @@ def test_storage_local_header_defects_are_found_when_the_bytes_are_read(tmp_path
         assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == [], "strip left a temp file"
         assert run("keys", path).returncode == 0, what
         assert sha(path) == before
+
+
+def test_a_bad_tensor_no_key_reaches_is_still_refused(tmp_path):
+    """Unpickling runs every opcode, so torch.load rebuilds (and refuses) a bad tensor even when the pickle pops it
+    and nothing refers to it. ckpt checks every tensor the pickle builds, reachable from the root or not."""
+    import collections
+    import io
+    import pickle
+    import struct
+
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Tensor:
+        def __init__(self, storage, offset, shape, stride):
+            self.args = (storage, offset, tuple(shape), tuple(stride), False, collections.OrderedDict())
+
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, self.args)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel) if isinstance(obj, Storage) else None
+
+    def body(obj):
+        buf = io.BytesIO()
+        Pickler(buf, protocol=2).dump(obj)
+        p = buf.getvalue()
+        assert p[:2] == b"\x80\x02" and p[-1:] == b"."
+        return p[2:-1]
+
+    storage = Storage("0", 4)
+    bad = body(Tensor(storage, 3, [4], [-1]))  # negative stride
+    good = body(collections.OrderedDict(w=Tensor(storage, 0, [4], [1])))
+    data = struct.pack("<4f", 1, 2, 3, 4)
+
+    def write(path, pkl):
+        w = torch._C.PyTorchFileWriter(str(path), True, 64)
+        w.write_record("data.pkl", pkl, len(pkl))
+        w.write_record("byteorder", "little", 6)
+        w.write_record("data/0", data, len(data))
+        w.write_end_of_file()
+        del w
+
+    ok, popped = tmp_path / "ok.pt", tmp_path / "popped.pt"
+    write(ok, b"\x80\x02" + good + b".")
+    write(popped, b"\x80\x02" + bad + b"0" + good + b".")  # b"0" is POP: the bad tensor is dropped
+    assert torch.load(ok, weights_only=True)["w"].tolist() == [1, 2, 3, 4]
+    with pytest.raises(Exception):
+        torch.load(popped, weights_only=True)
+    assert run("keys", ok).returncode == 0
+    for command in ("keys", "info"):
+        p = run(command, popped)
+        assert_clean_failure(p, popped)
+        assert "negative stride" in p.stderr, p.stderr
+    out = tmp_path / "out.pt"
+    assert_clean_failure(run("strip", popped, out), popped)
+    assert not out.exists()
