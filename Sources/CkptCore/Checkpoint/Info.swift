@@ -108,18 +108,18 @@ extension Checkpoint {
         case "string": s.value = graph.string(node).map { .string($0) }
         default: break
         }
-        let tensors = try graph.stateDict(node)
+        let tensors = try graph.stateDictTensors(node)
         if !tensors.isEmpty || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
             var elements: Int64 = 0, bytes: Int64 = 0, storageBytes: Int64 = 0
             var seen = Set<String>()
             var dtypes: [DType] = []
             for t in tensors {
-                elements &+= t.tensor.numel ?? 0
-                bytes &+= t.tensor.byteCount ?? 0
-                if seen.insert(t.tensor.storage.key).inserted {
-                    storageBytes &+= storageRecordBytes(t.tensor.storage.key) ?? t.tensor.storage.byteCount ?? 0
+                elements &+= t.numel ?? 0
+                bytes &+= t.byteCount ?? 0
+                if seen.insert(t.storage.key).inserted {
+                    storageBytes &+= storageRecordBytes(t.storage.key) ?? t.storage.byteCount ?? 0
                 }
-                if !dtypes.contains(t.tensor.dtype) { dtypes.append(t.tensor.dtype) }
+                if !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
             }
             s.tensors = tensors.count
             s.elements = elements

@@ -117,7 +117,16 @@ extension PickleGraph {
     public func checkStateDictWalk(_ id: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         var out: [(NamedTensor, EntryLocation?)] = []
         var budget = Self.visitBudget(nodes: nodes.count)
-        try collect(id, prefix: nil, depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
+        try collect(id, prefix: nil, parse: false, depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
+    }
+
+    /// The tensors of the state_dict view, in its order, with empty names: for totals (`info`), which need no
+    /// names, without spelling thousands of them.
+    public func stateDictTensors(_ id: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [TensorRef] {
+        var out: [(NamedTensor, EntryLocation?)] = []
+        var budget = Self.visitBudget(nodes: nodes.count)
+        try collect(id, prefix: nil, parse: true, depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
+        return out.map(\.0.tensor)
     }
 
     /// Whether a node is a call of one of torch's tensor rebuild functions (a leaf of the state_dict walk).
@@ -133,8 +142,10 @@ extension PickleGraph {
         }
     }
 
-    /// `prefix` nil: names are not spelled and tensors are not parsed (see ``checkStateDictWalk(_:limits:)``).
-    private func collect(_ id: NodeID, prefix: String?, depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
+    /// `prefix` nil: names are not spelled; then `parse` false: tensors are not parsed either (see
+    /// ``checkStateDictWalk(_:limits:)``).
+    private func collect(_ id: NodeID, prefix: String?, parse: Bool = true, depth: Int, limit: Int,
+                         into out: inout [(NamedTensor, EntryLocation?)],
                          at location: EntryLocation? = nil, budget: inout Int)
         throws(CheckpointError)
     {
@@ -142,8 +153,11 @@ extension PickleGraph {
         budget -= 1
         guard budget >= 0 else { throw .sharedTooOften(Self.visitBudget(nodes: nodes.count)) }
         // The name is spelled only for a tensor (or its error): most nodes met here are not tensors.
-        if let prefix {
-            func name() -> String { prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix }
+        if prefix != nil || parse {
+            func name() -> String {
+                guard let prefix else { return "" }
+                return prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix
+            }
             let t: TensorRef?
             do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: name(), reason: error.reason)) }
             if let t {
@@ -160,14 +174,14 @@ extension PickleGraph {
                 for e in dictEntries(holder) ?? [] {
                     guard let k = string(e.key), !isNone(e.value) else { continue }
                     if isBuffers && nonPersistent.contains(k) { continue }
-                    try collect(e.value, prefix: prefix.map { $0 + k }, depth: depth + 1, limit: limit, into: &out,
+                    try collect(e.value, prefix: prefix.map { $0 + k }, parse: parse, depth: depth + 1, limit: limit, into: &out,
                                 at: EntryLocation(container: holder, key: e.key), budget: &budget)
                 }
             }
             if let mods = fields.modules {
                 for e in dictEntries(mods) ?? [] {
                     guard let k = string(e.key), !isNone(e.value) else { continue }
-                    try collect(e.value, prefix: prefix.map { $0 + k + "." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                    try collect(e.value, prefix: prefix.map { $0 + k + "." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
                 }
             }
             return
@@ -175,18 +189,18 @@ extension PickleGraph {
         if let entries = dictEntries(id) {
             for e in entries {
                 guard let k = keyText(e.key) else { continue }
-                try collect(e.value, prefix: prefix.map { $0 + k + "." }, depth: depth + 1, limit: limit, into: &out,
+                try collect(e.value, prefix: prefix.map { $0 + k + "." }, parse: parse, depth: depth + 1, limit: limit, into: &out,
                             at: EntryLocation(container: id, key: e.key), budget: &budget)
             }
             return
         }
         if case .list(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix.map { $0 + "\(i)." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                try collect(item, prefix: prefix.map { $0 + "\(i)." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         } else if case .tuple(let items) = self[id] {
             for (i, item) in items.enumerated() {
-                try collect(item, prefix: prefix.map { $0 + "\(i)." }, depth: depth + 1, limit: limit, into: &out, budget: &budget)
+                try collect(item, prefix: prefix.map { $0 + "\(i)." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
         }
     }
