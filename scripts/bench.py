@@ -317,12 +317,17 @@ WARM_BUFFER = bytearray(16 << 20)
 
 
 def measure(label, cmd, reps, workdir, cleanup=None, ok_codes=(0,)):
-    """`reps` timed runs (median wall and CPU time), then one more under /usr/bin/time -v for peak RSS. The
-    command's input files (the arguments that are existing files) are read into the page cache before each run."""
+    """One untimed warm-up run (as hyperfine's --warmup), `reps` timed runs (median wall and CPU time), then one
+    more under /usr/bin/time -v for peak RSS. The command's input files (the arguments that are existing files)
+    are read into the page cache before each run."""
     runs = []
     load = os.getloadavg()[0]
     inputs = [a for a in cmd[1:] if isinstance(a, str) and a.endswith(".pt") and os.path.isfile(a)
               and not (cleanup and a.endswith("out.pt"))]
+    if cleanup:
+        cleanup()
+    warm(inputs)
+    run_once(cmd, workdir, ok_codes)
     for _ in range(reps):
         if cleanup:
             cleanup()
@@ -556,7 +561,7 @@ def main():
     ap = argparse.ArgumentParser(description="Benchmark ckpt against torch and cp (see docs/bench.md).")
     ap.add_argument("--ckpt", default=os.path.join(ROOT, ".build", "release", "ckpt"))
     ap.add_argument("--reps", type=int, default=5, help="runs of each job on the 0.7 GB file (median)")
-    ap.add_argument("--big-reps", type=int, default=3, help="runs of each job on the 5 GiB file (median)")
+    ap.add_argument("--big-reps", type=int, default=5, help="runs of each job on the 5 GiB file (median)")
     ap.add_argument("--skip-big", action="store_true", help="skip the 5 GiB file")
     ap.add_argument("--skip-small", action="store_true", help="skip the 0.7 GB file")
     ap.add_argument("--workdir", help="where to generate the checkpoints (default: a new folder under /tmp)")
