@@ -3,8 +3,12 @@
 public struct StorageRef: Hashable, Sendable {
     /// The record key: the storage's bytes are in `data/<key>`.
     public var key: String
+    /// The storage class global's module and name (`torch`, `HalfStorage`); kept apart so that parsing the
+    /// thousands of storages of a checkpoint builds no string.
+    public var storageModule: String
+    public var storageName: String
     /// The storage class global, e.g. `torch.HalfStorage` or `torch.storage.UntypedStorage`.
-    public var storageClass: String
+    public var storageClass: String { storageModule.isEmpty ? storageName : storageModule + "." + storageName }
     /// The dtype of a typed storage; nil for `UntypedStorage` (bytes; the tensor carries the dtype).
     public var dtype: DType?
     /// Device the storage was saved from ('cpu', 'cuda:0'), kept as written.
@@ -17,6 +21,16 @@ public struct StorageRef: Hashable, Sendable {
         let size = Int64(dtype?.itemSize ?? 1)
         let (v, o) = numel.multipliedReportingOverflow(by: size)
         return o ? nil : v
+    }
+}
+
+extension StorageRef {
+    /// A storage reference from the storage class's dotted name (`torch.FloatStorage`).
+    public init(key: String, storageClass: String, dtype: DType?, location: String, numel: Int64) {
+        let dot = storageClass.lastIndex(of: ".")
+        self.init(key: key, storageModule: dot.map { String(storageClass[..<$0]) } ?? "",
+                  storageName: dot.map { String(storageClass[storageClass.index(after: $0)...]) } ?? storageClass,
+                  dtype: dtype, location: location, numel: numel)
     }
 }
 
@@ -87,9 +101,14 @@ extension PickleGraph {
               string(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
-        let cls = module + "." + name
-        let short = module == "torch" ? name : cls.hasPrefix("torch.") ? String(cls.dropFirst(6)) : cls
-        return StorageRef(key: key, storageClass: cls, dtype: DType(storageClass: short), location: loc, numel: numel)
+        let dtype: DType?
+        if module == "torch" {
+            dtype = DType.storageClasses[name]
+        } else {
+            let cls = module + "." + name
+            dtype = DType(storageClass: cls.hasPrefix("torch.") ? String(cls.dropFirst(6)) : cls)
+        }
+        return StorageRef(key: key, storageModule: module, storageName: name, dtype: dtype, location: loc, numel: numel)
     }
 
     /// The callable's global name when the node is an object.
