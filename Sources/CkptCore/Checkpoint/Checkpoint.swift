@@ -132,7 +132,6 @@ public final class Checkpoint {
                         reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
                 }
             case .object:
-                guard graph.isTensorNode(id) else { continue }
                 // Names are spelled only for a tensor that fails, not for the thousands that pass.
                 do {
                     try graph.tensor(id)?.check(name: "", recordBytes: nil)
@@ -146,7 +145,7 @@ public final class Checkpoint {
         try graph.checkStateDictWalk(graph.root, limits: limits)
     }
 
-    /// The path of a tensor node as ``PickleGraph/allTensors(from:limits:names:)`` names it (for an error message);
+    /// The path of a tensor node as ``PickleGraph/allTensors(from:limits:)`` names it (for an error message);
     /// `#N` when it is not reachable from the root.
     private func tensorName(_ id: NodeID, limits: PickleLimits) throws(CheckpointError) -> String {
         let named = try graph.allTensors(from: graph.root, limits: limits).first { $0.tensor.node == id || $0.tensor.tensorNode == id }

@@ -112,8 +112,8 @@ extension PickleGraph {
     static func visitBudget(nodes: Int) -> Int { max(1 << 17, nodes.multipliedReportingOverflow(by: 4).partialValue) }
 
     /// Walks the state_dict view as ``stateDict(_:limits:)`` does, with the same nesting limit and visit budget, but
-    /// spells no names and parses no tensor: what the checks at open need (``allTensors(from:limits:names:)`` has
-    /// already parsed and checked every tensor).
+    /// spells no names and parses no tensor: what the checks at open need (their pass over the arena has already
+    /// parsed and checked every tensor).
     public func checkStateDictWalk(_ id: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         var out: [(NamedTensor, EntryLocation?)] = []
         var budget = Self.visitBudget(nodes: nodes.count)
@@ -127,19 +127,6 @@ extension PickleGraph {
         var budget = Self.visitBudget(nodes: nodes.count)
         try collect(id, prefix: nil, parse: true, depth: 0, limit: limits.maxNesting, into: &out, budget: &budget)
         return out.map(\.0.tensor)
-    }
-
-    /// Whether a node is a call of one of torch's tensor rebuild functions (a leaf of the state_dict walk).
-    func isTensorNode(_ id: NodeID) -> Bool {
-        guard case .object(let o) = self[id], case .global(let module, let name) = self[o.callable],
-              module == "torch._utils" else { return false }
-        switch name {
-        case "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
-             "_rebuild_tensor", "_rebuild_qtensor":
-            return true
-        default:
-            return false
-        }
     }
 
     /// `prefix` nil: names are not spelled; then `parse` false: tensors are not parsed either (see
@@ -207,11 +194,7 @@ extension PickleGraph {
 
     /// Every tensor reachable from `start` (inside modules, attributes, lists), each once, in pickle
     /// order, with a path naming where it was met. Used by the checks and the writer.
-    ///
-    /// With `names: false` every name is empty (the checks at open need names only to report a failure).
-    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits(), names: Bool = true)
-        throws(CheckpointError) -> [NamedTensor]
-    {
+    public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NamedTensor] {
         // This walk meets every reachable node on every open, so paths are kept as links to their parent
         // (a dict key or a list index) and spelled out only for the tensors found.
         enum Component { case key(NodeID), index(Int) }
@@ -247,7 +230,7 @@ extension PickleGraph {
             let t: TensorRef?
             do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path(at), reason: error.reason)) }
             if let t {
-                out.append(NamedTensor(name: names ? path(at) : "", tensor: t))
+                out.append(NamedTensor(name: path(at), tensor: t))
                 seen[t.tensorNode.index] = true
                 continue
             }

@@ -205,22 +205,8 @@ public struct PickleGraph: Sendable {
 
     /// The nodes a node refers to directly, in pickle order.
     public func children(of id: NodeID) -> [NodeID] {
-        switch self[id] {
-        case .none, .bool, .int, .bigInt, .float, .string, .bytes, .bytearray, .global:
-            return []
-        case .tuple(let items), .list(let items), .set(let items), .frozenset(let items):
-            return items
-        case .dict(let entries):
-            return entries.flatMap { [$0.key, $0.value] }
-        case .persistent(let pid):
-            return [pid]
-        case .object(let o):
-            var out = [o.callable, o.args]
-            if let k = o.kwargs { out.append(k) }
-            out += o.listItems
-            out += o.dictItems.flatMap { [$0.key, $0.value] }
-            if let s = o.state { out.append(s) }
-            return out
-        }
+        var out: [NodeID] = []
+        forEachChild(of: id) { out.append($0) }
+        return out
     }
 }

@@ -122,12 +122,12 @@ extension PickleGraph {
     public func tensor(_ id: NodeID) throws(TensorCheckError) -> TensorRef? {
         // Every node a walk meets comes here: rule out non-tensors before building any string.
         guard case .object(let o) = self[id], case .global(let module, let name) = self[o.callable],
-              module == "torch._utils"
+              module == "torch._utils", let kind = Self.rebuildKind(name)
         else { return nil }
         let args = sequence(o.args) ?? []
         func fail(_ r: String) -> TensorCheckError { TensorCheckError(tensor: "#\(id.index)", reason: r) }
-        switch name {
-        case "_rebuild_parameter", "_rebuild_parameter_with_state":
+        switch kind {
+        case .parameter:
             // The wrapped tensor is a rebuilt tensor, never another parameter (which also bounds the recursion).
             guard args.count >= 2, case .object(let io) = self[args[0]], case .global(let im, let iname) = self[io.callable],
                   !(im == "torch._utils" && iname.hasPrefix("_rebuild_parameter")),
@@ -136,7 +136,7 @@ extension PickleGraph {
             inner.isParameter = true
             if case .bool(let rg) = self[args[1]] { inner.requiresGrad = rg }
             return inner
-        case "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_tensor", "_rebuild_qtensor":
+        case .tensor:
             let isV3 = name == "_rebuild_tensor_v3"
             guard args.count >= 4 else { throw fail("torch._utils.\(name) with \(args.count) arguments") }
             guard let storage = storageRef(args[0]) else { throw fail("storage reference is malformed") }
@@ -161,9 +161,27 @@ extension PickleGraph {
             if args.count > rgIndex, case .bool(let b) = self[args[rgIndex]] { rg = b }
             return TensorRef(node: id, tensorNode: id, storageNode: args[0], storage: storage, dtype: dt,
                              storageOffset: offset, shape: shape, stride: stride, requiresGrad: rg, isParameter: false)
-        default:
-            return nil
         }
+    }
+
+    /// What a `torch._utils` rebuild function makes: a parameter (which wraps a tensor) or a tensor; nil for
+    /// every other name.
+    enum RebuildKind { case parameter, tensor }
+
+    static func rebuildKind(_ name: String) -> RebuildKind? {
+        switch name {
+        case "_rebuild_parameter", "_rebuild_parameter_with_state": return .parameter
+        case "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_tensor", "_rebuild_qtensor": return .tensor
+        default: return nil
+        }
+    }
+
+    /// Whether a node is a call of one of torch's tensor rebuild functions (what ``tensor(_:)`` parses or refuses),
+    /// found without parsing it.
+    func isTensorNode(_ id: NodeID) -> Bool {
+        guard case .object(let o) = self[id], case .global(let module, let name) = self[o.callable],
+              module == "torch._utils" else { return false }
+        return Self.rebuildKind(name) != nil
     }
 }
 

@@ -14,6 +14,18 @@ struct ZipBytes {
         return value
     }
 
+    /// The data of the zip64 extended-information field (header id 0x0001) among the extra fields in
+    /// `start..<end`, or nil when there is none (a field whose length runs past `end` ends the search).
+    func zip64Field(in start: Int, _ end: Int) -> Range<Int>? {
+        var q = start
+        while q + 4 <= end, let id = u16(q), let length = u16(q + 2).map(Int.init) {
+            guard q + 4 + length <= end else { return nil }
+            if id == 0x0001 { return (q + 4)..<(q + 4 + length) }
+            q += 4 + length
+        }
+        return nil
+    }
+
     func u64(_ at: Int) -> UInt64? {
         guard at >= 0, at + 8 <= bytes.count else { return nil }
         var value: UInt64 = 0
@@ -137,32 +149,18 @@ struct ZipCentralDirectory {
                 modDate: directory.u16(p + 14)!)
             // Zip64 extended information: the 64-bit values present are exactly those whose 32-bit field is all ones.
             if record.size == 0xFFFF_FFFF || record.compressedSize == 0xFFFF_FFFF || record.headerOffset == 0xFFFF_FFFF {
-                var q = extraStart
-                let extraEnd = extraStart + Int(extraLength)
-                var found = false
-                while q + 4 <= extraEnd {
-                    let id = directory.u16(q)!
-                    let length = Int(directory.u16(q + 2)!)
-                    guard q + 4 + length <= extraEnd else { break }
-                    if id == 0x0001 {
-                        var r = q + 4
-                        let fieldEnd = r + length
-                        func next() throws(ZipError) -> UInt64 {
-                            guard r + 8 <= fieldEnd else {
-                                throw damaged("zip64 extra field of entry \(index) is too short")
-                            }
-                            defer { r += 8 }
-                            return directory.u64(r)!
-                        }
-                        if record.size == 0xFFFF_FFFF { record.size = try next() }
-                        if record.compressedSize == 0xFFFF_FFFF { record.compressedSize = try next() }
-                        if record.headerOffset == 0xFFFF_FFFF { record.headerOffset = try next() }
-                        found = true
-                        break
-                    }
-                    q += 4 + length
+                guard let field = directory.zip64Field(in: extraStart, extraStart + Int(extraLength)) else {
+                    throw damaged("entry \(index) needs a zip64 extra field but has none")
                 }
-                if !found { throw damaged("entry \(index) needs a zip64 extra field but has none") }
+                var r = field.lowerBound
+                func next() throws(ZipError) -> UInt64 {
+                    guard r + 8 <= field.upperBound else { throw damaged("zip64 extra field of entry \(index) is too short") }
+                    defer { r += 8 }
+                    return directory.u64(r)!
+                }
+                if record.size == 0xFFFF_FFFF { record.size = try next() }
+                if record.compressedSize == 0xFFFF_FFFF { record.compressedSize = try next() }
+                if record.headerOffset == 0xFFFF_FFFF { record.headerOffset = try next() }
             }
             records.append(record)
             p = end
@@ -204,33 +202,20 @@ struct ZipCentralDirectory {
         else {
             throw damaged("local and central header of '\(name)' do not agree")
         }
-        do {
-            var compressed = UInt64(h.u32(18)!), size = UInt64(h.u32(22)!)
-            if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF {
-                // Zip64 local extra field: both sizes, uncompressed first.
-                var q = 30 + Int(nameLength)
-                let end = headerLength
-                var found = false
-                while q + 4 <= end {
-                    let id = h.u16(q)!, length = Int(h.u16(q + 2)!)
-                    guard q + 4 + length <= end else { break }
-                    if id == 0x0001, length >= 16 {
-                        size = h.u64(q + 4)!
-                        compressed = h.u64(q + 12)!
-                        found = true
-                        break
-                    }
-                    q += 4 + length
-                }
-                if !found { throw damaged("local header of '\(name)' needs a zip64 extra field but has none") }
+        var compressed = UInt64(h.u32(18)!), size = UInt64(h.u32(22)!)
+        if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF {
+            // Zip64 local extra field: both sizes, uncompressed first.
+            guard let field = h.zip64Field(in: 30 + Int(nameLength), headerLength), field.count >= 16 else {
+                throw damaged("local header of '\(name)' needs a zip64 extra field but has none")
             }
-            let crc = h.u32(14)!
-            // Without a data descriptor the values must match; with one (bit 3), a local value is zero or matches.
-            let descriptor = flags & 0x0008 != 0
-            func agrees<T: BinaryInteger>(_ local: T, _ central: T) -> Bool { local == central || (descriptor && local == 0) }
-            guard agrees(crc, record.crc32), agrees(compressed, record.compressedSize), agrees(size, record.size) else {
-                throw damaged("local and central header of '\(name)' do not agree")
-            }
+            size = h.u64(field.lowerBound)!
+            compressed = h.u64(field.lowerBound + 8)!
+        }
+        // Without a data descriptor the values must match; with one (bit 3), a local value is zero or matches.
+        let descriptor = flags & 0x0008 != 0
+        func agrees<T: BinaryInteger>(_ local: T, _ central: T) -> Bool { local == central || (descriptor && local == 0) }
+        guard agrees(h.u32(14)!, record.crc32), agrees(compressed, record.compressedSize), agrees(size, record.size) else {
+            throw damaged("local and central header of '\(name)' do not agree")
         }
         let start = record.headerOffset + UInt64(headerLength)
         if start > fileSize || record.compressedSize > fileSize - start {

@@ -8,13 +8,13 @@ import Darwin
 import Musl
 #endif
 
-/// Read-only access to a zip archive (the container of a `torch.save` checkpoint), backed by libzip.
+/// Read-only access to a zip archive (the container of a `torch.save` checkpoint); libzip decodes compressed records.
 ///
 /// Opening reads the central directory (``ZipCentralDirectory``), refuses duplicate, unsafe and encrypted records,
 /// and checks the local headers of the records outside `data/` against it (what libzip's `ZIP_CHECKCONS` checks);
-/// a storage's local header is checked when its bytes are first read (``dataOffset(of:)``). Stored records, which is every record `torch.save`
-/// writes, are read with `pread` straight from their data offset and CRC-checked with zlib as they stream; other
-/// records are decoded by libzip, which checks their CRC too.
+/// a storage's local header is checked when its bytes are first read (``dataOffset(of:)``). Stored records, which is
+/// every record `torch.save` writes, are read with `pread` straight from their data offset and CRC-checked as they
+/// stream; other records are decoded by libzip, which checks their CRC too.
 ///
 /// Not thread-safe: use one reader per task.
 public final class ZipReader {
@@ -35,7 +35,6 @@ public final class ZipReader {
     /// libzip's handle, opened on first use: only compressed records (which `torch.save` never writes) and
     /// ``readsStoredThroughLibzip`` need it.
     private var archive: OpaquePointer?
-    private var archiveClosed = false
     private var file: ZipFileHandle?
     private let directory: ZipCentralDirectory
     /// Where each record's data starts, once its local header has been checked (``unchecked`` until then).
@@ -173,7 +172,7 @@ public final class ZipReader {
     /// libzip's handle on the archive, opened on first use.
     private func libzipArchive() throws(ZipError) -> OpaquePointer {
         if let archive { return archive }
-        guard !archiveClosed, let file else { throw ZipError.misuse("read from '\(path)' after close()") }
+        guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
         var code: Int32 = 0
         guard let opened = zip_open(path, ZIP_RDONLY, &code) else {
             var error = zip_error_t()
@@ -193,7 +192,6 @@ public final class ZipReader {
     public func close() {
         if let archive { zip_discard(archive) }
         archive = nil
-        archiveClosed = true
         try? file?.close()
         file = nil
     }
