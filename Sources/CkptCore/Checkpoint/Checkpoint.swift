@@ -5,8 +5,10 @@ import Foundation
 ///
 /// Every format opens into the same two parts (see ``StorageSource``): the graph and a storage source.
 public final class Checkpoint {
-    /// The file's path as given.
+    /// The path as given.
     public let path: String
+    /// The file read: `path`, or the weights file a Hugging Face model folder names (see ``InputPath``).
+    public let file: String
     /// The file's size in bytes.
     public let fileSize: UInt64
     /// The decoded `data.pkl`.
@@ -38,22 +40,26 @@ public final class Checkpoint {
     public static let maxPickleBytes: UInt64 = 1 << 31
 
     /// Opens a checkpoint: a torch zip or legacy file, a `.safetensors` file, a sharded checkpoint's index
-    /// (`pytorch_model.bin.index.json`, `model.safetensors.index.json`) or an `.onnx` model. Formats other than
-    /// torch's present the graph `torch.save` would write for their state dict. Nothing in a file is executed.
+    /// (`pytorch_model.bin.index.json`, `model.safetensors.index.json`), an `.onnx` model, or a Hugging Face model
+    /// folder (its weights file, as `from_pretrained` picks it). Formats other than torch's present the graph
+    /// `torch.save` would write for their state dict. Nothing in a file is executed. A path that is no checkpoint
+    /// (a FIFO, a device, an empty, HTML or text file, another folder) is refused with
+    /// ``CheckpointError/wrongKind(_:)`` before it is read.
     public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         self.path = path
-        guard FileManager.default.fileExists(atPath: path) else { throw .io("no such file") }
+        let file = try InputPath.resolve(path)
+        self.file = file
         let c: OpenedContainer
-        switch ContainerKind.detect(path: path) {
-        case .zip: c = try Self.openZip(path: path, limits: limits)
-        case .legacy: c = try Self.openLegacy(path: path, limits: limits)
-        case .safetensors: c = try SafetensorsReader.open(path: path)
-        case .shardIndex: c = try ShardedCheckpoint.open(path: path, limits: limits)
-        case .onnx: c = try ONNXReader.open(path: path)
+        switch try ContainerKind.detect(path: file) {
+        case .zip: c = try Self.openZip(path: file, limits: limits)
+        case .legacy: c = try Self.openLegacy(path: file, limits: limits)
+        case .safetensors: c = try SafetensorsReader.open(path: file)
+        case .shardIndex: c = try ShardedCheckpoint.open(path: file, limits: limits)
+        case .onnx: c = try ONNXReader.open(path: file)
         }
         graph = c.graph
         source = c.source
-        format = c.format
+        format = file == path ? c.format : "\(c.format), from \((file as NSString).lastPathComponent)"
         fileSize = c.fileSize
         root = c.root
         recordCount = c.recordCount

@@ -24,6 +24,9 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
     case dangerousGlobals([String])
     /// A file of another format (`safetensors`, `onnx`, `sharded checkpoint index`) that breaks its format's rules.
     case invalidFile(format: String, String)
+    /// The path names something other than a checkpoint file: a folder without weights, a FIFO, a device, an
+    /// empty, HTML, Git LFS pointer or text file, a missing path. The text says what it is.
+    case wrongKind(String)
 
     public var description: String {
         switch self {
@@ -44,6 +47,7 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
                 + ") that can run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy "
                 + (names.count == 1 ? "it" : "them") + " unchanged"
         case .invalidFile(let format, let why): "not a valid \(format) file: \(why)"
+        case .wrongKind(let what): what
         }
     }
 }

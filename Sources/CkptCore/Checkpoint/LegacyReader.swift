@@ -19,12 +19,9 @@ final class LegacyReader {
     let handle: FileHandle
     let fileSize: UInt64
 
-    /// Whether the file starts with the legacy magic-number pickle.
-    static func looksLegacy(path: String) -> Bool {
-        guard let h = FileHandle(forReadingAtPath: path) else { return false }
-        defer { try? h.close() }
-        let head = Array(h.readData(ofLength: 64))
-        guard let r = try? PickleDecoder.decodePrefix(head, offset: 0) else { return false }
+    /// Whether a file's first bytes are the legacy magic-number pickle.
+    static func looksLegacy(head: [UInt8]) -> Bool {
+        guard let r = try? PickleDecoder.decodePrefix(Array(head.prefix(64)), offset: 0) else { return false }
         if case .bigInt(let b) = r.graph[r.graph.root] { return b == magic }
         return false
     }

@@ -19,25 +19,40 @@ struct OpenedContainer {
 }
 
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without
-/// a magic number, the file name's extension).
+/// a magic number, the file name's extension). What matches none of them is refused with what it is.
 enum ContainerKind: Equatable {
     case zip, legacy, safetensors, shardIndex, onnx
 
-    static func detect(path: String) -> ContainerKind {
+    /// Classifies a regular file (``InputPath/resolve(_:)`` has refused everything else). One line per format,
+    /// the first match wins: signatures first, then what is recognisably not a checkpoint (HTML, a Git LFS
+    /// pointer, text), then the extensions of the formats whose damaged files should get their own reader's error.
+    /// - Throws: ``CheckpointError/wrongKind(_:)`` for an empty file or one no reader knows, saying what it is.
+    static func detect(path: String) throws(CheckpointError) -> ContainerKind {
+        let (head, size) = try InputPath.head(path)
         let ext = (path as NSString).pathExtension.lowercased()
-        guard let h = FileHandle(forReadingAtPath: path) else { return .zip }
-        let head = Array(h.readData(ofLength: 16))
-        let size = (try? h.seekToEnd()) ?? 0
-        try? h.close()
+        let firstChar = head.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
+        if size == 0 { throw .wrongKind("empty file") }
         if head.starts(with: [0x50, 0x4B]) { return .zip }  // "PK"
-        if LegacyReader.looksLegacy(path: path) { return .legacy }
-        if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) || ext == "safetensors" {
-            return .safetensors
-        }
-        if ext == "json" || head.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{") {
+        if LegacyReader.looksLegacy(head: head) { return .legacy }
+        if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) { return .safetensors }
+        if firstChar == UInt8(ascii: "{"), ext == "json" || head.contains(subsequence: Array("\"weight_map\"".utf8)) {
             return .shardIndex
         }
-        if ext == "onnx" || ONNXReader.looksLikeONNX(head: head) { return .onnx }
-        return .zip
+        if ONNXReader.looksLikeONNX(head: head) { return .onnx }
+        if let foreign = InputPath.describeForeign(head: head) { throw .wrongKind(foreign) }
+        if ext == "safetensors" { return .safetensors }
+        if ext == "onnx" { return .onnx }
+        throw .wrongKind("not a checkpoint: its first bytes (" + head.prefix(8).map { hex2($0) }.joined(separator: " ")
+                         + ") match no format ckpt reads (torch zip or legacy, safetensors, sharded index, onnx)")
+    }
+}
+
+private func hex2(_ b: UInt8) -> String { (b < 16 ? "0" : "") + String(b, radix: 16) }
+
+extension Array where Element == UInt8 {
+    /// Whether `needle` occurs in the array.
+    func contains(subsequence needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
+        return (0...(count - needle.count)).contains { i in self[i..<(i + needle.count)].elementsEqual(needle) }
     }
 }

@@ -53,9 +53,15 @@ final class ShardedCheckpoint: StorageSource {
         for (si, name) in shardNames.enumerated() {
             let shardPath = folder.isEmpty ? name : folder + "/" + name
             guard FileManager.default.fileExists(atPath: shardPath) else { throw bad("shard '\(name)' is missing") }
-            guard ![.shardIndex, .onnx].contains(ContainerKind.detect(path: shardPath)) else {
-                throw bad("shard '\(name)' is not a torch or safetensors file")
+            let kind: ContainerKind
+            do throws(CheckpointError) {
+                let file = try InputPath.resolve(shardPath)
+                guard file == shardPath else { throw bad("shard '\(name)' is a folder, not a file") }
+                kind = try ContainerKind.detect(path: file)
+            } catch {
+                throw .io("shard \(name): \(error.description)")
             }
+            guard ![.shardIndex, .onnx].contains(kind) else { throw bad("shard '\(name)' is not a torch or safetensors file") }
             let shard: Checkpoint
             do { shard = try Checkpoint(path: shardPath, limits: limits) } catch { throw .io("shard \(name): \(error.description)") }
             shards.append(shard)

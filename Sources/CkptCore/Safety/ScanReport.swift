@@ -193,6 +193,9 @@ extension Checkpoint {
     /// raw (a pickle that cannot be decoded may still run code) and the failure is kept in
     /// ``ScanReport/readError``. Throws only when no pickle can be found at all.
     public static func scan(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> ScanReport {
+        // A FIFO, a device or a folder without weights is refused before anything is read; a file that is no
+        // checkpoint (text, HTML) is still scanned raw below: a protocol-0 pickle is text.
+        let file = try InputPath.resolve(path)
         let readError: CheckpointError
         do {
             let c = try Checkpoint(path: path, limits: limits)
@@ -200,7 +203,7 @@ extension Checkpoint {
         } catch {
             readError = error
         }
-        guard let (format, scans) = try? ContainerPickles.rawScans(path: path, limits: limits),
+        guard let (format, scans) = try? ContainerPickles.rawScans(path: file, limits: limits),
               let first = scans.first, first.error == nil || !first.globals.isEmpty || !first.computed.isEmpty
         else { throw readError }
         return ScanReport(file: path, format: format, pickles: scans, readError: readError)

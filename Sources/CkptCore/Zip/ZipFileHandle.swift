@@ -19,10 +19,16 @@ final class ZipFileHandle {
     }
 
     /// Opens `path` read-only.
+    /// Opens `path` read-only. Anything but a regular file is refused: O_NONBLOCK keeps the open of a FIFO from
+    /// waiting for a writer, and reads of a FIFO or a device could not seek.
     static func openForReading(_ path: String) throws(ZipError) -> ZipFileHandle {
-        let fd = Self.retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        let fd = Self.retryingEINTR { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
         if fd < 0 { throw ZipError.io(systemMessage("cannot open '\(path)' for reading")) }
-        return ZipFileHandle(path: path, fd: fd)
+        let handle = ZipFileHandle(path: path, fd: fd)
+        var info = stat()
+        if fstat(fd, &info) != 0 { throw ZipError.io(systemMessage("cannot stat '\(path)'")) }
+        if info.st_mode & S_IFMT != S_IFREG { throw ZipError.io("'\(path)' is \(InputPath.notAFile(mode: info.st_mode))") }
+        return handle
     }
 
     /// Creates or truncates `path` for writing (mode 0644 before the umask). It is opened for reading too, so that
