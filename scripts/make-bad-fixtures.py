@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pickle
+import random
 import shutil
 import struct
 import sys
@@ -342,6 +343,45 @@ def make_bad():
     write_plain_zip(p, root, bomb, compress={"data.pkl"})
     patch_sizes(p, "data.pkl", len(sd_pkl))
 
+    # Deflated storages. keys and info read no storage bytes, so a deflated storage that lies about its size or
+    # CRC used to be listed as the tensor it claims to be. deflate emits at most 1032 bytes per compressed byte
+    # (zlib's technical details: a 258-byte match costs at least 2 bits), so 3 GiB cannot come from 2.6 kB.
+    def patch_crc(path, record):
+        """Flips the low bit of `record`'s CRC-32 in its local header and central directory entry."""
+        d = bytearray(open(path, "rb").read())
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(f"{root}/{record}")
+        d[info.header_offset + 14] ^= 0x01
+        name = info.filename.encode()
+        at = d.find(b"PK\x01\x02", 0)
+        while at >= 0:
+            n = struct.unpack("<H", d[at + 28:at + 30])[0]
+            if bytes(d[at + 46:at + 46 + n]) == name:
+                d[at + 16] ^= 0x01
+                break
+            at = d.find(b"PK\x01\x02", at + 1)
+        open(path, "wb").write(bytes(d))
+
+    huge = 3 << 30
+    buf = io.BytesIO()
+    TorchPickler(buf, protocol=2).dump(
+        collections.OrderedDict(w=Tensor(Storage(torch.FloatStorage, "0", huge // 4), 0, [huge // 4], [1])))
+    noise = random.Random(11).randbytes(2600)  # incompressible, deterministic
+    p = os.path.join(BAD, "deflate-ratio-over-1032.pt")
+    write_plain_zip(p, root, [("data.pkl", buf.getvalue()), ("byteorder", b"little"), ("data/0", noise)],
+                    compress={"data/0"})
+    patch_sizes(p, "data/0", huge)
+    conv = dict(records)["data/0"]  # the conv weight, 432 bytes: the pickle declares 108 floats
+    p = os.path.join(BAD, "deflated-storage-inflates-short.pt")
+    write_plain_zip(p, root, [(n, d[:200] if n == "data/0" else d) for n, d in records], compress={"data/0"})
+    patch_sizes(p, "data/0", len(conv))
+    p = os.path.join(BAD, "deflated-storage-inflates-long.pt")
+    write_plain_zip(p, root, [(n, d + d[:200] if n == "data/0" else d) for n, d in records], compress={"data/0"})
+    patch_sizes(p, "data/0", len(conv))
+    p = os.path.join(BAD, "deflated-storage-crc-mismatch.pt")
+    write_plain_zip(p, root, records, compress={"data/0"})
+    patch_crc(p, "data/0")
+
     # Pickle
     def with_pickle(name, pkl):
         write_torch_zip(os.path.join(BAD, name), pkl, storages)
@@ -407,6 +447,8 @@ TORCH_LOADS = {
     "crc-mismatch-data-pkl.pt",  # torch does not check CRC-32s; ckpt does
     "crc-mismatch-storage.pt",
     "deflated-real-size-larger-than-declared.pt",  # torch stops at the declared size; ckpt refuses the lie
+    "deflated-storage-crc-mismatch.pt",  # torch builds miniz without CRC checks; ckpt checks every CRC
+    "deflated-storage-inflates-long.pt",  # torch stops at the declared size; ckpt refuses the lie
     "duplicate-record.pt",  # torch takes one of the two; which one is undefined
     "path-traversal-record-name.pt",  # torch never extracts, so ignores it; ckpt refuses unsafe names outright
     "nesting-100000-deep.pt",  # Python unpickles deep nesting; ckpt caps nesting at 1000 levels

@@ -31,26 +31,27 @@ struct Convert: ParsableCommand {
     var allowUnsafe = false
 
     func run() throws {
-        let format = try reporting(output) { try OutputFormat(path: output) }
         let ckpt = try reporting(input) { try Checkpoint(path: input) }
+        let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
+        let format = try reporting(output) { try OutputFormat(path: output) }
         try reporting(input) { try ckpt.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
         let report: ConvertReport
         switch format {
         case .safetensors:
             let plan = try reporting(input) { try ckpt.planSafetensors(record: record, output: output) }
             report = plan.report
-            if !dryRun { try writing { try ckpt.write(plan, to: output) } }
+            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
         case .torch:
             let (plan, r) = try reporting(input) { try ckpt.planTorchStateDict(record: record, output: output) }
             report = r
-            if !dryRun { try writing { try ckpt.write(plan, to: output) } }
+            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
         }
         for w in report.warnings { warn("\(input): \(w)") }
         emit(json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
     }
 
     /// Runs a write: read faults belong to the input, the rest to the output.
-    private func writing(_ body: () throws -> Void) throws {
+    private func writing(_ output: String, _ body: () throws -> Void) throws {
         do {
             try body()
         } catch let e as CheckpointError {

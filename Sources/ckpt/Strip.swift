@@ -56,6 +56,7 @@ struct Strip: ParsableCommand {
             try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
             return (c, try c.planStrip(o))
         }
+        let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
         for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)

@@ -40,6 +40,7 @@ struct Transfer: ParsableCommand {
         o.exclude = exclude
         o.fromRecord = fromRecord
         o.intoRecord = intoRecord
+        let out = try reporting(self.out) { try AtomicOutput.destination(for: self.out, input: into) }
         let (plan, report): (SurgeryPlan, TransferReport)
         do { (plan, report) = try i.planTransfer(from: f, o) } catch { throw Failure(message: error.description) }
         if !dryRun {
@@ -53,10 +54,10 @@ struct Transfer: ParsableCommand {
                 try reporting(out) { throw error }
             }
         }
-        emit(json ? json(report) : text(report))
+        emit(json ? json(report, out: out) : text(report, out: out))
     }
 
-    func text(_ r: TransferReport) -> String {
+    func text(_ r: TransferReport, out: String) -> String {
         var lines = [r.headline]
         let target = (r.intoRecord.map { "\(into) (\($0))" } ?? into)
         lines.append(dryRun ? "would write \(out): \(target) with FROM's weights; nothing written"
@@ -74,7 +75,7 @@ struct Transfer: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    func json(_ r: TransferReport) -> String {
+    func json(_ r: TransferReport, out: String) -> String {
         JSONValue.object([
             ("from", .string(r.from)), ("into", .string(r.into)), ("output", .string(out)), ("dry_run", .bool(dryRun)),
             ("from_record", r.fromRecord.map { .string($0) } ?? .null),

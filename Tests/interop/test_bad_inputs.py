@@ -14,8 +14,8 @@ BAD = FIXTURES / "bad"
 FACTS = json.loads((BAD / "facts.json").read_text())
 FILES = sorted(BAD.glob("*.pt"))
 
-# The defect is in storage bytes, which only commands that copy them read (info, keys and scan read the
-# pickle and the directory, and stay exit 0).
+# The defect is in stored (uncompressed) storage bytes, which only commands that copy them read (info, keys and
+# scan read the pickle and the directory, and stay exit 0). A compressed record is inflated and checked at open.
 STORAGE_BYTES_ONLY = {"crc-mismatch-storage.pt"}
 
 # What the one line must say, so that the failure is the defect and not something incidental.
@@ -24,11 +24,15 @@ SAYS = {
     "central-directory-disagrees-with-local-header.pt": "damaged zip",
     "crc-mismatch-data-pkl.pt": "crc-32",
     "crc-mismatch-storage.pt": "crc-32",
-    "deflated-declared-size-larger-than-real.pt": "truncated",
-    "deflated-declared-size-over-limit.pt": "limit",
-    "deflated-real-size-larger-than-declared.pt": "more than its declared",
+    "deflate-ratio-over-1032.pt": "more than deflate's 1032 to 1",
+    "deflated-declared-size-larger-than-real.pt": "more than deflate's 1032 to 1",
+    "deflated-declared-size-over-limit.pt": "more than deflate's 1032 to 1",
+    "deflated-real-size-larger-than-declared.pt": "not the 852 bytes the archive declares",
+    "deflated-storage-crc-mismatch.pt": "crc-32",
+    "deflated-storage-inflates-long.pt": "not the 432 bytes the archive declares",
+    "deflated-storage-inflates-short.pt": "inflates to 200 bytes, not the 432",
     "duplicate-record.pt": "more than once",
-    "empty-file.pt": "not a zip",
+    "empty-file.pt": "empty file",
     "legacy-truncated-storage.pt": "cut short",
     "marks-100000-open.pt": "MARK",
     "memo-bomb.pt": "memo abuse",
@@ -38,7 +42,7 @@ SAYS = {
     "negative-storage-offset.pt": "negative storage offset",
     "negative-stride.pt": "negative stride",
     "nesting-100000-deep.pt": "nested more than",
-    "not-a-checkpoint.pt": "not a zip",
+    "not-a-checkpoint.pt": "a text file, not a checkpoint",
     "path-traversal-record-name.pt": "unsafe",
     "persistent-id-not-a-storage.pt": "not a torch storage",
     "pickle-without-stop.pt": "ends early",
@@ -99,7 +103,7 @@ def test_strip_writes_nothing(path, tmp_path):
 
 def test_huge_declared_size_does_not_allocate_it(tmp_path):
     """data.pkl declares 1 GiB (deflated, really 852 bytes): the reader must not reserve the claim. Under a
-    512 MiB address-space limit, reserving it would crash instead of reporting the truncation."""
+    512 MiB address-space limit, reserving it would crash instead of reporting the impossible size."""
     import subprocess
     from conftest import CKPT
 
@@ -109,7 +113,7 @@ def test_huge_declared_size_does_not_allocate_it(tmp_path):
     path = BAD / "deflated-declared-size-larger-than-real.pt"
     p = subprocess.run([CKPT, "info", str(path)], capture_output=True, text=True, preexec_fn=limit, timeout=60)
     assert_clean_failure(p, path)
-    assert "truncated" in p.stderr
+    assert "1032 to 1" in p.stderr
 
 
 def test_cut_at_sample_offsets(tmp_path):
@@ -240,3 +244,28 @@ def test_a_bad_tensor_no_key_reaches_is_still_refused(tmp_path):
     out = tmp_path / "out.pt"
     assert_clean_failure(run("strip", popped, out), popped)
     assert not out.exists()
+
+
+DEFLATED_STORAGE_LIES = ["deflate-ratio-over-1032.pt", "deflated-storage-crc-mismatch.pt",
+                         "deflated-storage-inflates-long.pt", "deflated-storage-inflates-short.pt"]
+
+
+@pytest.mark.parametrize("name", DEFLATED_STORAGE_LIES)
+def test_deflated_storage_that_lies_is_refused_at_open(name, tmp_path):
+    """A deflated storage record whose declared size is impossible (over deflate's 1032:1) or whose inflated bytes
+    differ from the declared size or CRC is refused by every command that lists or reads it, with one line naming
+    the record, before anything is written. keys and info read no storage bytes of a stored record; a compressed
+    one is inflated at open. torch agrees for the impossible and short records (facts.json) and loads the others
+    (it stops at the declared size and does not check CRCs)."""
+    path = BAD / name
+    for command in ("keys", "info", "layers"):
+        p = run(command, path)
+        assert_clean_failure(p, path)
+        assert "'pt/data/0'" in p.stderr, p.stderr
+    out = tmp_path / "out.pt"
+    for args in (("strip", path, out), ("convert", path, tmp_path / "out.safetensors"),
+                 ("diff", path, FIXTURES / "sd-proto2.pt"), ("transfer", FIXTURES / "sd-proto2.pt", path, out)):
+        p = run(*args)
+        assert_clean_failure(p, path)
+        assert "'pt/data/0'" in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == []

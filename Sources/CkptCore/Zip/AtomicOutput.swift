@@ -16,6 +16,58 @@ public struct AtomicOutput {
         "." + split(finalPath).base + ".ckpt-tmp-"
     }
 
+    /// Where a command that writes what it read from `input` puts it when asked for `output`: `output` itself, or
+    /// `output/<input's file name>` when `output` is an existing folder (as `cp` does). Checked before anything is
+    /// written (see ``checkTarget(_:)``).
+    /// - Throws: ``ZipError/io(_:)`` with one line saying what is wrong with the output.
+    public static func destination(for output: String, input: String) throws(ZipError) -> String {
+        var info = stat()
+        var target = output
+        if stat(output, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {
+            guard stat(input, &info) != 0 || info.st_mode & S_IFMT != S_IFDIR else {
+                throw ZipError.io("a folder, and so is the input: name the output file")
+            }
+            let name = split(input).base
+            guard !name.isEmpty, name != ".", name != ".." else {
+                throw ZipError.io("a folder: name the output file")
+            }
+            target = join(output, name)
+        }
+        try checkTarget(target)
+        return target
+    }
+
+    /// Refuses an output path that cannot be replaced by a file: `-`, an existing folder, FIFO, device or socket
+    /// (renaming over `/dev/null` would replace the device), a path ending in `/`, a folder that does not exist.
+    /// - Throws: ``ZipError/io(_:)``.
+    public static func checkTarget(_ finalPath: String) throws(ZipError) {
+        if finalPath == "-" {
+            throw ZipError.io("writing to standard output is not supported: name an output file (./- names a file called '-')")
+        }
+        var info = stat()
+        if stat(finalPath, &info) == 0 {
+            switch info.st_mode & S_IFMT {
+            case S_IFREG: return
+            case S_IFDIR: throw ZipError.io("a folder: name the output file")
+            default:
+                let what = InputPath.notAFile(mode: info.st_mode).prefix { $0 != "," }
+                throw ZipError.io("\(what), not a file ckpt can replace")
+            }
+        }
+        if errno == ELOOP { throw ZipError.io("a symbolic link loop") }
+        if finalPath.hasSuffix("/") { throw ZipError.io("no such folder: name an existing folder or an output file") }
+        let folder = split(finalPath).folder
+        guard stat(folder, &info) == 0 else {
+            throw ZipError.io("cannot write it: folder '\(folder)' does not exist")
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw ZipError.io("cannot write it: '\(folder)' is not a folder")
+        }
+        if access(folder, W_OK | X_OK) != 0 {
+            throw ZipError.io(ZipFileHandle.systemMessage("cannot write in folder '\(folder)'"))
+        }
+    }
+
     /// Runs `body` with the path of a fresh temporary file next to `finalPath`, then atomically moves it into place.
     ///
     /// `body` writes the complete content to the path it is given (it may truncate or recreate the file).
@@ -27,6 +79,7 @@ public struct AtomicOutput {
         guard !base.isEmpty, base != ".", base != ".." else {
             throw ZipError.io("cannot write '\(finalPath)': not a file path")
         }
+        try checkTarget(finalPath)
         var existing = stat()
         let existingMode: mode_t? = stat(finalPath, &existing) == 0 ? existing.st_mode & 0o7777 : nil
 

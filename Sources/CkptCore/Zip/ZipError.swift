@@ -28,6 +28,11 @@ public enum ZipError: Error, Equatable, Sendable, CustomStringConvertible {
     case unsupportedCompression(record: String, method: UInt16)
     /// A record is encrypted.
     case encryptedRecord(String)
+    /// A deflated record declares more bytes than deflate can produce from its compressed size (at most 1032
+    /// output bytes per input byte, zlib's bound: a 258-byte match costs at least 2 bits).
+    case impossibleExpansion(record: String, size: UInt64, compressedSize: UInt64)
+    /// A compressed record inflates to another number of bytes than the central directory declares.
+    case inflatedSizeMismatch(record: String, declared: UInt64, inflated: UInt64)
     /// A record written with ``TorchZipWriter`` received a different number of bytes than announced.
     case sizeMismatch(record: String, declared: UInt64, written: UInt64)
     /// An API was called out of order (for example `write` with no open record, or any call after `close()`).
@@ -62,6 +67,10 @@ public enum ZipError: Error, Equatable, Sendable, CustomStringConvertible {
             return "record '\(record)' uses zip compression method \(method), which cannot be decoded; re-save the checkpoint with torch.save"
         case .encryptedRecord(let name):
             return "record '\(name)' is encrypted; decrypt the archive first"
+        case .impossibleExpansion(let record, let size, let compressed):
+            return "record '\(record)' claims \(size) bytes from \(compressed) deflated bytes, more than deflate's 1032 to 1 allows; the archive lies about it and was refused"
+        case .inflatedSizeMismatch(let record, let declared, let inflated):
+            return "record '\(record)' inflates to \(inflated) bytes\(inflated > declared ? " or more" : ""), not the \(declared) bytes the archive declares; restore the file from a good copy"
         case .sizeMismatch(let record, let declared, let written):
             return "record '\(record)' was announced as \(declared) bytes but \(written) were written; the output is invalid and must be discarded"
         case .misuse(let what):

@@ -93,6 +93,10 @@ public final class ZipReader {
             if method == .stored && record.compressedSize != record.size {
                 throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
             }
+            let (most, overflow) = record.compressedSize.multipliedReportingOverflow(by: Self.maxDeflateRatio)
+            if method == .deflated, !overflow, record.size > most {
+                throw ZipError.impossibleExpansion(record: name, size: record.size, compressedSize: record.compressedSize)
+            }
             entries.append(
                 ZipEntry(
                     name: name, index: index, size: record.size, compressedSize: record.compressedSize, method: method,
@@ -116,7 +120,17 @@ public final class ZipReader {
         for e in entries where !e.name.hasPrefix(storages) {
             _ = try dataOffset(of: e)
         }
+        // A compressed record's sizes and CRC are only claims until it is inflated: inflate each one now, in bounded
+        // chunks, so that no command lists a record as what it claims to be (torch.save never compresses, so
+        // this costs only on files other writers made).
+        for e in entries where e.method != .stored {
+            try streamCore(e, chunkSize: 1 << 20) { (_: UnsafeRawBufferPointer) throws(ZipError) in }
+        }
     }
+
+    /// Deflate's largest expansion: 1032 output bytes per input byte (zlib's technical details; a 258-byte match
+    /// costs at least 2 bits).
+    static let maxDeflateRatio: UInt64 = 1032
 
     deinit {
         if let archive { zip_discard(archive) }
@@ -378,7 +392,7 @@ public final class ZipReader {
             }
             if n == 0 { break }
             guard total + UInt64(n) <= entry.size else {
-                throw ZipError.inconsistent(path: path, detail: "record '\(entry.name)' holds more than its declared \(entry.size) bytes")
+                throw ZipError.inflatedSizeMismatch(record: entry.name, declared: entry.size, inflated: total + UInt64(n))
             }
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<Int(n)])
             crc = ZipCRC32.update(crc, chunk)
@@ -386,7 +400,7 @@ public final class ZipReader {
             try body(chunk)
         }
         if total != entry.size {
-            throw ZipError.truncated(record: entry.name, offset: fileSize, expected: entry.size, got: total)
+            throw ZipError.inflatedSizeMismatch(record: entry.name, declared: entry.size, inflated: total)
         }
         if entry.hasChecksum && crc != entry.crc32 {
             throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
