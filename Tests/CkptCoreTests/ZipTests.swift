@@ -346,7 +346,7 @@ struct ZipTests {
         #expect(try reader.readAll(reader.entry(named: "stored")!, limit: 5) == Array("plain".utf8))
     }
 
-    @Test("a wrong crc on a deflated record gives crcMismatch")
+    @Test("a wrong crc on a deflated record gives crcMismatch when the archive opens (compressed records are inflated then)")
     func deflatedCRCMismatch() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -364,17 +364,15 @@ struct ZipTests {
             data[c + 16: c + 20] = bad
             open(sys.argv[1], "wb").write(data)
             """, [path])
-        let reader = try ZipReader(path: path)
-        let text = try #require(reader.entry(named: "text"))
         #expect {
-            try reader.readAll(text, limit: 1 << 20)
+            try ZipReader(path: path)
         } throws: { error in
             guard case ZipError.crcMismatch(let record, let expected, let actual) = error else { return false }
             return record == "d/text" && expected == actual ^ 1
         }
     }
 
-    @Test("an unsupported compression method is reported")
+    @Test("an unsupported compression method is reported when the archive opens")
     func unsupportedCompression() throws {
         let folder = try Oracle.tempDir()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -390,11 +388,47 @@ struct ZipTests {
             data[c + 10: c + 12] = struct.pack("<H", 97)
             open(sys.argv[1], "wb").write(data)
             """, [path])
-        let reader = try ZipReader(path: path)
-        let odd = try #require(reader.entry(named: "odd"))
-        #expect(odd.method == .other(97))
         #expect(throws: ZipError.unsupportedCompression(record: "d/odd", method: 97)) {
-            try reader.readAll(odd, limit: 100)
+            try ZipReader(path: path)
+        }
+    }
+
+    @Test("a deflated record claiming more than 1032 times its compressed size, or inflating to another size, is refused at open")
+    func deflatedSizeLies() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("deflated-lies.zip").path
+        func write(claim: Int) throws {
+            try Oracle.run(
+                """
+                import sys, zipfile, struct
+                with zipfile.ZipFile(sys.argv[1], "w", compression=zipfile.ZIP_DEFLATED) as z:
+                    z.writestr("d/text", b"hello torch " * 1000)
+                data = bytearray(open(sys.argv[1], "rb").read())
+                info = zipfile.ZipFile(sys.argv[1]).infolist()[0]
+                data[info.header_offset + 22: info.header_offset + 26] = struct.pack("<I", int(sys.argv[2]))
+                c = data.rfind(b"PK\\x01\\x02")
+                data[c + 24: c + 28] = struct.pack("<I", int(sys.argv[2]))
+                open(sys.argv[1], "wb").write(data)
+                print(info.compress_size)
+                """, [path, String(claim)])
+        }
+        try write(claim: 12_000)
+        let compressed = try #require(ZipReader(path: path).entries.first?.compressedSize)
+        try write(claim: Int(compressed) * 1032 + 1)
+        #expect(throws: ZipError.impossibleExpansion(record: "d/text", size: compressed * 1032 + 1, compressedSize: compressed)) {
+            try ZipReader(path: path)
+        }
+        try write(claim: Int(compressed) * 1032)  // possible for deflate, but not what these bytes inflate to
+        #expect(throws: ZipError.inflatedSizeMismatch(record: "d/text", declared: compressed * 1032, inflated: 12_000)) {
+            try ZipReader(path: path)
+        }
+        try write(claim: 11_000)
+        #expect {
+            try ZipReader(path: path)
+        } throws: { error in
+            guard case ZipError.inflatedSizeMismatch("d/text", 11_000, let got) = error else { return false }
+            return got > 11_000
         }
     }
 

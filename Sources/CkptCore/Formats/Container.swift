@@ -35,7 +35,7 @@ enum ContainerKind: Equatable {
         if head.starts(with: [0x50, 0x4B]) { return .zip }  // "PK"
         if LegacyReader.looksLegacy(head: head) { return .legacy }
         if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) { return .safetensors }
-        if firstChar == UInt8(ascii: "{"), ext == "json" || head.contains(subsequence: Array("\"weight_map\"".utf8)) {
+        if firstChar == UInt8(ascii: "{"), ext == "json" || head.firstRange(of: Array("\"weight_map\"".utf8)) != nil {
             return .shardIndex
         }
         if ONNXReader.looksLikeONNX(head: head) { return .onnx }
@@ -48,11 +48,3 @@ enum ContainerKind: Equatable {
 }
 
 private func hex2(_ b: UInt8) -> String { (b < 16 ? "0" : "") + String(b, radix: 16) }
-
-extension Array where Element == UInt8 {
-    /// Whether `needle` occurs in the array.
-    func contains(subsequence needle: [UInt8]) -> Bool {
-        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
-        return (0...(count - needle.count)).contains { i in self[i..<(i + needle.count)].elementsEqual(needle) }
-    }
-}

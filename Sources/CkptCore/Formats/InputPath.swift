@@ -64,17 +64,21 @@ enum InputPath {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// What a file that is neither regular nor a folder is.
-    static func notAFile(mode: mode_t) -> String {
-        let what: String
+    /// What a file of this mode is, in a few words ("a FIFO (named pipe)", "a character device").
+    static func kind(mode: mode_t) -> String {
         switch mode & S_IFMT {
-        case S_IFIFO: what = "a FIFO (named pipe)"
-        case S_IFCHR: what = "a character device"
-        case S_IFBLK: what = "a block device"
-        case S_IFSOCK: what = "a socket"
-        default: what = "not a regular file"
+        case S_IFIFO: "a FIFO (named pipe)"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        case S_IFDIR: "a folder"
+        default: "a special file"
         }
-        return "\(what), not a checkpoint file: ckpt reads regular files it can seek (save the stream to a file first)"
+    }
+
+    /// Why a file that is neither regular nor a folder is refused.
+    static func notAFile(mode: mode_t) -> String {
+        "\(kind(mode: mode)), not a checkpoint file: ckpt reads regular files it can seek (save the stream to a file first)"
     }
 
     /// Opens and closes `path` to tell a permission problem at once, in one line.

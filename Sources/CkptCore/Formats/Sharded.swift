@@ -54,13 +54,7 @@ final class ShardedCheckpoint: StorageSource {
             let shardPath = folder.isEmpty ? name : folder + "/" + name
             guard FileManager.default.fileExists(atPath: shardPath) else { throw bad("shard '\(name)' is missing") }
             let kind: ContainerKind
-            do throws(CheckpointError) {
-                let file = try InputPath.resolve(shardPath)
-                guard file == shardPath else { throw bad("shard '\(name)' is a folder, not a file") }
-                kind = try ContainerKind.detect(path: file)
-            } catch {
-                throw .io("shard \(name): \(error.description)")
-            }
+            do { kind = try ContainerKind.detect(path: shardPath) } catch { throw .io("shard \(name): \(error.description)") }
             guard ![.shardIndex, .onnx].contains(kind) else { throw bad("shard '\(name)' is not a torch or safetensors file") }
             let shard: Checkpoint
             do { shard = try Checkpoint(path: shardPath, limits: limits) } catch { throw .io("shard \(name): \(error.description)") }

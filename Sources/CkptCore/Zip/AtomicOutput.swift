@@ -49,9 +49,7 @@ public struct AtomicOutput {
             switch info.st_mode & S_IFMT {
             case S_IFREG: return
             case S_IFDIR: throw ZipError.io("a folder: name the output file")
-            default:
-                let what = InputPath.notAFile(mode: info.st_mode).prefix { $0 != "," }
-                throw ZipError.io("\(what), not a file ckpt can replace")
+            default: throw ZipError.io("\(InputPath.kind(mode: info.st_mode)), not a file ckpt can replace")
             }
         }
         if errno == ELOOP { throw ZipError.io("a symbolic link loop") }
