@@ -28,11 +28,15 @@ extension PickleGraph {
         var buffers: NodeID?
         var modules: NodeID?
         var nonPersistentBuffers: NodeID?
+        /// A TorchScript module: its class declaration says which attributes of `state` are parameters, buffers
+        /// and submodules (the four fields above are then nil).
+        var script: ScriptClassDeclaration?
     }
 
     /// The module fields of an `nn.Module` object (see ``moduleState(_:)``), or nil when it is not one.
     func moduleFields(_ id: NodeID) -> ModuleFields? {
         guard case .object(let o) = self[id], let s = o.state, let entries = dictEntries(s) else { return nil }
+        if let decl = scriptClass(id) { return decl.isModule ? ModuleFields(state: s, script: decl) : nil }
         var f = ModuleFields(state: s)
         for e in entries {
             // Most keys of a module's __dict__ are none of these four; their lengths (8, 11, 27) rule them out
@@ -152,6 +156,26 @@ extension PickleGraph {
                 return
             }
         } else if isTensorNode(id) {
+            return
+        }
+        if let fields = moduleFields(id), let decl = fields.script {
+            // A TorchScript module: parameters, then buffers, then submodules, each in slot order, as
+            // `named_parameters`/`named_buffers`/`named_children` (torch/csrc/jit/api/module.h) list them.
+            var attributes: [String: DictEntry] = [:]
+            for e in dictEntries(fields.state) ?? [] {
+                if let k = string(e.key), attributes[k] == nil { attributes[k] = e }
+            }
+            for names in [decl.parametersInSlotOrder, decl.buffersInSlotOrder] {
+                for k in names {
+                    guard let e = attributes[k], !isNone(e.value) else { continue }
+                    try collect(e.value, prefix: prefix.map { $0 + k }, parse: parse, depth: depth + 1, limit: limit, into: &out,
+                                at: EntryLocation(container: fields.state, key: e.key), budget: &budget)
+                }
+            }
+            for k in decl.attributes {
+                guard let e = attributes[k], scriptClass(e.value)?.isModule == true else { continue }
+                try collect(e.value, prefix: prefix.map { $0 + k + "." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
+            }
             return
         }
         if let fields = moduleFields(id) {
