@@ -43,6 +43,14 @@ public struct TorchScriptArchive: Sendable {
         constants.reduce((Int64(0), Int64(0))) { ($0.0 &+ ($1.tensor.numel ?? 0), $0.1 &+ ($1.tensor.byteCount ?? 0)) }
     }
 
+    /// The globals TorchScript's unpickler (torch/csrc/jit/serialization/unpickler.cpp, `readGlobal`) resolves
+    /// itself, in C++, when torch.jit.load reads an archive's pickles: list type tags, nothing that runs code.
+    /// (torch/jit/_pickle.py defines them for plain Python unpicklers, each returning its argument.)
+    public static let unpicklerBuiltins: Set<String> = [
+        "torch.jit._pickle.build_intlist", "torch.jit._pickle.build_tensorlist", "torch.jit._pickle.build_doublelist",
+        "torch.jit._pickle.build_boollist", "torch.jit._pickle.build_tensor_from_id", "torch.jit._pickle.restore_type_tag",
+    ]
+
     /// The custom C++ classes (`torch.classes`, e.g. quantized packed parameters) have no declaration in `code/`.
     static func isBuiltinClass(_ qualifiedName: String) -> Bool { qualifiedName.hasPrefix("__torch__.torch.classes.") }
 
