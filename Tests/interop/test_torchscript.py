@@ -454,3 +454,66 @@ def test_scan_reads_the_archive_pickles(archives, name):
     labels = [s["pickle"] for s in d["pickles"]]
     assert sorted(labels) == sorted(pkls)
     assert all(s["error"] is None for s in d["pickles"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# frozen and quantized modules
+
+
+def test_frozen_module_weights_are_constants_and_said_so(tmp_path):
+    path = tmp_path / "frozen.pt"
+    torch.jit.save(torch.jit.freeze(torch.jit.script(ConvBN().eval())), str(path))
+    assert len(jit_state_dict(path)) == 0  # freezing folds every weight into constants.pkl
+    consts = constants_of(path)
+    assert len(consts) > 0
+    p = run("keys", path, check=0)
+    assert p.stdout.strip() == ""
+    assert f"{len(consts)} tensors are in constants.pkl" in p.stderr and "not in the state_dict view" in p.stderr
+    info = run_json("info", path)
+    assert info["torchscript"]["constants"]["tensors"] == len(consts)
+    assert info["torchscript"]["constants"]["storage_bytes"] == sum(c.untyped_storage().nbytes() for c in consts)
+    p = run("convert", path, tmp_path / "w.safetensors")
+    assert_clean_failure(p, path)
+    assert "constants.pkl" in p.stderr
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_keys_notes_constants_of_a_traced_module(archives):
+    path = archives["buffers-trace"]
+    p = run("keys", path, check=0)
+    n = len(constants_of(path))
+    assert f"{n} tensor{'s are' if n > 1 else ' is'} in constants.pkl" in p.stderr
+    p = run("keys", archives["convbn-script"], check=0)
+    assert p.stderr == ""
+
+
+class QuantConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.relu = nn.ReLU()
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.relu(self.conv(self.quant(x))))
+
+
+@pytest.mark.parametrize("kind", ["static-trace", "dynamic-script"])
+def test_quantized_modules(kind, tmp_path):
+    # Quantized modules keep their weights in packed-parameter objects set by __setstate__; torch's state_dict of
+    # the loaded archive lists only what the classes declare, and so must ckpt.
+    if kind == "static-trace":
+        m = QuantConv().eval()
+        m.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
+        prepared = torch.ao.quantization.prepare(m)
+        prepared(torch.randn(4, 3, 8, 8))
+        s = torch.jit.trace(torch.ao.quantization.convert(prepared), torch.randn(1, 3, 8, 8))
+    else:
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+        s = torch.jit.script(torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8))
+    path = tmp_path / "q.pt"
+    torch.jit.save(s, str(path))
+    sd = jit_state_dict(path)
+    assert keys_json(path) == torch_keys(sd)
+    assert run_json("info", path)["records"][0]["tensors"] == len(sd)

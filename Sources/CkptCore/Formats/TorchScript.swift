@@ -51,6 +51,15 @@ public struct TorchScriptArchive: Sendable {
         "torch.jit._pickle.build_boollist", "torch.jit._pickle.build_tensor_from_id", "torch.jit._pickle.restore_type_tag",
     ]
 
+    /// One line for commands that show the state_dict view when constants.pkl holds tensors (they are not in it;
+    /// a module made by torch.jit.freeze keeps all its weights there). Nil when it holds none.
+    public var constantsNote: String? {
+        guard let first = constants.first else { return nil }
+        let names = constants.count == 1 ? first.name : "\(first.name) ... \(constants.last!.name)"
+        return "\(constants.count) tensor\(constants.count == 1 ? " is" : "s are") in constants.pkl (\(names), "
+            + "\(Figures.bytes(constantStorageBytes))), not in the state_dict view; torch.jit.freeze keeps weights there"
+    }
+
     /// The custom C++ classes (`torch.classes`, e.g. quantized packed parameters) have no declaration in `code/`.
     static func isBuiltinClass(_ qualifiedName: String) -> Bool { qualifiedName.hasPrefix("__torch__.torch.classes.") }
 
@@ -150,6 +159,10 @@ extension PickleGraph {
             }
             guard decl.isModule else { continue }
             guard let s = o.state, let entries = dictEntries(s) else {
+                // State given to its own __setstate__ (quantized modules): what it sets cannot be read without running
+                // its code, but when the class declares no parameter, no buffer and no attribute of a class type,
+                // the module adds nothing to state_dict() whatever it sets (the state_dict walk skips it).
+                if decl.parameters.isEmpty && decl.buffers.isEmpty && decl.hasNoClassTypedAttributes { continue }
                 throw .notACheckpoint("TorchScript module \(name) (#\(i)) sets its state with __setstate__; "
                     + "its parameters cannot be told without running its code")
             }

@@ -26,15 +26,19 @@ public struct ScriptClassDeclaration: Sendable, Equatable {
     public var isModule: Bool
     /// Annotated attributes in declaration (slot) order, constants (`Final[...]`) excluded.
     public var attributes: [String]
+    /// Each attribute's type as written (`Tensor`, `__torch__.torch.nn.modules.linear.Linear`), beside ``attributes``.
+    public var attributeTypes: [String]
     /// `__parameters__`.
     public var parameters: [String]
     /// `__buffers__`.
     public var buffers: [String]
 
-    public init(name: String, isModule: Bool, attributes: [String], parameters: [String], buffers: [String]) {
+    public init(name: String, isModule: Bool, attributes: [String], attributeTypes: [String]? = nil,
+                parameters: [String], buffers: [String]) {
         self.name = name
         self.isModule = isModule
         self.attributes = attributes
+        self.attributeTypes = attributeTypes ?? attributes.map { _ in "" }
         self.parameters = parameters
         self.buffers = buffers
     }
@@ -43,6 +47,19 @@ public struct ScriptClassDeclaration: Sendable, Equatable {
     public var parametersInSlotOrder: [String] { let p = Set(parameters); return attributes.filter { p.contains($0) } }
     /// The buffers in slot order.
     public var buffersInSlotOrder: [String] { let b = Set(buffers); return attributes.filter { b.contains($0) } }
+
+    /// Whether no attribute's type names a TorchScript class (`__torch__.…`, custom C++ classes aside): then no
+    /// attribute can be a submodule, whatever values the object holds.
+    public var hasNoClassTypedAttributes: Bool {
+        !attributeTypes.contains { t in
+            var rest = t[...]
+            while let r = rest.range(of: "__torch__.") {
+                if !rest[r.lowerBound...].hasPrefix("__torch__.torch.classes.") { return true }
+                rest = rest[r.upperBound...]
+            }
+            return false
+        }
+    }
 }
 
 /// A line of a `code/` file that ckpt could not read as a class declaration.
@@ -100,7 +117,7 @@ public enum TorchScriptCode {
                 if text.hasPrefix("class ") {
                     let (name, base) = try classHeader(text.dropFirst("class ".count), record: record, line: lineNumber)
                     current = ScriptClassDeclaration(name: module + "." + name, isModule: base == "Module",
-                                                     attributes: [], parameters: [], buffers: [])
+                                                     attributes: [], attributeTypes: [], parameters: [], buffers: [])
                     currentLine = lineNumber
                 }
                 // Other top-level statements (functions, imports, module constants) declare no class.
@@ -134,6 +151,7 @@ public enum TorchScriptCode {
                     throw ScriptCodeError(record: record, line: lineNumber, reason: "cannot read this __annotations__ line")
                 }
                 current!.attributes.append(name)
+                current!.attributeTypes.append(String(rest.dropFirst("] = ".count)))
             } else if let colon = text.range(of: " : ") {
                 let name = text[..<colon.lowerBound]
                 guard isIdentifier(name) else {
@@ -143,6 +161,7 @@ public enum TorchScriptCode {
                 // `name : Final[int] = 3` is a constant, inlined into the code: not a slot.
                 if type.hasPrefix("Final[") { continue }
                 current!.attributes.append(String(name))
+                current!.attributeTypes.append(String(type))
             } else if let eq = text.range(of: " = "), isIdentifier(text[..<eq.lowerBound]) {
                 // An enum's values, `__constants__`-style class variables: no slot.
                 continue
