@@ -517,3 +517,15 @@ def test_quantized_modules(kind, tmp_path):
     sd = jit_state_dict(path)
     assert keys_json(path) == torch_keys(sd)
     assert run_json("info", path)["records"][0]["tensors"] == len(sd)
+
+
+@pytest.mark.parametrize("name", ["convbn-trace", "nested-script"])
+def test_layers_counts_declared_parameters(archives, name):
+    # TorchScript tensors are not wrapped as Parameters in data.pkl: the classes' __parameters__ say which are.
+    path = archives[name]
+    m = torch.jit.load(str(path))
+    t = run_json("layers", path)
+    assert t["parameters"] == sum(p.numel() for p in m.parameters())  # named_parameters: each shared one once
+    for row in t["layers"]:
+        prefix = row["prefix"]
+        assert row["parameters"] == sum(p.numel() for n, p in m.named_parameters() if n.startswith(prefix)), prefix

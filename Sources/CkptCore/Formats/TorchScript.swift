@@ -146,6 +146,19 @@ extension PickleGraph {
         return scriptClasses[m + "." + n]
     }
 
+    /// The tensor nodes that some TorchScript module's class declares as parameters (`__parameters__`).
+    func scriptParameterTensors() -> Set<NodeID> {
+        var out = Set<NodeID>()
+        for (i, node) in nodes.enumerated() {
+            guard case .object(let o) = node, let decl = scriptClass(NodeID(i)), decl.isModule, !decl.parameters.isEmpty,
+                  let s = o.state else { continue }
+            for p in decl.parameters {
+                if let v = lookup(s, p), let t = (try? tensor(v)) ?? nil { out.insert(t.tensorNode) }
+            }
+        }
+        return out
+    }
+
     /// Checks every `__torch__` object of a TorchScript data.pkl against the class declarations (see
     /// ``TorchScriptArchive/read(_:graph:limits:)``).
     func checkScriptObjects() throws(CheckpointError) {
