@@ -14,9 +14,9 @@ struct Keys: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        let listing = try reporting(file) {
-            try keptUntilExit(Checkpoint(path: file)).keys(record: record, prefix: prefix, match: match)
-        }
+        let ckpt = try reporting(file) { try keptUntilExit(Checkpoint(path: file)) }
+        let listing = try reporting(file) { try ckpt.keys(record: record, prefix: prefix, match: match) }
         emit(json ? listing.json.rendered() : listing.table)
+        if let note = ckpt.torchScript?.constantsNote { warn("\(file): note: \(note)") }
     }
 }

@@ -23,11 +23,14 @@ public final class Checkpoint {
     public let version: String?
     /// Contents of `byteorder`, when present.
     public let byteOrder: String?
-    /// `torch zip`, `torch legacy`, `safetensors`, `onnx`, or `sharded <format> (N shards)`.
+    /// `torch zip`, `TorchScript`, `torch legacy`, `safetensors`, `onnx`, or `sharded <format> (N shards)`.
     public let format: String
     /// Metadata the format carries besides tensors: safetensors' `__metadata__`, an ONNX model's producer and
     /// opsets, a sharded index's `metadata` and shard files. Empty for torch files.
     public let metadata: [(key: String, value: String)]
+    /// For a TorchScript archive (`torch.jit.save`), its other records, class declarations and constants; the
+    /// graph is its data.pkl, whose module objects the state_dict view reads through those declarations.
+    public let torchScript: TorchScriptArchive?
     /// Serves storage bytes by the keys the graph's persistent ids name.
     let source: any StorageSource
     /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
@@ -68,6 +71,7 @@ public final class Checkpoint {
         byteOrder = c.byteOrder
         metadata = c.metadata
         scanPickles = c.scanPickles
+        torchScript = c.torchScript
         try validate(limits: limits)
     }
 
@@ -92,8 +96,14 @@ public final class Checkpoint {
         }
         let bytes: [UInt8]
         do { bytes = try zip.readAll(pkl, limit: Self.maxPickleBytes) } catch { throw .container(error) }
-        let graph: PickleGraph
+        var graph: PickleGraph
         do { graph = try PickleDecoder.decode(bytes, limits: limits) } catch { throw .pickle(record: pkl.name, error) }
+        var script: TorchScriptArchive? = nil
+        if TorchScriptArchive.isTorchScript(zip) {
+            let s = try TorchScriptArchive.read(zip, graph: graph, limits: limits)
+            graph.scriptClasses = s.classes
+            script = s
+        }
         var others: [(label: String, bytes: [UInt8])] = []
         for e in ContainerPickles.records(of: zip) where e != pkl {
             do { others.append((e.name, try zip.readAll(e, limit: Self.maxPickleBytes))) } catch { throw .container(error) }
@@ -102,10 +112,10 @@ public final class Checkpoint {
             [PickleScanner.scan(bytes, label: label, limits: limits)]
                 + others.map { PickleScanner.scan($0.bytes, label: $0.label, limits: limits) }
         }
-        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: "torch zip", fileSize: zip.fileSize,
-                               root: zip.root, recordCount: zip.entries.count,
+        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: script == nil ? "torch zip" : "TorchScript",
+                               fileSize: zip.fileSize, root: zip.root, recordCount: zip.entries.count,
                                formatVersion: small(".format_version"), version: small("version"),
-                               byteOrder: byteOrder, scanPickles: scans)
+                               byteOrder: byteOrder, scanPickles: scans, torchScript: script)
     }
 
     /// What torch.load checks before it builds a tensor, checked up front so that every command answers a bad

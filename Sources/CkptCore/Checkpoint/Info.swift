@@ -42,6 +42,8 @@ public struct CheckpointInfo: Sendable {
     public var records: [RecordSummary]
     /// The format's own metadata (safetensors `__metadata__`, ONNX producer and opsets, shard files).
     public var metadata: [(key: String, value: String)] = []
+    /// A TorchScript archive's records (code, constants, extra files, bytecode) and constants.
+    public var torchScript: TorchScriptArchive? = nil
 
     /// The report as JSON.
     public var json: JSONValue {
@@ -51,7 +53,8 @@ public struct CheckpointInfo: Sendable {
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
             ("records", .array(records.map(\.json))),
-        ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))]))
+        ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
+          + (torchScript.map { [("torchscript", $0.json)] } ?? []))
     }
 
     /// The report as an aligned table.
@@ -74,7 +77,7 @@ public struct CheckpointInfo: Sendable {
                          r.dtypes.map(\.rawValue).joined(separator: ",")])
         }
         let meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
-        return head + meta + "\n\n" + Figures.table(rows)
+        return head + meta + "\n\n" + Figures.table(rows) + (torchScript.map { "\n\n" + $0.table } ?? "")
     }
 }
 
@@ -141,6 +144,42 @@ extension Checkpoint {
         }
         return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries, metadata: metadata)
+                              records: summaries, metadata: metadata, torchScript: torchScript)
+    }
+}
+
+extension TorchScriptArchive {
+    /// `{classes, modules, mobile, constants: {tensors, elements, bytes, storage_bytes, names}, records: [{name, kind,
+    /// size, compressed}]}`.
+    var json: JSONValue {
+        let (elements, bytes) = constantTotals
+        return .object([
+            ("classes", .int(Int64(classes.count))),
+            ("modules", .int(Int64(classes.values.filter(\.isModule).count))),
+            ("mobile", .bool(isMobile)),
+            ("constants", .object([
+                ("tensors", .int(Int64(constants.count))), ("elements", .int(elements)), ("bytes", .int(bytes)),
+                ("storage_bytes", .int(constantStorageBytes)),
+                ("names", .array(constants.map { .string($0.name) })),
+            ])),
+            ("records", .array(records.map {
+                .object([("name", .string($0.name)), ("kind", .string($0.kind.rawValue)), ("size", .int(Int64($0.size))),
+                         ("compressed", .bool($0.compressed))])
+            })),
+        ])
+    }
+
+    /// The records as a table, under a line with the class and constant counts.
+    var table: String {
+        let (elements, _) = constantTotals
+        var head = "TorchScript\(isMobile ? " (mobile, bytecode.pkl)" : ""): \(classes.count) classes declared in code/ "
+            + "(\(classes.values.filter(\.isModule).count) modules); constants.pkl: \(constants.count) tensor"
+            + (constants.count == 1 ? "" : "s")
+        if !constants.isEmpty { head += " (\(Figures.count(elements)) elements, \(Figures.bytes(constantStorageBytes)), not in the state_dict)" }
+        var rows: [[String]] = [["archive record", "kind", "size", ""]]
+        for r in records {
+            rows.append([r.name, r.kind.rawValue, Figures.bytes(Int64(r.size)), r.compressed ? "deflated" : ""])
+        }
+        return head + "\n\n" + Figures.table(rows)
     }
 }

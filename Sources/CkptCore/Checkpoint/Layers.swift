@@ -135,11 +135,14 @@ extension Checkpoint {
         var table = LayerTable(file: path, record: name, style: isModule ? "modules" : "state_dict")
         if isModule { table.modelClass = graph.className(node) }
 
-        // Parameters, each once, in named_parameters order.
+        // Parameters, each once, in named_parameters order. A TorchScript module's tensors are not wrapped as
+        // parameters: its classes declare which are.
         var seen = Set<NodeID>()
         var params: [(name: String, numel: Int64)] = []
+        let scriptParameters = graph.scriptClasses.isEmpty ? nil : graph.scriptParameterTensors()
         for t in view {
-            let isParam = isModule ? t.tensor.isParameter : !bufferNames.contains(String(t.name.split(separator: ".").last ?? ""))
+            let isParam = scriptParameters.map { $0.contains(t.tensor.tensorNode) }
+                ?? (isModule ? t.tensor.isParameter : !bufferNames.contains(String(t.name.split(separator: ".").last ?? "")))
             guard isParam, seen.insert(t.tensor.tensorNode).inserted else { continue }
             params.append((t.name, t.tensor.numel ?? 0))
         }
@@ -195,7 +198,8 @@ extension Checkpoint {
     func moduleClass(_ node: NodeID, path: String) -> String? {
         var n = node
         for part in path.split(separator: ".") {
-            guard let s = graph.moduleState(n), let mods = graph.lookup(s, "_modules"),
+            // A TorchScript module holds its submodules as attributes.
+            guard let s = graph.moduleState(n), let mods = graph.scriptClass(n) != nil ? s : graph.lookup(s, "_modules"),
                   let next = graph.lookup(mods, String(part)) else { return nil }
             n = next
         }

@@ -28,11 +28,15 @@ extension PickleGraph {
         var buffers: NodeID?
         var modules: NodeID?
         var nonPersistentBuffers: NodeID?
+        /// A TorchScript module: its class declaration (``PickleGraph/scriptClass(_:)``) says which attributes of
+        /// `state` are parameters, buffers and submodules (the four fields above are then nil).
+        var isScript = false
     }
 
     /// The module fields of an `nn.Module` object (see ``moduleState(_:)``), or nil when it is not one.
     func moduleFields(_ id: NodeID) -> ModuleFields? {
         guard case .object(let o) = self[id], let s = o.state, let entries = dictEntries(s) else { return nil }
+        if let decl = scriptClass(id) { return decl.isModule ? ModuleFields(state: s, isScript: true) : nil }
         var f = ModuleFields(state: s)
         for e in entries {
             // Most keys of a module's __dict__ are none of these four; their lengths (8, 11, 27) rule them out
@@ -155,6 +159,11 @@ extension PickleGraph {
             return
         }
         if let fields = moduleFields(id) {
+            if fields.isScript {
+                try collectScriptModule(id, fields.state, prefix: prefix, parse: parse, depth: depth, limit: limit,
+                                        into: &out, budget: &budget)
+                return
+            }
             let nonPersistent = fields.nonPersistentBuffers.map { stringSet($0) } ?? []
             for (holder, isBuffers) in [(fields.parameters, false), (fields.buffers, true)] {
                 guard let holder else { continue }
@@ -189,6 +198,32 @@ extension PickleGraph {
             for (i, item) in items.enumerated() {
                 try collect(item, prefix: prefix.map { $0 + "\(i)." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
             }
+        }
+    }
+
+    /// The state_dict walk through a TorchScript module (see ``collect``): parameters, then buffers, then submodules,
+    /// each in slot order, as `named_parameters`/`named_buffers`/`named_children` (torch/csrc/jit/api/module.h) list
+    /// them. A function of its own so that `collect`'s frame, which the nesting limit multiplies, stays small.
+    @inline(never)
+    private func collectScriptModule(_ id: NodeID, _ state: NodeID, prefix: String?, parse: Bool,
+                                     depth: Int, limit: Int, into out: inout [(NamedTensor, EntryLocation?)],
+                                     budget: inout Int) throws(CheckpointError)
+    {
+        guard let decl = scriptClass(id) else { return }
+        var attributes: [String: DictEntry] = [:]
+        for e in dictEntries(state) ?? [] {
+            if let k = string(e.key), attributes[k] == nil { attributes[k] = e }
+        }
+        for names in [decl.parametersInSlotOrder, decl.buffersInSlotOrder] {
+            for k in names {
+                guard let e = attributes[k], !isNone(e.value) else { continue }
+                try collect(e.value, prefix: prefix.map { $0 + k }, parse: parse, depth: depth + 1, limit: limit, into: &out,
+                            at: EntryLocation(container: state, key: e.key), budget: &budget)
+            }
+        }
+        for k in decl.attributes {
+            guard let e = attributes[k], scriptClass(e.value)?.isModule == true else { continue }
+            try collect(e.value, prefix: prefix.map { $0 + k + "." }, parse: parse, depth: depth + 1, limit: limit, into: &out, budget: &budget)
         }
     }
 

@@ -16,6 +16,8 @@ struct OpenedContainer {
     /// Raw scans of the pickles the format holds (none for safetensors and ONNX), run only when asked for:
     /// `keys` and `info` do not need them.
     var scanPickles: () -> [PickleScan] = { [] }
+    /// A TorchScript archive's records, class declarations and constants.
+    var torchScript: TorchScriptArchive? = nil
 }
 
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without

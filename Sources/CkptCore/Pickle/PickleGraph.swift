@@ -79,6 +79,10 @@ public struct PickleGraph: Sendable {
     public var nodes: [PickleNode]
     /// The value the pickle's STOP returned.
     public var root: NodeID
+    /// For a TorchScript archive's data.pkl, the class declarations of its `code/` records by qualified name
+    /// (see ``TorchScriptArchive``): which attributes of a `__torch__` object are parameters, buffers and
+    /// submodules is declared there, not in the pickle. Empty for every other pickle.
+    public var scriptClasses: [String: ScriptClassDeclaration] = [:]
 
     /// An empty graph whose root is a None node.
     public init() {

@@ -75,6 +75,7 @@ extension Checkpoint {
         var tensors = try graph.stateDict(node)
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
         guard !tensors.isEmpty else {
+            if let note = torchScript?.constantsNote { throw .invalidOperation("the state_dict view is empty: " + note) }
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
         }
         for t in tensors {

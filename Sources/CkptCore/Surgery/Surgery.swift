@@ -75,9 +75,19 @@ let trainingStateRecords = ["optimizer", "ema", "updates", "scaler", "optimizer_
 let emaRecords = ["ema", "state_dict_ema", "model_ema", "ema_state_dict"]
 
 extension Checkpoint {
+    /// Throws for a TorchScript archive: a rewrite writes data.pkl and its storages only, and the module's code,
+    /// constants and bytecode would not match what is left (torch.jit.load would fail or run other weights),
+    /// so every rewriting command refuses it; `convert` writes its state dict instead.
+    func refuseTorchScriptRewrite(_ command: String) throws(CheckpointError) {
+        guard torchScript != nil else { return }
+        throw .invalidOperation("a TorchScript archive: \(command) would change its code's contract "
+            + "(its code/, constants and bytecode records are not rewritten); use `ckpt convert` for its weights")
+    }
+
     /// Plans `strip`: a new graph with the training state gone and the options applied, checked,
     /// with its storages renumbered. Does no I/O beyond what was already read.
     public func planStrip(_ options: StripOptions) throws(CheckpointError) -> SurgeryPlan {
+        try refuseTorchScriptRewrite("strip")
         var g = graph
         var report = SurgeryReport()
         let recs = records

@@ -63,6 +63,7 @@ extension Checkpoint {
             return (name, view)
         }
         return try attributing { () throws(CheckpointError) -> (SurgeryPlan, TransferReport) in
+            try refuseTorchScriptRewrite("transfer")
             let (intoName, node) = try weights(options.intoRecord)
             var g = graph
             let target = try g.stateDict(node)
