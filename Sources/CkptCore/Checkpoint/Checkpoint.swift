@@ -131,7 +131,12 @@ public final class Checkpoint {
                     throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
                         reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
                 }
-            case .object:
+            case .object(let o):
+                // A dict whose constructor call holds what this reader cannot turn into entries (see
+                // PickleGraph.dictEntries) would be read as fewer entries than torch.load builds.
+                if case .tuple(let a) = graph[o.args], !a.isEmpty, let why = graph.dictConstructorProblem(id) {
+                    throw .notACheckpoint(why)
+                }
                 // Names are spelled only for a tensor that fails, not for the thousands that pass.
                 do {
                     try graph.tensor(id)?.check(name: "", recordBytes: nil)

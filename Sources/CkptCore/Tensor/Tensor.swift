@@ -102,7 +102,9 @@ extension PickleGraph {
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
         let dtype: DType?
-        if module == "torch" {
+        // torch.load takes any `<X>Storage` name as that storage type; old torch pickled CUDA storages as
+        // `torch.cuda.<X>Storage`.
+        if module == "torch" || module == "torch.cuda" {
             dtype = DType.storageClasses[name]
         } else {
             let cls = module + "." + name
