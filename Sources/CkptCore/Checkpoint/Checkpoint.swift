@@ -47,6 +47,7 @@ public final class Checkpoint {
         switch ContainerKind.detect(path: path) {
         case .zip: c = try Self.openZip(path: path, limits: limits)
         case .legacy: c = try Self.openLegacy(path: path, limits: limits)
+        case .legacyTar: c = try LegacyTarReader.open(path: path, limits: limits)
         case .safetensors: c = try SafetensorsReader.open(path: path)
         case .shardIndex: c = try ShardedCheckpoint.open(path: path, limits: limits)
         case .onnx: c = try ONNXReader.open(path: path)
@@ -67,8 +68,8 @@ public final class Checkpoint {
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
-        return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
-                               recordCount: l.storageOrder.count, scanPickles: { l.scans })
+        return OpenedContainer(graph: l.graph, source: l.table, format: "torch legacy", fileSize: l.fileSize,
+                               recordCount: l.table.order.count, scanPickles: { l.scans })
     }
 
     private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {

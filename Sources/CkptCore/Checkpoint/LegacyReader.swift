@@ -11,12 +11,10 @@ final class LegacyReader {
         return b
     }()
     let graph: PickleGraph
-    /// Storage key -> (offset of its bytes, byte count).
-    let storages: [String: (offset: UInt64, bytes: UInt64)]
-    let storageOrder: [String]
+    /// Where each storage's bytes are.
+    let table: FileStorageTable
     /// Raw scans of the five pickles.
     let scans: [PickleScan]
-    let handle: FileHandle
     let fileSize: UInt64
 
     /// Whether the file starts with the legacy magic-number pickle.
@@ -31,10 +29,11 @@ final class LegacyReader {
 
     init(path: String, limits: PickleLimits) throws(CheckpointError) {
         guard let h = FileHandle(forReadingAtPath: path) else { throw .io("cannot open for reading") }
-        handle = h
         let size = (try? h.seekToEnd()) ?? 0
         fileSize = size
-        (graph, storages, storageOrder, scans) = try Self.parse(h, size: size, limits: limits)
+        let (g, storages, order, s) = try Self.parse(h, size: size, limits: limits)
+        (graph, scans) = (g, s)
+        table = FileStorageTable(handle: h, storages: storages, order: order)
     }
 
     private static func parse(_ h: FileHandle, size: UInt64, limits: PickleLimits) throws(CheckpointError)
@@ -161,19 +160,6 @@ final class LegacyReader {
             args[1] = graph.add(.int(t.storageOffset + v.offset))
             o.args = graph.add(.tuple(args))
             graph[id] = .object(o)
-        }
-    }
-
-    func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
-        try handle.seek(toOffset: s.offset)
-        var left = s.bytes
-        while left > 0 {
-            let n = Int(min(UInt64(chunkSize), left))
-            let d = handle.readData(ofLength: n)
-            guard d.count == n else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
-            try d.withUnsafeBytes { try body($0) }
-            left -= UInt64(n)
         }
     }
 }

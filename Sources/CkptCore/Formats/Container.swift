@@ -21,7 +21,7 @@ struct OpenedContainer {
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without
 /// a magic number, the file name's extension).
 enum ContainerKind: Equatable {
-    case zip, legacy, safetensors, shardIndex, onnx
+    case zip, legacy, legacyTar, safetensors, shardIndex, onnx
 
     static func detect(path: String) -> ContainerKind {
         let ext = (path as NSString).pathExtension.lowercased()
@@ -30,6 +30,7 @@ enum ContainerKind: Equatable {
         let size = (try? h.seekToEnd()) ?? 0
         try? h.close()
         if head.starts(with: [0x50, 0x4B]) { return .zip }  // "PK"
+        if LegacyTarReader.looksLikeTar(path: path) { return .legacyTar }  // torch.load tries tar before the pickle stream
         if LegacyReader.looksLegacy(path: path) { return .legacy }
         if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) || ext == "safetensors" {
             return .safetensors
