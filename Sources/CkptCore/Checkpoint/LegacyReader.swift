@@ -59,7 +59,7 @@ final class LegacyReader {
                     throw CheckpointError.notACheckpoint("legacy protocol version is not 1001")
                 }
                 var graph = graphs[3]
-                try Self.resolveStorageViews(&graph)
+                let views = try Self.resolveStorageViews(&graph)
                 let keysGraph = graphs[4]
                 let keys = (keysGraph.sequence(keysGraph.root) ?? []).compactMap { keysGraph.string($0) }
                 var types: [String: DType] = [:]
@@ -95,7 +95,15 @@ final class LegacyReader {
                     offset += 8 + bytes
                 }
                 let scans = PickleScanner.scanSequence(Array(prefix[..<pickleEnd]), count: 5, label: "pickle", limits: limits)
-                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, keys, scans)
+                var order = keys
+                for v in views {
+                    guard table[v.key] == nil else { throw CheckpointError.notACheckpoint("storage view \(v.key) has the key of a storage") }
+                    guard let r = table[v.root] else { throw CheckpointError.missingRecord("storage \(v.root)") }
+                    let item = UInt64(v.itemSize)
+                    table[v.key] = (r.0 + UInt64(v.offset) * item, UInt64(v.size) * item)
+                    order.append(v.key)
+                }
+                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, order, scans)
             } catch let e as PickleError {
                 if case .truncated = e, prefixLength < size {
                     prefixLength = min(size, prefixLength * 4)
@@ -110,56 +118,33 @@ final class LegacyReader {
         }
     }
 
+    /// A storage view: `size` elements of storage `root` from element `offset`, each `itemSize` bytes.
+    struct StorageView { var key: String; var root: String; var offset: Int64; var size: Int64; var itemSize: Int }
+
     /// torch 0.3 and 0.4 pickled a storage view (a storage that is part of another) as the root's persistent id
-    /// with a sixth field `(view_key, offset, view_size)`; torch.load (`_legacy_load`) makes the view the elements
-    /// `offset ..< offset + view_size` of the root, the first time it meets `view_key`. Each tensor on a view
-    /// becomes, as `torch.save` would write it, a tensor on the root storage at `offset` more, after checking it
-    /// lies inside the view (as `set_` checks); a view pickled other than as a tensor's storage is refused.
-    static func resolveStorageViews(_ graph: inout PickleGraph) throws(CheckpointError) {
-        // The view persistent nodes: node -> (view key, offset, size), the first (offset, size) of each key winning.
-        var firstOfKey: [String: (offset: Int64, size: Int64)] = [:]
-        var views: [NodeID: (offset: Int64, size: Int64)] = [:]
+    /// with a sixth field `(view_key, offset, view_size)`; torch.load (`_legacy_load`) makes the view a storage of
+    /// its own, the elements `offset ..< offset + view_size` of the root, the first time it meets `view_key`, and
+    /// `torch.save` would write it as a storage of its own. So each such id becomes the view's own
+    /// `('storage', type, view_key, location, view_size)`, and the view a storage whose bytes are that range of the
+    /// root's (returned, for the storage table).
+    static func resolveStorageViews(_ graph: inout PickleGraph) throws(CheckpointError) -> [StorageView] {
+        var views: [String: StorageView] = [:]
+        var order: [String] = []
         for i in graph.nodes.indices {
             guard case .persistent(let pid) = graph.nodes[i], let t = graph.sequence(pid), t.count == 6,
                   let meta = graph.sequence(t[5]) else { continue }
-            guard meta.count == 3, let key = graph.string(meta[0]), let offset = graph.int(meta[1]),
-                  let size = graph.int(meta[2]), offset >= 0, size >= 0,
+            guard meta.count == 3, let key = graph.string(meta[0]), let root = graph.string(t[2]),
+                  let offset = graph.int(meta[1]), let size = graph.int(meta[2]), offset >= 0, size >= 0,
                   let rootNumel = graph.int(t[4]), offset <= rootNumel, size <= rootNumel - offset
             else { throw .notACheckpoint("storage view at persistent id #\(i) is malformed or outside its storage") }
-            let v = firstOfKey[key] ?? (offset, size)
-            firstOfKey[key] = v
-            views[NodeID(i)] = v
+            let first = views[key] ?? StorageView(key: key, root: root, offset: offset, size: size,
+                                                  itemSize: graph.storageRef(NodeID(i), viewsAllowed: true)?.dtype?.itemSize ?? 1)
+            if views[key] == nil { views[key] = first; order.append(key) }
+            var items = Array(t.prefix(5))
+            items[2] = graph.add(.string(key))
+            items[4] = graph.add(.int(first.size))
+            graph[NodeID(i)] = .persistent(pid: graph.add(.tuple(items)))
         }
-        guard !views.isEmpty else { return }
-        var onViews: [(tensor: NodeID, view: (offset: Int64, size: Int64))] = []
-        var tensorStorages = Set<NodeID>()
-        for i in graph.nodes.indices {
-            let id = NodeID(i)
-            guard graph.isTensorNode(id), case .object(let o) = graph[id], let args = graph.sequence(o.args),
-                  args.count >= 4, let v = views[args[0]] else { continue }
-            onViews.append((id, v))
-            tensorStorages.insert(args[0])
-        }
-        for id in graph.reachable(from: graph.root) where views[id] != nil && !tensorStorages.contains(id) {
-            throw .notACheckpoint("storage view at persistent id \(id) is pickled as a storage, not as a tensor's; not read")
-        }
-        // Every view id becomes its root's id (the first five fields), in place.
-        for id in views.keys {
-            guard case .persistent(let pid) = graph[id], let t = graph.sequence(pid) else { continue }
-            graph[id] = .persistent(pid: graph.add(.tuple(Array(t.prefix(5)))))
-        }
-        for (id, v) in onViews {
-            guard var t = try? graph.tensor(id), case .object(var o) = graph[id], var args = graph.sequence(o.args) else {
-                throw .notACheckpoint("tensor \(id) on a storage view is malformed")
-            }
-            // Checked against the view as torch's set_ checks it: the tensor's extent within the view's elements.
-            t.storage.numel = v.size
-            do { try t.check(name: "\(id)", recordBytes: nil) } catch {
-                throw .notACheckpoint("tensor \(id) on a storage view: \(error.reason)")
-            }
-            args[1] = graph.add(.int(t.storageOffset + v.offset))
-            o.args = graph.add(.tuple(args))
-            graph[id] = .object(o)
-        }
+        return order.map { views[$0]! }
     }
 }

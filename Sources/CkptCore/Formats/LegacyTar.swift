@@ -14,8 +14,8 @@ import Foundation
 /// - `sys_info`, which torch does not read.
 ///
 /// The object opens as the graph `torch.save` would write for it: each tensor a `_rebuild_tensor_v2` node over a
-/// storage persistent id (a tensor on a storage view becomes one on the root at the view's offset, checked inside
-/// the view), each storage a persistent id. Storage bytes stream from their place in the `storages` member.
+/// storage persistent id, each storage a persistent id; a storage view is a storage of its own whose bytes are its
+/// range of the root's. Storage bytes stream from their place in the `storages` member.
 enum LegacyTarReader {
     /// A member of the tar: where its bytes are.
     struct Member {
@@ -81,7 +81,6 @@ enum LegacyTarReader {
         }
         let (viewsGraph, viewsBytes) = try cursor.next()
         small.append(viewsBytes)
-        var views: [Int64: (root: Int64, offset: Int64, numel: Int64)] = [:]
         guard let viewItems = viewsGraph.sequence(viewsGraph.root) else {
             throw .notACheckpoint("torch tar storage views are not a list")
         }
@@ -94,7 +93,15 @@ enum LegacyTarReader {
             guard offset >= 0, numel >= 0, offset <= r.numel, numel <= r.numel - offset else {
                 throw .notACheckpoint("torch tar storage view \(target) lies outside storage \(root)")
             }
-            views[target] = (root, offset, numel)
+            // The view is a storage of its own (as torch.load makes it, and torch.save would write it): its
+            // elements are that range of the root's bytes.
+            guard roots[target] == nil, let rb = storageTable[String(root)] else {
+                throw .notACheckpoint("torch tar storage view \(target) has the key of a storage")
+            }
+            let item = UInt64(r.dtype.itemSize)
+            roots[target] = (r.type, r.dtype, r.location, numel)
+            storageTable[String(target)] = (rb.offset + UInt64(offset) * item, UInt64(numel) * item)
+            order.append(String(target))
         }
 
         // tensors
@@ -155,14 +162,11 @@ enum LegacyTarReader {
                 throw .notACheckpoint("persistent id \(id) is not a tensor or storage key")
             }
             if let t = tensors[key] {
-                var root = t.storage, extra: Int64 = 0, limit: Int64? = nil
-                if let v = views[t.storage] {
-                    (root, extra, limit) = (v.root, v.offset, v.numel)
-                }
+                let root = t.storage
                 guard let r = roots[root] else { throw .notACheckpoint("torch tar tensor \(key) names no storage \(t.storage)") }
                 let ref = TensorRef(node: id, tensorNode: id, storageNode: id,
                                     storage: StorageRef(key: String(root), storageModule: "torch", storageName: r.type.name,
-                                                        dtype: r.dtype, location: r.location, numel: limit ?? r.numel),
+                                                        dtype: r.dtype, location: r.location, numel: r.numel),
                                     dtype: r.dtype, storageOffset: t.offset, shape: t.shape, stride: t.stride,
                                     requiresGrad: false, isParameter: false)
                 // As `set_` checks it, inside the storage (or view) the tensor is made on.
@@ -173,14 +177,12 @@ enum LegacyTarReader {
                     hooks = graph.add(.object(PickleObject(construction: .reduce,
                         callable: graph.add(.global(module: "collections", name: "OrderedDict")), args: graph.add(.tuple([])))))
                 }
-                let args: [NodeID] = [graph.add(.persistent(pid: storagePID(root))), graph.add(.int(t.offset + extra)),
+                let args: [NodeID] = [graph.add(.persistent(pid: storagePID(root))), graph.add(.int(t.offset)),
                                       graph.add(.tuple(t.shape.map { graph.add(.int($0)) })),
                                       graph.add(.tuple(t.stride.map { graph.add(.int($0)) })),
                                       graph.add(.bool(false)), hooks!]
                 graph[id] = .object(PickleObject(construction: .reduce,
                     callable: graph.add(.global(module: "torch._utils", name: "_rebuild_tensor_v2")), args: graph.add(.tuple(args))))
-            } else if views[key] != nil {
-                throw .notACheckpoint("persistent id \(id) is the storage view \(key), pickled as a storage; not read")
             } else if roots[key] != nil {
                 graph[id] = .persistent(pid: storagePID(key))
             } else {

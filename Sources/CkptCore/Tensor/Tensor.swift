@@ -95,9 +95,11 @@ public struct TensorCheckError: Error, Equatable, Sendable, CustomStringConverti
 
 extension PickleGraph {
     /// Parses the storage behind a persistent-id node.
-    public func storageRef(_ id: NodeID) -> StorageRef? {
-        // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view.
-        guard case .persistent(let pid) = self[id], let t = sequence(pid), t.count == 5 || (t.count == 6 && self[t[5]] == .none),
+    public func storageRef(_ id: NodeID, viewsAllowed: Bool = false) -> StorageRef? {
+        // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view (which
+        // LegacyReader turns into a storage of its own).
+        guard case .persistent(let pid) = self[id], let t = sequence(pid),
+              t.count == 5 || (t.count == 6 && (viewsAllowed || self[t[5]] == .none)),
               string(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
