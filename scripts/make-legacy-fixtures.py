@@ -444,11 +444,9 @@ def main():
     conv_w, conv_b, fc_w, fc_b, bn = values((4, 3, 3, 3), 1), values((4,), 2), values((10, 4), 3), values((10,), 4), values((4,), 5)
     m, st = py2_state_dict(conv_w, conv_b, fc_w, fc_b, bn, (3, 4))
     write("py2-torch03-sd.pth", legacy_file(m, st))
-    # The diff pair: B differs from A in fc.weight's values and in the shape of the long-key tensor.
+    # The diff pair (A is py2-torch03-sd.pth): B differs in fc.weight's values and in the long-key tensor's shape.
     fc_w2 = fc_w.clone()
     fc_w2[3, 1] += 1.0
-    m, st = py2_state_dict(conv_w, conv_b, fc_w, fc_b, bn, (3, 4))
-    write("py2-diff-a.pth", legacy_file(m, st))
     m, st = py2_state_dict(conv_w, conv_b, fc_w2, fc_b, bn, (4, 4))
     write("py2-diff-b.pth", legacy_file(m, st))
     write("py2-dict-tuples.pth", dict_of_tuples())

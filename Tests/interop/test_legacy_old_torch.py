@@ -19,8 +19,7 @@ from test_formats import convert_py_aliases
 
 LEGACY = FIXTURES / "legacy"
 # Every fixture torch 2.13 loads.
-READABLE = ["py2-torch03-sd.pth", "py2-dict-tuples.pth", "py2-storage-view.pth", "py2-diff-a.pth", "py2-diff-b.pth",
-            "torch01-tar.pt"]
+READABLE = ["py2-torch03-sd.pth", "py2-dict-tuples.pth", "py2-storage-view.pth", "py2-diff-b.pth", "torch01-tar.pt"]
 
 
 def torch_load(path, weights_only=False):
@@ -79,7 +78,7 @@ def test_info_totals_and_scan_verdict_match_torch(legacy):
 
 
 def test_diff_reports_exactly_the_differing_tensors():
-    a, b = LEGACY / "py2-diff-a.pth", LEGACY / "py2-diff-b.pth"
+    a, b = LEGACY / "py2-torch03-sd.pth", LEGACY / "py2-diff-b.pth"
     ta, tb = torch_load(a), torch_load(b)
     want = {k: ("shape" if ta[k].shape != tb[k].shape else "values") for k in ta
             if ta[k].shape != tb[k].shape or not torch.equal(ta[k], tb[k])}
@@ -154,7 +153,7 @@ def test_strip_outputs_load_in_torch(legacy, tmp_path, flag):
 
 def test_transfer_between_python2_files(tmp_path):
     """INTO's tensors replaced by FROM's where name and shape match (cast to INTO's dtype), as torch computes it."""
-    frm, into = LEGACY / "py2-diff-b.pth", LEGACY / "py2-diff-a.pth"
+    frm, into = LEGACY / "py2-diff-b.pth", LEGACY / "py2-torch03-sd.pth"
     a, b = torch_load(into), torch_load(frm)
     want = {k: (b[k].to(v.dtype) if k in b and b[k].shape == v.shape else v) for k, v in a.items()}
     out = tmp_path / "t.pt"
