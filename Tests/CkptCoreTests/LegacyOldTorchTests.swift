@@ -134,6 +134,37 @@ private enum Py2 {
     }
 }
 
+@Suite struct LegacyOldTorchCutTests {
+    /// Every prefix of a Python 2 era `.pth` fails to open with a CheckpointError. A tar prefix opens only when
+    /// Python's tarfile (and so torch.load) reads the same members from it: when it holds all of them (the tar's
+    /// closing zero blocks are optional), and then with the same tensors. Never a crash, never a partial success.
+    @Test(arguments: ["legacy/py2-torch03-sd.pth", "legacy/torch01-tar.pt"])
+    func cutAtEveryOffset(_ name: String) throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Oracle.fixture(name)))
+        let full = try Checkpoint(path: Oracle.fixture(name))
+        let want = try full.graph.stateDict(full.graph.root).map { "\($0.name) \($0.tensor.shape)" }
+        let dir = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("cut.pt").path
+        var opened: [Int] = []
+        for n in 0..<data.count {
+            try data.prefix(n).write(to: URL(fileURLWithPath: path))
+            guard let c = try? Checkpoint(path: path) else { continue }
+            opened.append(n)
+            #expect(try c.graph.stateDict(c.graph.root).map { "\($0.name) \($0.tensor.shape)" } == want)
+        }
+        if name.hasSuffix(".pth") {
+            #expect(opened.isEmpty)
+        } else {
+            // Exactly the cuts after the last member's data: tarfile stops at a short header.
+            let file = try FileRange.open(Oracle.fixture(name))
+            defer { try? file.close() }
+            let end = try LegacyTarReader.listMembers(file, size: UInt64(data.count)).map { Int($0.offset + $0.size) }.max()!
+            #expect(opened == Array(end..<data.count))
+        }
+    }
+}
+
 private extension String {
     func leftPad(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
 }

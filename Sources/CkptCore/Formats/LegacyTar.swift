@@ -148,7 +148,7 @@ enum LegacyTarReader {
             storagePIDs[key] = id
             return id
         }
-        var hooks: NodeID?
+        var orderedDict: NodeID?
         for i in graph.nodes.indices {
             guard case .persistent(let pid) = graph.nodes[i] else { continue }
             let id = NodeID(i)
@@ -173,14 +173,14 @@ enum LegacyTarReader {
                 do { try ref.check(name: String(key), recordBytes: nil) } catch {
                     throw .notACheckpoint("torch tar tensor \(key): \(error.reason)")
                 }
-                if hooks == nil {
-                    hooks = graph.add(.object(PickleObject(construction: .reduce,
-                        callable: graph.add(.global(module: "collections", name: "OrderedDict")), args: graph.add(.tuple([])))))
-                }
+                // A fresh (empty) backward-hooks OrderedDict per tensor, as torch.save writes them.
+                if orderedDict == nil { orderedDict = graph.add(.global(module: "collections", name: "OrderedDict")) }
+                let hooks = graph.add(.object(PickleObject(construction: .reduce, callable: orderedDict!,
+                                                           args: graph.add(.tuple([])))))
                 let args: [NodeID] = [graph.add(.persistent(pid: storagePID(root))), graph.add(.int(t.offset)),
                                       graph.add(.tuple(t.shape.map { graph.add(.int($0)) })),
                                       graph.add(.tuple(t.stride.map { graph.add(.int($0)) })),
-                                      graph.add(.bool(false)), hooks!]
+                                      graph.add(.bool(false)), hooks]
                 graph[id] = .object(PickleObject(construction: .reduce,
                     callable: graph.add(.global(module: "torch._utils", name: "_rebuild_tensor_v2")), args: graph.add(.tuple(args))))
             } else if roots[key] != nil {
