@@ -19,7 +19,9 @@ from test_formats import convert_py_aliases
 
 LEGACY = FIXTURES / "legacy"
 # Every fixture torch 2.13 loads.
-READABLE = ["py2-torch03-sd.pth", "py2-dict-tuples.pth", "py2-storage-view.pth", "py2-diff-b.pth", "torch01-tar.pt"]
+READABLE = ["py2-torch03-sd.pth", "py2-dict-tuples.pth", "py2-storage-view.pth", "py2-diff-b.pth", "torch01-tar.pt",
+            # Real Python 2 files, from the lpips 0.1.4 wheel on PyPI (lpips/weights/v0.x/alex.pth; LICENSE-lpips).
+            "lpips-v0.0-alex.pth", "lpips-v0.1-alex.pth"]
 
 
 def torch_load(path, weights_only=False):
@@ -77,12 +79,15 @@ def test_info_totals_and_scan_verdict_match_torch(legacy):
     assert sum(r["bytes"] for r in recs) == sum(t.numel() * t.element_size() for t in sd.values())
 
 
-def test_diff_reports_exactly_the_differing_tensors():
-    a, b = LEGACY / "py2-torch03-sd.pth", LEGACY / "py2-diff-b.pth"
+@pytest.mark.parametrize("pair", [("py2-torch03-sd.pth", "py2-diff-b.pth", 2),
+                                  ("lpips-v0.0-alex.pth", "lpips-v0.1-alex.pth", 5)])
+def test_diff_reports_exactly_the_differing_tensors(pair):
+    a, b = LEGACY / pair[0], LEGACY / pair[1]
     ta, tb = torch_load(a), torch_load(b)
     want = {k: ("shape" if ta[k].shape != tb[k].shape else "values") for k in ta
             if ta[k].shape != tb[k].shape or not torch.equal(ta[k], tb[k])}
-    assert len(want) == 2  # the pair is made to differ in one tensor's values and one tensor's shape
+    # The made pair differs in one tensor's values and one tensor's shape; lpips v0.0 and v0.1 in every tensor.
+    assert len(want) == pair[2]
     p = run("diff", a, b, "--values", "--json")
     assert p.returncode == 1, p.stderr
     got = {t["name"]: t["changes"] for t in json.loads(p.stdout)["tensors"]}
