@@ -30,8 +30,12 @@ enum LegacyTarReader {
     static func looksLikeTar(path: String) -> Bool {
         guard let h = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? h.close() }
-        let block = Array(h.readData(ofLength: 512))
-        return (try? header(block)) != nil
+        return looksLikeTar(head: Array(h.readData(ofLength: 512)))
+    }
+
+    /// The same test on the file's first 512 bytes (fewer: not a tar).
+    static func looksLikeTar(head: [UInt8]) -> Bool {
+        head.count >= 512 && (try? header(Array(head.prefix(512)))) != nil
     }
 
     static func open(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
