@@ -56,6 +56,7 @@ public final class Checkpoint {
         switch try ContainerKind.detect(path: file) {
         case .zip: c = try Self.openZip(path: file, limits: limits)
         case .legacy: c = try Self.openLegacy(path: file, limits: limits)
+        case .legacyTar: c = try LegacyTarReader.open(path: file, limits: limits)
         case .safetensors: c = try SafetensorsReader.open(path: file)
         case .shardIndex: c = try ShardedCheckpoint.open(path: file, limits: limits)
         case .onnx: c = try ONNXReader.open(path: file)
@@ -77,8 +78,8 @@ public final class Checkpoint {
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
-        return OpenedContainer(graph: l.graph, source: l, format: "torch legacy", fileSize: l.fileSize,
-                               recordCount: l.storageOrder.count, scanPickles: { l.scans })
+        return OpenedContainer(graph: l.graph, source: l.table, format: "torch legacy", fileSize: l.fileSize,
+                               recordCount: l.table.order.count, scanPickles: { l.scans })
     }
 
     private static func openZip(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
@@ -147,7 +148,12 @@ public final class Checkpoint {
                     throw .tensor(TensorCheckError(tensor: "storage \(s.key)",
                         reason: "declares \(s.numel) elements (\(declared) bytes) but its record holds \(record) bytes"))
                 }
-            case .object:
+            case .object(let o):
+                // A dict whose constructor call holds what this reader cannot turn into entries (see
+                // PickleGraph.dictEntries) would be read as fewer entries than torch.load builds.
+                if case .tuple(let a) = graph[o.args], !a.isEmpty, let why = graph.dictConstructorProblem(id) {
+                    throw .notACheckpoint(why)
+                }
                 // Names are spelled only for a tensor that fails, not for the thousands that pass.
                 do {
                     try graph.tensor(id)?.check(name: "", recordBytes: nil)

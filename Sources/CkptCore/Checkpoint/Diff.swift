@@ -465,6 +465,13 @@ struct StructureDiff {
             guard ga.globalName(x.callable) == gb.globalName(y.callable), x.construction == y.construction else {
                 return add(path, describe(ga, a), describe(gb, b))
             }
+            // A dict type's entries may be its constructor's argument (Python 2) or SETITEMS: compare the entries.
+            if let ea = ga.dictEntries(a), let eb = gb.dictEntries(b) {
+                compareEntries(ea, eb, path: path, depth: depth)
+                if let p = x.state, let q = y.state { compare(p, q, path: path, depth: depth + 1) }
+                else if (x.state == nil) != (y.state == nil) { add(path, describe(ga, a), describe(gb, b)) }
+                return
+            }
             compare(x.args, y.args, path: path, depth: depth + 1)
             if let p = x.kwargs, let q = y.kwargs { compare(p, q, path: path, depth: depth + 1) }
             if x.listItems.count != y.listItems.count {

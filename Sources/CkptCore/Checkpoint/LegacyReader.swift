@@ -11,12 +11,10 @@ final class LegacyReader {
         return b
     }()
     let graph: PickleGraph
-    /// Storage key -> (offset of its bytes, byte count).
-    let storages: [String: (offset: UInt64, bytes: UInt64)]
-    let storageOrder: [String]
+    /// Where each storage's bytes are.
+    let table: FileStorageTable
     /// Raw scans of the five pickles.
     let scans: [PickleScan]
-    let handle: FileHandle
     let fileSize: UInt64
 
     /// Whether a file's first bytes are the legacy magic-number pickle.
@@ -28,10 +26,11 @@ final class LegacyReader {
 
     init(path: String, limits: PickleLimits) throws(CheckpointError) {
         guard let h = FileHandle(forReadingAtPath: path) else { throw .io("cannot open for reading") }
-        handle = h
         let size = (try? h.seekToEnd()) ?? 0
         fileSize = size
-        (graph, storages, storageOrder, scans) = try Self.parse(h, size: size, limits: limits)
+        let (g, storages, order, s) = try Self.parse(h, size: size, limits: limits)
+        (graph, scans) = (g, s)
+        table = FileStorageTable(handle: h, storages: storages, order: order)
     }
 
     private static func parse(_ h: FileHandle, size: UInt64, limits: PickleLimits) throws(CheckpointError)
@@ -57,6 +56,7 @@ final class LegacyReader {
                     throw CheckpointError.notACheckpoint("legacy protocol version is not 1001")
                 }
                 var graph = graphs[3]
+                let views = try Self.resolveStorageViews(&graph)
                 let keysGraph = graphs[4]
                 let keys = (keysGraph.sequence(keysGraph.root) ?? []).compactMap { keysGraph.string($0) }
                 var types: [String: DType] = [:]
@@ -92,7 +92,15 @@ final class LegacyReader {
                     offset += 8 + bytes
                 }
                 let scans = PickleScanner.scanSequence(Array(prefix[..<pickleEnd]), count: 5, label: "pickle", limits: limits)
-                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, keys, scans)
+                var order = keys
+                for v in views {
+                    guard table[v.key] == nil else { throw CheckpointError.notACheckpoint("storage view \(v.key) has the key of a storage") }
+                    guard let r = table[v.root] else { throw CheckpointError.missingRecord("storage \(v.root)") }
+                    let item = UInt64(v.itemSize)
+                    table[v.key] = (r.0 + UInt64(v.offset) * item, UInt64(v.size) * item)
+                    order.append(v.key)
+                }
+                return (graph, table.mapValues { (offset: $0.0, bytes: $0.1) }, order, scans)
             } catch let e as PickleError {
                 if case .truncated = e, prefixLength < size {
                     prefixLength = min(size, prefixLength * 4)
@@ -107,16 +115,33 @@ final class LegacyReader {
         }
     }
 
-    func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
-        try handle.seek(toOffset: s.offset)
-        var left = s.bytes
-        while left > 0 {
-            let n = Int(min(UInt64(chunkSize), left))
-            let d = handle.readData(ofLength: n)
-            guard d.count == n else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
-            try d.withUnsafeBytes { try body($0) }
-            left -= UInt64(n)
+    /// A storage view: `size` elements of storage `root` from element `offset`, each `itemSize` bytes.
+    struct StorageView { var key: String; var root: String; var offset: Int64; var size: Int64; var itemSize: Int }
+
+    /// torch 0.3 and 0.4 pickled a storage view (a storage that is part of another) as the root's persistent id
+    /// with a sixth field `(view_key, offset, view_size)`; torch.load (`_legacy_load`) makes the view a storage of
+    /// its own, the elements `offset ..< offset + view_size` of the root, the first time it meets `view_key`, and
+    /// `torch.save` would write it as a storage of its own. So each such id becomes the view's own
+    /// `('storage', type, view_key, location, view_size)`, and the view a storage whose bytes are that range of the
+    /// root's (returned, for the storage table).
+    static func resolveStorageViews(_ graph: inout PickleGraph) throws(CheckpointError) -> [StorageView] {
+        var views: [String: StorageView] = [:]
+        var order: [String] = []
+        for i in graph.nodes.indices {
+            guard case .persistent(let pid) = graph.nodes[i], let t = graph.sequence(pid), t.count == 6,
+                  let meta = graph.sequence(t[5]) else { continue }
+            guard meta.count == 3, let key = graph.string(meta[0]), let root = graph.string(t[2]),
+                  let offset = graph.int(meta[1]), let size = graph.int(meta[2]), offset >= 0, size >= 0,
+                  let rootNumel = graph.int(t[4]), offset <= rootNumel, size <= rootNumel - offset
+            else { throw .notACheckpoint("storage view at persistent id #\(i) is malformed or outside its storage") }
+            let first = views[key] ?? StorageView(key: key, root: root, offset: offset, size: size,
+                                                  itemSize: graph.storageRef(NodeID(i), viewsAllowed: true)?.dtype?.itemSize ?? 1)
+            if views[key] == nil { views[key] = first; order.append(key) }
+            var items = Array(t.prefix(5))
+            items[2] = graph.add(.string(key))
+            items[4] = graph.add(.int(first.size))
+            graph[NodeID(i)] = .persistent(pid: graph.add(.tuple(items)))
         }
+        return order.map { views[$0]! }
     }
 }

@@ -23,7 +23,7 @@ struct OpenedContainer {
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without
 /// a magic number, the file name's extension). What matches none of them is refused with what it is.
 enum ContainerKind: Equatable {
-    case zip, legacy, safetensors, shardIndex, onnx
+    case zip, legacy, legacyTar, safetensors, shardIndex, onnx
 
     /// Classifies a regular file (``InputPath/resolve(_:)`` has refused everything else). One line per format,
     /// the first match wins: signatures first, then what is recognisably not a checkpoint (HTML, a Git LFS
@@ -35,6 +35,7 @@ enum ContainerKind: Equatable {
         let firstChar = head.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
         if size == 0 { throw .wrongKind("empty file") }
         if head.starts(with: [0x50, 0x4B]) { return .zip }  // "PK"
+        if LegacyTarReader.looksLikeTar(head: head) { return .legacyTar }  // torch.load tries tar before the pickle stream
         if LegacyReader.looksLegacy(head: head) { return .legacy }
         if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) { return .safetensors }
         if firstChar == UInt8(ascii: "{"), ext == "json" || head.firstRange(of: Array("\"weight_map\"".utf8)) != nil {

@@ -73,10 +73,35 @@ final class ZipStorageSource: StorageSource {
     }
 }
 
-extension LegacyReader: StorageSource {
+/// Storages that lie at known ranges of one file, back to back with other data: the legacy `.pth` stream
+/// (``LegacyReader``) and the torch 0.1.x tar format (``LegacyTarReader``).
+final class FileStorageTable: StorageSource {
+    let handle: FileHandle
+    /// Storage key -> (offset of its bytes, byte count).
+    let storages: [String: (offset: UInt64, bytes: UInt64)]
+    /// The keys in file order.
+    let order: [String]
+
+    init(handle: FileHandle, storages: [String: (offset: UInt64, bytes: UInt64)], order: [String]) {
+        self.handle = handle
+        self.storages = storages
+        self.order = order
+    }
+
     func storageBytes(_ key: String) -> Int64? { storages[key].map { Int64($0.bytes) } }
 
-    // stream(_:chunkSize:_:) is LegacyReader's own.
+    func stream(_ key: String, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let s = storages[key] else { throw CheckpointError.missingRecord("legacy storage \(key)") }
+        try handle.seek(toOffset: s.offset)
+        var left = s.bytes
+        while left > 0 {
+            let n = Int(min(UInt64(chunkSize), left))
+            let d = handle.readData(ofLength: n)
+            guard d.count == n else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
+            try d.withUnsafeBytes { try body($0) }
+            left -= UInt64(n)
+        }
+    }
 
     func read(_ key: String, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
         try checkRange(key, offset, buffer.count)
@@ -88,7 +113,7 @@ extension LegacyReader: StorageSource {
         _ = d.copyBytes(to: buffer.bindMemory(to: UInt8.self))
     }
 
-    var recordNames: [String] { storageOrder }
+    var recordNames: [String] { order }
 }
 
 /// Exact reads from a file through ``ZipFileHandle`` (plain `pread`), with errors as ``CheckpointError``.

@@ -255,14 +255,16 @@ public struct PickleDecoder {
                 try push(.float(Double(bitPattern: UInt64(bigEndian: try uint(8)))))
 
             // Strings and bytes
+            // Python 2 `str`: bytes that torch.load decodes with its `encoding` argument, UTF-8 unless the caller
+            // says otherwise (torch/serialization.py `load`), strictly: other bytes make torch.load fail.
             case .string:
-                try push(.string(try pythonStringLiteral(try line())))
+                try push(.string(try python2Str(try pythonStringLiteral(try line()))))
             case .binString:
                 let n = Int(Int32(bitPattern: UInt32(try uint(4))))
                 guard n >= 0 else { throw bad("negative length") }
-                try push(.string(latin1(try bytes(n))))
+                try push(.string(try python2Str(try bytes(n))))
             case .shortBinString:
-                try push(.string(latin1(try bytes(Int(try byte())))))
+                try push(.string(try python2Str(try bytes(Int(try byte())))))
             case .unicode:
                 try push(.string(try rawUnicodeEscape(try line())))
             case .binUnicode: try push(.string(try utf8(try bytes(try length(4)))))
@@ -454,7 +456,17 @@ public struct PickleDecoder {
         return s
     }
 
-    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+    private func python2Str(_ b: ArraySlice<UInt8>) throws(PickleError) -> String {
+        guard let s = Self.python2Str(b) else {
+            throw bad("Python 2 str is not UTF-8, and torch.load decodes it as UTF-8 (it fails on this file)")
+        }
+        return s
+    }
+
+    /// A Python 2 `str` as torch.load decodes it: UTF-8, strictly; nil when it is not UTF-8.
+    static func python2Str(_ b: ArraySlice<UInt8>) -> String? { String(validating: b, as: UTF8.self) }
+
+    private func pythonStringLiteral(_ b: ArraySlice<UInt8>) throws(PickleError) -> ArraySlice<UInt8> {
         switch Self.pythonStringLiteral(b) {
         case .success(let s): return s
         case .failure(let reason): throw bad(reason.text)
@@ -490,8 +502,8 @@ public struct PickleDecoder {
 
     struct LiteralError: Error { var text: String }
 
-    /// The STRING opcode's quoted Python literal.
-    static func pythonStringLiteral(_ b: ArraySlice<UInt8>) -> Result<String, LiteralError> {
+    /// The STRING opcode's quoted Python literal, as the bytes its escapes spell (`codecs.escape_decode`).
+    static func pythonStringLiteral(_ b: ArraySlice<UInt8>) -> Result<ArraySlice<UInt8>, LiteralError> {
         guard b.count >= 2, let q = b.first, q == 0x27 || q == 0x22, b.last == q else {
             return .failure(LiteralError(text: "string is not quoted"))
         }
@@ -524,7 +536,7 @@ public struct PickleDecoder {
             default: out.append(0x5C); out.append(e)
             }
         }
-        return .success(latin1(out[...]))
+        return .success(out[...])
     }
 }
 

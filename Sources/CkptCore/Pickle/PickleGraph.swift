@@ -141,14 +141,103 @@ public struct PickleGraph: Sendable {
         return nil
     }
 
-    /// The entries of a dict-like node: a dict, or an object (such as `collections.OrderedDict`)
-    /// built with SETITEMS.
+    /// The entries of a dict-like node, in insertion order: a dict, or an object of a dict type (such as
+    /// `collections.OrderedDict`) with what its constructor call was given (Python 2's pickle writes
+    /// `REDUCE(OrderedDict, ([[key, value], ...],))`) followed by what SETITEMS set on it. A key given twice keeps
+    /// its first place and its last value, as in CPython. A constructor argument this reader does not understand
+    /// (see ``dictConstructorProblem(_:)``) adds nothing here; opening a checkpoint refuses such a dict.
     public func dictEntries(_ id: NodeID) -> [DictEntry]? {
         switch self[id] {
         case .dict(let entries): return entries
-        case .object(let o) where isDictClass(o.callable): return o.dictItems
+        case .object(let o) where isDictClass(o.callable):
+            // What every pickler since Python 3 writes: the class called with no arguments, then SETITEMS.
+            if case .tuple(let a) = self[o.args], a.isEmpty { return o.dictItems }
+            guard let given = try? constructorEntries(o), !given.isEmpty else { return o.dictItems }
+            return Self.merging(given + o.dictItems, self)
         default: return nil
         }
+    }
+
+    /// Why a dict type's constructor call is not read (nil when it is): arguments other than an iterable of
+    /// 2-item lists or tuples, or a dict, as the first argument (and a `defaultdict`'s factory before it).
+    public func dictConstructorProblem(_ id: NodeID) -> String? {
+        guard case .object(let o) = self[id], isDictClass(o.callable) else { return nil }
+        do {
+            _ = try constructorEntries(o)
+            return nil
+        } catch {
+            return "\(globalName(o.callable) ?? "dict") \(id) is built from \(error.reason), which ckpt does not read"
+        }
+    }
+
+    struct ConstructorError: Error { var reason: String }
+
+    /// The entries a dict type's constructor call is given, in order (before SETITEMS); [] when none.
+    /// NEWOBJ and NEWOBJ_EX call `cls.__new__` only, which fills nothing.
+    func constructorEntries(_ o: PickleObject, depth: Int = 0) throws(ConstructorError) -> [DictEntry] {
+        guard o.construction == .reduce || o.construction == .inst || o.construction == .obj else { return [] }
+        guard let args = sequence(o.args) else { throw ConstructorError(reason: "an argument tuple that is no tuple") }
+        var rest = args[...]
+        let name = globalName(o.callable)
+        if name == "collections.defaultdict", !rest.isEmpty { rest = rest.dropFirst() }  // default_factory
+        guard let source = rest.first else { return [] }
+        guard rest.count == 1 else { throw ConstructorError(reason: "\(args.count) arguments") }
+        // Counter counts the items of any other iterable: only a mapping gives it entries.
+        if name == "collections.Counter", sequence(source) != nil {
+            throw ConstructorError(reason: "an iterable to count")
+        }
+        switch self[source] {
+        case .dict(let entries): return entries
+        case .object(let inner) where isDictClass(inner.callable):
+            guard depth < 8 else { throw ConstructorError(reason: "dicts nested too deep") }
+            return Self.merging(try constructorEntries(inner, depth: depth + 1) + inner.dictItems, self)
+        case .list(let items), .tuple(let items):
+            var out: [DictEntry] = []
+            out.reserveCapacity(items.count)
+            for item in items {
+                guard let pair = sequence(item), pair.count == 2 else {
+                    throw ConstructorError(reason: "an item that is not a 2-item list or tuple")
+                }
+                out.append(DictEntry(key: pair[0], value: pair[1]))
+            }
+            return out
+        default:
+            throw ConstructorError(reason: "an argument that is not a list, tuple or dict")
+        }
+    }
+
+    /// Entries with each key once, at its first place, with its last value (keys compared as Python compares
+    /// strings and integers; other keys by identity).
+    static func merging(_ entries: [DictEntry], _ g: PickleGraph) -> [DictEntry] {
+        enum Key: Hashable { case text(String), int(Int64), node(NodeID) }
+        func key(_ id: NodeID) -> Key {
+            switch g[id] {
+            case .string(let s): .text(s)
+            case .int(let v): .int(v)
+            case .bool(let b): .int(b ? 1 : 0)
+            default: .node(id)
+            }
+        }
+        var at: [Key: Int] = [:]
+        var out: [DictEntry] = []
+        for e in entries {
+            let k = key(e.key)
+            if let i = at[k] { out[i].value = e.value } else { at[k] = out.count; out.append(e) }
+        }
+        return out
+    }
+
+    /// Turns a dict-type object whose constructor call was given entries into the form Python 3 pickles: the
+    /// class called with no entries (a `defaultdict` keeps its factory), all entries as SETITEMS, so that an edit of
+    /// `dictItems` edits the dict. Other nodes are left as they are.
+    public mutating func settleDictItems(_ id: NodeID) {
+        guard case .object(var o) = self[id], isDictClass(o.callable), let given = try? constructorEntries(o),
+              !given.isEmpty, let entries = dictEntries(id), let args = sequence(o.args)
+        else { return }
+        let keep = globalName(o.callable) == "collections.defaultdict" ? Array(args.prefix(1)) : []
+        o.dictItems = entries
+        o.args = add(.tuple(keep))
+        self[id] = .object(o)
     }
 
     /// Whether a callable names a dict type (`collections.OrderedDict`, `builtins.dict`, ...).

@@ -295,11 +295,11 @@ public struct PickleScanner {
 
         case .string:
             switch PickleDecoder.pythonStringLiteral(try line()) {
-            case .success(let s): try push(.string(s))
+            case .success(let s): try pushPython2Str(s)
             case .failure(let e): throw bad(e.text)
             }
-        case .binString: try push(.string(PickleDecoder.latin1(try bytes(try signedLength4()))))
-        case .shortBinString: try push(.string(PickleDecoder.latin1(try bytes(Int(try byte())))))
+        case .binString: try pushPython2Str(try bytes(try signedLength4()))
+        case .shortBinString: try pushPython2Str(try bytes(Int(try byte())))
         case .unicode:
             guard let s = PickleDecoder.rawUnicodeEscape(try line()) else { throw bad("bad \\u escape") }
             try push(.string(s))
@@ -424,6 +424,14 @@ public struct PickleScanner {
 
     private mutating func pushUTF8(_ b: ArraySlice<UInt8>) throws(Stop) {
         if let s = String(validating: b, as: UTF8.self) { try push(.string(s)) } else { try push(.undecodable) }
+    }
+
+    /// A Python 2 `str`, which torch.load decodes as UTF-8 (strictly): other bytes make it fail there, in the
+    /// weights-only unpickler too; the scan goes on, since what came before has run by then.
+    private mutating func pushPython2Str(_ b: ArraySlice<UInt8>) throws(Stop) {
+        if let s = PickleDecoder.python2Str(b) { return try push(.string(s)) }
+        refuse("a Python 2 str at byte \(opStart) is not UTF-8, which torch.load decodes it as")
+        try push(.undecodable)
     }
 
     private func tuple(_ items: [Sym]) -> Sym {

@@ -93,7 +93,10 @@ extension Checkpoint {
     {
         let (name, node, tensors) = try convertSource(record: record)
         var g = graph
-        if isStateDict(node), graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
+        // Kept as it is only when weights_only=True loads its class: a dict or an OrderedDict (not Python 2's
+        // `__builtin__.dict(...)` call, nor a defaultdict).
+        let loadableClass = graph.objectCallable(node).map { $0 == "collections.OrderedDict" } ?? (graph[node] != .none)
+        if isStateDict(node), loadableClass, graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
             g.root = node
         } else {
             var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),

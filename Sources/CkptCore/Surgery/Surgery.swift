@@ -419,6 +419,7 @@ extension PickleGraph {
 
     /// Sets the value of the entry at `index` of a dict-like node.
     mutating func setDictEntryValue(_ id: NodeID, index: Int, value: NodeID) {
+        settleDictItems(id)
         switch self[id] {
         case .dict(var entries):
             entries[index].value = value
@@ -432,6 +433,7 @@ extension PickleGraph {
 
     /// Removes the entry with key node `key` from a dict-like node.
     mutating func removeDictEntry(_ id: NodeID, key: NodeID) {
+        settleDictItems(id)
         switch self[id] {
         case .dict(var entries):
             entries.removeAll { $0.key == key }
@@ -445,6 +447,7 @@ extension PickleGraph {
 
     /// Replaces the key node of an entry of a dict-like node.
     mutating func replaceDictKey(_ id: NodeID, key: NodeID, with newKey: NodeID) {
+        settleDictItems(id)
         switch self[id] {
         case .dict(var entries):
             if let i = entries.firstIndex(where: { $0.key == key }) { entries[i].key = newKey }

@@ -95,14 +95,18 @@ public struct TensorCheckError: Error, Equatable, Sendable, CustomStringConverti
 
 extension PickleGraph {
     /// Parses the storage behind a persistent-id node.
-    public func storageRef(_ id: NodeID) -> StorageRef? {
-        // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view.
-        guard case .persistent(let pid) = self[id], let t = sequence(pid), t.count == 5 || (t.count == 6 && self[t[5]] == .none),
+    public func storageRef(_ id: NodeID, viewsAllowed: Bool = false) -> StorageRef? {
+        // zip files: 5 fields; legacy files: a sixth, the view metadata, None unless a storage view (which
+        // LegacyReader turns into a storage of its own).
+        guard case .persistent(let pid) = self[id], let t = sequence(pid),
+              t.count == 5 || (t.count == 6 && (viewsAllowed || self[t[5]] == .none)),
               string(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
               let loc = string(t[3]), let numel = int(t[4])
         else { return nil }
         let dtype: DType?
-        if module == "torch" {
+        // torch.load takes any `<X>Storage` name as that storage type; old torch pickled CUDA storages as
+        // `torch.cuda.<X>Storage`.
+        if module == "torch" || module == "torch.cuda" {
             dtype = DType.storageClasses[name]
         } else {
             let cls = module + "." + name
