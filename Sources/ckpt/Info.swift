@@ -6,9 +6,9 @@ struct Info: ParsableCommand {
         commandName: "info",
         abstract: "Show a checkpoint's container and every top-level record.",
         discussion: """
-        The tensors column counts each record's state_dict view (what ckpt keys lists). For each record that holds
-        tensors outside that view, one line on stderr says how many (ckpt keys --record R --all lists them):
-        note: 12 tensors are not in the state_dict view of 'model'; see --all
+        The tensors column counts each record's state_dict view (what ckpt keys lists). For each record that \
+        holds tensors outside that view, one line on stderr says how many (ckpt keys --record R --all lists them):
+          note: 12 tensors are not in the state_dict view of 'model'; see --all
         """)
 
     @Argument(help: "The checkpoint.") var file: String

@@ -6,12 +6,14 @@ struct Keys: ParsableCommand {
         commandName: "keys",
         abstract: "List the state_dict view of a record: name, dtype, shape.",
         discussion: """
-        When the record holds tensors its state_dict view does not show (plain tensor attributes of a module,
-        non-persistent buffers, tensors inside objects that are neither modules nor dicts), one line on stderr says
-        how many: note: 12 tensors are not in the state_dict view of 'model'; see --all
-        --all lists every tensor the record holds, each once, by its path in the object graph (dict keys, list
-        indices and attribute names joined by dots; _parameters, _buffers and _modules left out, as in state_dict
-        names); --prefix, --match and --json apply to it.
+        When the record holds tensors its state_dict view does not show (plain tensor attributes of a module, \
+        non-persistent buffers, tensors inside objects that are neither modules nor dicts), one line on stderr \
+        says how many:
+          note: 12 tensors are not in the state_dict view of 'model'; see --all
+
+        --all lists every tensor the record holds, each once, by its path in the object graph (dict keys, list \
+        indices and attribute names joined by dots; _parameters, _buffers and _modules left out, as in \
+        state_dict names); --prefix, --match and --json apply to it.
         """)
 
     @Argument(help: "The checkpoint.") var file: String
