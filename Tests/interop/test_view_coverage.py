@@ -50,6 +50,7 @@ def made_files(d):
                       "epoch": 1},
         "dict-subclass.pt": {"model": TensorDict(a=torch.ones(2), b=torch.zeros(2, 2))},
         "bare-module.pt": net,
+        "tensor-key.pt": {"k": {torch.ones(3): "v", "w": torch.zeros(2)}, "epoch": 2},
     }
     for name, obj in files.items():
         torch.save(obj, d / name)
@@ -301,3 +302,19 @@ def test_state_dict_on_a_lightning_checkpoint(tmp_path):
                 assert got[k] == -1
             elif got[k] is not None or k not in ("optimizer_states", "lr_schedulers"):
                 assert json.dumps(got[k], default=str, sort_keys=True) == json.dumps(src[k], default=str, sort_keys=True), k
+
+
+def test_diff_says_what_its_views_leave_out(tmp_path):
+    """diff compares state_dict views; tensors outside them are compared by dtype and shape with the record's
+    structure, and a line on stderr per file and record says so (with --values: their values are not compared)."""
+    torch.save({"model": Holder(w=torch.ones(3))}, tmp_path / "a.pt")
+    torch.save({"model": Holder(w=torch.zeros(3))}, tmp_path / "b.pt")
+    torch.save({"model": Holder(w=torch.zeros(4))}, tmp_path / "c.pt")
+    p = run("diff", tmp_path / "a.pt", tmp_path / "b.pt", "--values")
+    n = missing_count(load(tmp_path / "a.pt")["model"])
+    lines = p.stderr.splitlines()
+    assert lines == [f"note: {tmp_path / x}.pt: {n} tensors are not in the state_dict view of 'model' (their values are "
+                     f"not compared); see keys --all" for x in "ab"], p.stderr
+    p = run("diff", tmp_path / "a.pt", tmp_path / "c.pt", "--json")
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 2
+    assert json.loads(p.stdout)["records"][0]["details"][0]["path"] == "model.w"

@@ -3,7 +3,8 @@
 Walks what torch.load returns (nothing of ckpt's): each tensor once (by id(), as the pickle's memo makes shared
 objects one object), depth first in insertion order, with the path ckpt's `keys --all` promises: dict keys, list
 and tuple indices and attribute names joined by dots, the nn.Module bookkeeping levels `_parameters`, `_buffers`
-and `_modules` left out, as state_dict names are formed.
+and `_modules` left out, as state_dict names are formed; a tensor used as a dict key is `<key N>` (N: its entry's
+position).
 """
 import torch
 import torch.nn as nn
@@ -27,6 +28,9 @@ def tensor_walk(obj):
         if isinstance(o, dict):
             for k, v in o.items():
                 visit(v, path + (str(k),))
+            for i, k in enumerate(o):  # a tensor (or an object holding one) used as a key: `<key N>`
+                if not isinstance(k, ATOMS):
+                    visit(k, path + (f"<key {i}>",))
             if hasattr(o, "__dict__"):  # OrderedDict._metadata, attributes of a dict subclass
                 for k, v in vars(o).items():
                     visit(v, path + (k,))

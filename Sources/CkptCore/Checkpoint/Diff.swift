@@ -68,6 +68,9 @@ public struct CheckpointDiff: Sendable {
     public var valuesCompared = 0
     public var largestAbsDiff: Double = 0
     public var notes: [String] = []
+    /// One line for stderr per record (of A or B) whose state_dict view leaves tensors out: their dtypes and shapes
+    /// are compared with the record's structure, their values are not (see ``ViewCoverage``).
+    public var viewNotes: [String] = []
 
     /// No record and no tensor differs.
     public var isEqual: Bool { records.isEmpty && tensors.isEmpty }
@@ -262,6 +265,25 @@ extension Checkpoint {
 
         for (i, m) in options.map.enumerated() where mapHits[i] == 0 {
             report.notes.append("--map \(m.old)=\(m.new) renames no tensor of B")
+        }
+
+        // What the views leave out, said per file and record.
+        func viewNote(_ c: Checkpoint, _ node: NodeID, _ name: String?) throws(FileError) {
+            guard c.graph[node] != .none else { return }
+            let cov = try c.attributing { () throws(CheckpointError) -> ViewCoverage in
+                try c.graph.coverage(of: node, record: name, shown: try c.graph.stateDictTensors(node))
+            }
+            guard !cov.isComplete else { return }
+            report.viewNotes.append("note: \(c.path): \(cov.missing.count) tensors are not in the state_dict view of "
+                + "'\(name ?? c.path)'" + (options.values ? " (their values are not compared)" : "") + "; see keys --all")
+        }
+        if recordNames.isEmpty {
+            for (name, na, nb) in pairs { try viewNote(a, na, name); try viewNote(b, nb, name) }
+        } else {
+            for name in recordNames {
+                if let n = recsA.first(where: { $0.name == name })?.node ?? (try? a.record(named: name)) { try viewNote(a, n, name) }
+                if let n = recsB.first(where: { $0.name == name })?.node ?? (try? b.record(named: name)) { try viewNote(b, n, name) }
+            }
         }
 
         // Records: the structure around the tensors.
