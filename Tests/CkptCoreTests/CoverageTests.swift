@@ -16,7 +16,7 @@ import Testing
         for (record, node) in targets {
             let view = try ckpt.graph.stateDict(node)
             let all = try ckpt.graph.allTensors(from: node)
-            let c = try ckpt.graph.coverage(of: node, record: record, shown: view.map(\.tensor))
+            let c = ckpt.graph.coverage(of: node, record: record, shown: view.map(\.tensor))
             #expect(c.built == all.count, "\(name) \(record ?? "")")
             #expect(Set(all.map(\.tensor.tensorNode)).count == all.count, "each tensor once")
             #expect(c.shown + c.missing.count == c.built)

@@ -25,21 +25,34 @@ public struct ViewCoverage: Sendable, Equatable {
 }
 
 extension PickleGraph {
-    /// Every tensor node reachable from `start`, once each, in the order ``allTensors(from:limits:)`` lists them
-    /// (the `_rebuild_tensor*` node; a parameter counts as the tensor it wraps).
-    public func tensorNodes(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NodeID] {
+    /// Every tensor node reachable from `start`, once each (the `_rebuild_tensor*` node; a parameter counts as the
+    /// tensor it wraps): the tensors ``allTensors(from:limits:)`` lists, found by a plain walk over every edge
+    /// (``forEachChild(of:)``) that does not look into a tensor, which is all that counting needs.
+    public func tensorNodes(from start: NodeID) -> [NodeID] {
+        // A bitmap over the arena and no paths: `keys` and `info` run this on every record they show.
+        var seen = [Bool](repeating: false, count: nodes.count)
+        var counted = [Bool](repeating: false, count: nodes.count)
         var out: [NodeID] = []
-        try walkTensors(from: start, limits: limits) { t, _ in out.append(t.tensorNode) }
+        var stack = [start]
+        while let id = stack.popLast() {
+            guard !seen[id.index] else { continue }
+            seen[id.index] = true
+            if isTensorNode(id) {
+                // Checked at open; a node that does not parse counts as itself.
+                let t = ((try? tensor(id)) ?? nil)?.tensorNode ?? id
+                if !counted[t.index] { counted[t.index] = true; out.append(t) }
+                continue
+            }
+            forEachChild(of: id) { if !seen[$0.index] { stack.append($0) } }
+        }
         return out
     }
 
     /// Compares what the value at `start` holds with the tensors a view of it shows (see ``ViewCoverage``).
-    public func coverage(of start: NodeID, record: String?, shown view: [TensorRef],
-                         limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> ViewCoverage
-    {
+    public func coverage(of start: NodeID, record: String?, shown view: [TensorRef]) -> ViewCoverage {
         var shown = Set<NodeID>(minimumCapacity: view.count)
         for t in view { shown.insert(t.tensorNode) }
-        let built = try tensorNodes(from: start, limits: limits)
+        let built = tensorNodes(from: start)
         return ViewCoverage(record: record, built: built.count, shown: shown.count,
                             missing: built.filter { !shown.contains($0) })
     }
@@ -54,7 +67,7 @@ extension Checkpoint {
     {
         guard view.isEmpty else { return }
         let g = g ?? graph
-        let c = try g.coverage(of: node, record: record, shown: view)
+        let c = g.coverage(of: node, record: record, shown: view)
         guard c.built > 0 else { return }
         let what = record.map { "record '\($0)'" } ?? "the file"
         throw .invalidOperation("\(what) (\(g.className(node) ?? kindDescription(g, node))) holds \(c.built) tensors but "

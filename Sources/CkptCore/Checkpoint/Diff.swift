@@ -271,7 +271,7 @@ extension Checkpoint {
         func viewNote(_ c: Checkpoint, _ node: NodeID, _ name: String?) throws(FileError) {
             guard c.graph[node] != .none else { return }
             let cov = try c.attributing { () throws(CheckpointError) -> ViewCoverage in
-                try c.graph.coverage(of: node, record: name, shown: try c.graph.stateDictTensors(node))
+                c.graph.coverage(of: node, record: name, shown: try c.graph.stateDictTensors(node))
             }
             guard !cov.isComplete else { return }
             report.viewNotes.append("note: \(c.path): \(cov.missing.count) tensors are not in the state_dict view of "

@@ -115,7 +115,7 @@ extension Checkpoint {
         default: break
         }
         let tensors = try graph.stateDictTensors(node)
-        let coverage = try graph.coverage(of: node, record: name.isEmpty ? nil : name, shown: tensors)
+        let coverage = graph.coverage(of: node, record: name.isEmpty ? nil : name, shown: tensors)
         if coverage.built > 0 || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
             var elements: Int64 = 0, bytes: Int64 = 0, storageBytes: Int64 = 0
             var seen = Set<String>()

@@ -45,7 +45,7 @@ extension Checkpoint {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
         var tensors = all ? try graph.allTensors(from: node) : try graph.stateDict(node)
-        let coverage = try graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
+        let coverage = graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }

@@ -81,7 +81,7 @@ extension Checkpoint {
         guard !tensors.isEmpty else {
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
         }
-        let coverage = try graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
+        let coverage = graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
         let warning = coverage.isComplete ? nil
             : "\(coverage.missing.count) tensors of \(name.map { "'\($0)'" } ?? "the file") are not in its state_dict view "
                 + "and are not written (ckpt keys --all lists them)"

@@ -285,7 +285,7 @@ extension Checkpoint {
         let view = try g.stateDict(finalWeights)
         // 7. Never "0 parameters" from a file that holds tensors, unless --drop --force asked for it.
         if view.isEmpty && !(options.force && !options.drop.isEmpty) {
-            let held = try graph.tensorNodes(from: graph.root).count
+            let held = graph.tensorNodes(from: graph.root).count
             if held > 0 {
                 try requireView([], of: finalWeights, record: weightsName, in: g, doing: "strip counts as the weights")
                 throw .invalidOperation("strip would leave no weights: \(weightsName.map { "'\($0)'" } ?? "the file") "
@@ -457,7 +457,7 @@ extension PickleGraph {
         guard depth <= limits.maxNesting else { throw .tooDeep(limits.maxNesting) }
         if moduleFields(id) != nil {
             let entries = try stateDict(id)
-            let c = try coverage(of: id, record: name, shown: entries.map(\.tensor))
+            let c = coverage(of: id, record: name, shown: entries.map(\.tensor))
             let what = "\(name.map { "'\($0)'" } ?? "the file") (\(className(id) ?? "module"))"
             if entries.isEmpty && c.built > 0 {
                 throw .invalidOperation("--state-dict: \(what) holds \(c.built) tensors but none is in its state_dict view; "
