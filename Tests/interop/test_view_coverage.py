@@ -271,6 +271,11 @@ def test_state_dict_keeps_the_siblings_of_a_nested_state_dict(tmp_path):
     want = net.state_dict()
     assert list(got["model"]["net"]) == list(want) and all(bits(got["model"]["net"][k]) == bits(want[k]) for k in want)
     assert s["records"]["model.net"]["after"].startswith(f"state dict ({len(want)} tensors")
+    # a module inside a tuple at the top level (torch.save((model, extra))): the same
+    torch.save((net, {"x": torch.ones(2)}), tmp_path / "tuple.pt")
+    run_json("strip", tmp_path / "tuple.pt", tmp_path / "out4.pt", "--state-dict")
+    got = torch.load(tmp_path / "out4.pt", weights_only=True)
+    assert type(got) is tuple and list(got[0]) == list(want) and bits(got[1]["x"]) == bits(torch.ones(2))
 
 
 def test_state_dict_on_a_lightning_checkpoint(tmp_path):

@@ -446,8 +446,8 @@ extension PickleGraph {
     /// The `--state-dict` form of a weights value. A module object becomes an `OrderedDict` of its state_dict
     /// view (tensors outside the view are left out, and the change says how many; a module whose view is empty
     /// while it holds tensors is refused). A dict keeps its structure: a state dict stays as it is (with its
-    /// `_metadata`), modules among its values (at any depth of dicts) are converted in place, every other entry
-    /// (`model_args`, `hyper_parameters`, numbers, strings) stays. Anything else is returned as it is. Each
+    /// `_metadata`), modules among its values (at any depth of dicts, lists and tuples) are converted in place, every
+    /// other entry (`model_args`, `hyper_parameters`, numbers, strings) stays. Anything else is returned as it is. Each
     /// conversion is added to `changes` under its dotted path. Returns the node that replaces `id` (itself when
     /// only its entries changed, or nothing did).
     mutating func stateDictForm(_ id: NodeID, name: String?, depth: Int,
@@ -468,15 +468,27 @@ extension PickleGraph {
             od.dictItems = entries.map { DictEntry(key: add(.string($0.name)), value: $0.tensor.tensorNode) }
             var after = "state dict (\(entries.count) tensors"
             if !c.isComplete { after += "; \(c.missing.count) tensors outside its state_dict view left out" }
-            changes.append((name ?? "", kindDescription(self, id), after + ")"))
+            changes.append((name ?? "(top level)", kindDescription(self, id), after + ")"))
             return add(.object(od))
+        }
+        if let items = sequence(id) {
+            // A list or tuple (`torch.save((model, extra))`): its modules and dicts, by index.
+            var changed = items
+            for (i, v) in items.enumerated() where moduleFields(v) != nil || dictEntries(v) != nil || sequence(v) != nil {
+                changed[i] = try stateDictForm(v, name: name.map { "\($0).\(i)" } ?? String(i), depth: depth + 1,
+                                               changes: &changes, limits: limits)
+            }
+            if changed != items {
+                if case .list = self[id] { self[id] = .list(changed) } else { self[id] = .tuple(changed) }
+            }
+            return id
         }
         guard let entries = dictEntries(id), !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else {
             return id
         }
         for (i, e) in entries.enumerated() {
             let v = e.value
-            guard moduleFields(v) != nil || dictEntries(v) != nil, let k = keyText(e.key) else { continue }
+            guard moduleFields(v) != nil || dictEntries(v) != nil || sequence(v) != nil, let k = keyText(e.key) else { continue }
             let n = try stateDictForm(v, name: name.map { "\($0).\(k)" } ?? k, depth: depth + 1, changes: &changes,
                                       limits: limits)
             if n != v { setDictEntryValue(id, index: i, value: n) }
