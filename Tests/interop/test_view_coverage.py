@@ -311,15 +311,21 @@ def test_state_dict_on_a_lightning_checkpoint(tmp_path):
 
 def test_diff_says_what_its_views_leave_out(tmp_path):
     """diff compares state_dict views; tensors outside them are compared by dtype and shape with the record's
-    structure, and a line on stderr per file and record says so (with --values: their values are not compared)."""
+    structure and, with --values, by value, paired by path; a line on stderr per file and record says so."""
     torch.save({"model": Holder(w=torch.ones(3))}, tmp_path / "a.pt")
     torch.save({"model": Holder(w=torch.zeros(3))}, tmp_path / "b.pt")
     torch.save({"model": Holder(w=torch.zeros(4))}, tmp_path / "c.pt")
-    p = run("diff", tmp_path / "a.pt", tmp_path / "b.pt", "--values")
+    p = run("diff", tmp_path / "a.pt", tmp_path / "b.pt", "--values", "--json")
     n = missing_count(load(tmp_path / "a.pt")["model"])
     lines = p.stderr.splitlines()
     assert lines == [f"note: {tmp_path / x}.pt: {n} tensors are not in the state_dict view of 'model' (their values are "
-                     f"not compared); see keys --all" for x in "ab"], p.stderr
+                     f"compared by path); see keys --all" for x in "ab"], p.stderr
+    # the values differ (ones vs zeros): found by path, not "no differences"
+    d = json.loads(p.stdout)
+    assert p.returncode == 1 and d["equal"] is False
+    assert [(t["record"], t["name"], t["changes"], t["differing"]) for t in d["tensors"]] == [("model", "w", ["values"], 3)]
+    p = run("diff", tmp_path / "a.pt", tmp_path / "a.pt", "--values", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["values_compared"] == 1
     p = run("diff", tmp_path / "a.pt", tmp_path / "c.pt", "--json")
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 2
     assert json.loads(p.stdout)["records"][0]["details"][0]["path"] == "model.w"

@@ -68,8 +68,9 @@ public struct CheckpointDiff: Sendable {
     public var valuesCompared = 0
     public var largestAbsDiff: Double = 0
     public var notes: [String] = []
-    /// One line for stderr per record (of A or B) whose state_dict view leaves tensors out: their dtypes and shapes
-    /// are compared with the record's structure, their values are not (see ``ViewCoverage``).
+    /// One line for stderr per record (of A or B) whose state_dict view leaves tensors out (see ``ViewCoverage``):
+    /// their dtypes and shapes are compared with the record's structure and, with --values, their values by path
+    /// (``PickleGraph/allTensors(from:limits:)``'s names).
     public var viewNotes: [String] = []
 
     /// No record and no tensor differs.
@@ -275,14 +276,45 @@ extension Checkpoint {
             }
             guard !cov.isComplete else { return }
             report.viewNotes.append("note: \(c.path): \(cov.missing.count) tensors are not in the state_dict view of "
-                + "'\(name ?? c.path)'" + (options.values ? " (their values are not compared)" : "") + "; see keys --all")
+                + "'\(name ?? c.path)'" + (options.values ? " (their values are compared by path)" : "") + "; see keys --all")
         }
-        if recordNames.isEmpty {
-            for (name, na, nb) in pairs { try viewNote(a, na, name); try viewNote(b, nb, name) }
-        } else {
-            for name in recordNames {
-                if let n = recsA.first(where: { $0.name == name })?.node ?? (try? a.record(named: name)) { try viewNote(a, n, name) }
-                if let n = recsB.first(where: { $0.name == name })?.node ?? (try? b.record(named: name)) { try viewNote(b, n, name) }
+        var sides: [(String?, NodeID?, NodeID?)] = pairs.map { ($0.0, $0.1, $0.2) }
+        if !recordNames.isEmpty {
+            sides = recordNames.map { name in
+                (name, recsA.first(where: { $0.name == name })?.node ?? (try? a.record(named: name)),
+                 recsB.first(where: { $0.name == name })?.node ?? (try? b.record(named: name)))
+            }
+        }
+        for (name, na, nb) in sides {
+            if let na { try viewNote(a, na, name) }
+            if let nb { try viewNote(b, nb, name) }
+        }
+        // With --values, the values of tensors outside the views, paired by their path in the record (their dtypes
+        // and shapes are the structure comparison's, below).
+        if options.values {
+            func outside(_ c: Checkpoint, _ node: NodeID) throws(FileError) -> [NamedTensor] {
+                try c.attributing { () throws(CheckpointError) -> [NamedTensor] in
+                    let shown = Set(try c.graph.stateDictTensors(node).map(\.tensorNode))
+                    return try c.graph.allTensors(from: node).filter { !shown.contains($0.tensor.tensorNode) }
+                }
+            }
+            for case let (name, na?, nb?) in sides where a.graph[na] != .none && b.graph[nb] != .none {
+                let oa = try outside(a, na), ob = try outside(b, nb)
+                var inB: [String: TensorRef] = [:]
+                for t in ob where inB[t.name] == nil { inB[t.name] = t.tensor }
+                for t in oa {
+                    guard let y = inB[t.name], y.shape == t.tensor.shape else { continue }
+                    let x = t.tensor
+                    var d = TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: (y.dtype, y.shape),
+                                             changes: [])
+                    try compareValues(a, x, b, y, name: t.name, options, into: &d)
+                    if d.valuesNote == nil {
+                        report.valuesCompared += 1
+                        if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
+                    }
+                    if let n = d.differing, n > 0 { d.changes.append("values") }
+                    if !d.changes.isEmpty { report.tensors.append(d) }
+                }
             }
         }
 
