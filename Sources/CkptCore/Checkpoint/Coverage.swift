@@ -62,13 +62,14 @@ extension Checkpoint {
     /// Refuses a view that shows nothing of a value that holds tensors: a rewrite from it would report success
     /// for work it did not do. `doing` says what the view is used for (`convert writes`); `g` is the graph the
     /// node is in (this checkpoint's by default, or a surgery's new graph).
+    /// Returns what the view covers.
+    @discardableResult
     func requireView(_ view: [TensorRef], of node: NodeID, record: String?, in g: PickleGraph? = nil,
-                     doing: String) throws(CheckpointError)
+                     doing: String) throws(CheckpointError) -> ViewCoverage
     {
-        guard view.isEmpty else { return }
         let g = g ?? graph
         let c = g.coverage(of: node, record: record, shown: view)
-        guard c.built > 0 else { return }
+        guard view.isEmpty, c.built > 0 else { return c }
         let what = record.map { "record '\($0)'" } ?? "the file"
         throw .invalidOperation("\(what) (\(g.className(node) ?? kindDescription(g, node))) holds \(c.built) tensors but "
             + "none is in its state_dict view, which \(doing); see ckpt keys --all")

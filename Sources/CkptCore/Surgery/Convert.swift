@@ -77,11 +77,10 @@ extension Checkpoint {
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
         var tensors = try graph.stateDict(node)
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
-        try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
+        let coverage = try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
         guard !tensors.isEmpty else {
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
         }
-        let coverage = graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
         let warning = coverage.isComplete ? nil
             : "\(coverage.missing.count) tensors of \(name.map { "'\($0)'" } ?? "the file") are not in its state_dict view "
                 + "and are not written (ckpt keys --all lists them)"
