@@ -81,3 +81,8 @@ func emit(_ s: String) {
 func warn(_ s: String) {
     FileHandle.standardError.write(Data(("ckpt: " + s + "\n").utf8))
 }
+
+/// Writes a note (`note: ...`, said about a file that was read) to stderr as it is: stdout stays the report.
+func note(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}

@@ -52,6 +52,7 @@ struct Diff: ParsableCommand {
         o.map = map.map(splitPair)
         let report: CheckpointDiff
         do { report = try Checkpoint.diff(ca, cb, o) } catch { throw Failure(message: error.description) }
+        for n in report.viewNotes { note(n) }
         emit(json ? report.json.rendered() : report.table)
         if !report.isEqual { Foundation.exit(1) }
     }

@@ -4,13 +4,19 @@ import CkptCore
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show a checkpoint's container and every top-level record.")
+        abstract: "Show a checkpoint's container and every top-level record.",
+        discussion: """
+        The tensors column counts each record's state_dict view (what ckpt keys lists). For each record that \
+        holds tensors outside that view, one line on stderr says how many (ckpt keys --record R --all lists them):
+          note: 12 tensors are not in the state_dict view of 'model'; see --all
+        """)
 
     @Argument(help: "The checkpoint.") var file: String
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         let report = try reporting(file) { try keptUntilExit(Checkpoint(path: file)).info() }
+        for n in report.notes { note(n) }
         emit(json ? report.json.rendered() : report.table)
     }
 }

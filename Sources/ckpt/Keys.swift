@@ -4,18 +4,31 @@ import CkptCore
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys",
-        abstract: "List the state_dict view of a record: name, dtype, shape.")
+        abstract: "List the state_dict view of a record: name, dtype, shape.",
+        discussion: """
+        When the record holds tensors its state_dict view does not show (plain tensor attributes of a module, \
+        non-persistent buffers, tensors inside objects that are neither modules nor dicts), one line on stderr \
+        says how many:
+          note: 12 tensors are not in the state_dict view of 'model'; see --all
+
+        --all lists every tensor the record holds, each once, by its path in the object graph (dict keys, list \
+        indices and attribute names joined by dots; _parameters, _buffers and _modules left out, as in \
+        state_dict names); --prefix, --match and --json apply to it.
+        """)
 
     @Argument(help: "The checkpoint.") var file: String
     @Option(help: "Record to list (default: model, else ema, else state_dict, else the file itself).")
     var record: String?
     @Option(help: "Only keys starting with this prefix.") var prefix: String?
     @Option(help: "Only keys matching this glob (* and ?).") var match: String?
+    @Flag(help: "Every tensor the record holds, by its path in the object graph (also those outside the state_dict view).")
+    var all = false
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         let ckpt = try reporting(file) { try keptUntilExit(Checkpoint(path: file)) }
-        let listing = try reporting(file) { try ckpt.keys(record: record, prefix: prefix, match: match) }
+        let listing = try reporting(file) { try ckpt.keys(record: record, prefix: prefix, match: match, all: all) }
+        if let n = listing.note(file: file) { note(n) }
         emit(json ? listing.json.rendered() : listing.table)
         if let note = ckpt.torchScript?.constantsNote { warn("\(file): note: \(note)") }
     }

@@ -12,6 +12,25 @@ struct Strip: ParsableCommand {
           ckpt strip best.pt out.pt --use-ema --half
           ckpt strip ddp.pt clean.pt --state-dict --rename module.=
           ckpt strip best.pt nc3.pt --drop model.24.
+          ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
+
+        --record R names the weights record of the output: the one record --drop, --rename and --state-dict \
+        change and whose parameters the summary counts. It is looked up after the EMA step, which it never \
+        turns off: with --use-ema (or when model is None, as Ultralytics saves it) the EMA is the model, so \
+        --use-ema --record model drops from the EMA's weights. Default: the first of model, ema, state_dict, \
+        model_state_dict, module, net, params that is not None, else the file itself; a dotted name reaches \
+        into a dict (--record model.state_dict). A record that is not a weights record (a module object, or \
+        a dict holding a state dict or a module), or that strip sets to None (ema, optimizer), is refused; \
+        nothing is written.
+
+        --state-dict turns a module object into its state_dict() (tensors outside it, such as YOLOv5's \
+        Detect.stride, are left out, and the summary says how many); a dict keeps its structure: a state \
+        dict in it stays, modules in it become state dicts, other entries (model_args, hyper_parameters) \
+        stay.
+
+        A strip that would leave no tensors in the weights record of a file that holds tensors is refused, \
+        unless --drop with --force asked for it.
+
         On a terminal, work longer than a second shows its progress on stderr (bytes, rate, time left); -q hides it.
         """)
 
@@ -19,14 +38,15 @@ struct Strip: ParsableCommand {
     @Argument(help: "Where to write (may be the input itself).") var output: String
     @Flag(name: .customLong("use-ema"), help: "Make the EMA the model where there is one.") var useEMA = false
     @Flag(help: "Convert floating tensors to float16 (integer buffers untouched).") var half = false
-    @Flag(name: .customLong("state-dict"), help: "Write the model as a name -> tensor dict (loads with weights_only=True).")
+    @Flag(name: .customLong("state-dict"), help: "Write the weights as name -> tensor dicts (loads with weights_only=True).")
     var stateDict = false
     @Option(help: "Remove keys matching a glob or prefix (repeatable).") var drop: [String] = []
     @Option(help: "Rename a key prefix, OLD=NEW (repeatable; --rename module.= strips DDP's prefix).")
     var rename: [String] = []
     @Option(name: .customLong("rename-regex"), help: "Rename keys by regex, 'PATTERN=REPLACEMENT' ($1 for groups).")
     var renameRegex: [String] = []
-    @Option(help: "Record whose keys --drop and --rename change (default: the model).") var record: String?
+    @Option(help: "The weights record --drop, --rename and --state-dict change, after the EMA step (default: model, ...).")
+    var record: String?
     @Flag(help: "Allow --drop to remove every tensor.") var force = false
     @Flag(name: .customLong("dry-run"), help: "Say what would change; write nothing.") var dryRun = false
     @Flag(name: .customLong("allow-unsafe"),

@@ -256,13 +256,14 @@ public final class Checkpoint {
     public func defaultRecord() -> (name: String?, node: NodeID) {
         let recs = records
         func find(_ n: String) -> NodeID? { recs.first { $0.name == n }?.node }
-        if let m = find("model"), graph[m] != .none { return ("model", m) }
-        if let e = find("ema"), graph[e] != .none { return ("ema", e) }
-        for n in ["state_dict", "model_state_dict", "module", "net", "params"] {
+        for n in Self.weightsRecordNames {
             if let s = find(n), graph[s] != .none { return (n, s) }
         }
         return (nil, graph.root)
     }
+
+    /// The records that hold a checkpoint's weights, in the order ``defaultRecord()`` (and `strip`) looks for them.
+    public static let weightsRecordNames = ["model", "ema", "state_dict", "model_state_dict", "module", "net", "params"]
 
     /// A record by name; dotted names reach into nested dicts (`state_dict`, `meta.x`).
     public func record(named name: String) throws(CheckpointError) -> NodeID {

@@ -68,6 +68,10 @@ public struct CheckpointDiff: Sendable {
     public var valuesCompared = 0
     public var largestAbsDiff: Double = 0
     public var notes: [String] = []
+    /// One line for stderr per record (of A or B) whose state_dict view leaves tensors out (see ``ViewCoverage``):
+    /// their dtypes and shapes are compared with the record's structure and, with --values, their values by path
+    /// (``PickleGraph/allTensors(from:limits:)``'s names).
+    public var viewNotes: [String] = []
 
     /// No record and no tensor differs.
     public var isEqual: Bool { records.isEmpty && tensors.isEmpty }
@@ -262,6 +266,56 @@ extension Checkpoint {
 
         for (i, m) in options.map.enumerated() where mapHits[i] == 0 {
             report.notes.append("--map \(m.old)=\(m.new) renames no tensor of B")
+        }
+
+        // What the views leave out, said per file and record.
+        func viewNote(_ c: Checkpoint, _ node: NodeID, _ name: String?) throws(FileError) {
+            guard c.graph[node] != .none else { return }
+            let cov = try c.attributing { () throws(CheckpointError) -> ViewCoverage in
+                c.graph.coverage(of: node, record: name, shown: try c.graph.stateDictTensors(node))
+            }
+            guard !cov.isComplete else { return }
+            report.viewNotes.append("note: \(c.path): \(cov.missing.count) tensors are not in the state_dict view of "
+                + "'\(name ?? c.path)'" + (options.values ? " (their values are compared by path)" : "") + "; see keys --all")
+        }
+        var sides: [(String?, NodeID?, NodeID?)] = pairs.map { ($0.0, $0.1, $0.2) }
+        if !recordNames.isEmpty {
+            sides = recordNames.map { name in
+                (name, recsA.first(where: { $0.name == name })?.node ?? (try? a.record(named: name)),
+                 recsB.first(where: { $0.name == name })?.node ?? (try? b.record(named: name)))
+            }
+        }
+        for (name, na, nb) in sides {
+            if let na { try viewNote(a, na, name) }
+            if let nb { try viewNote(b, nb, name) }
+        }
+        // With --values, the values of tensors outside the views, paired by their path in the record (their dtypes
+        // and shapes are the structure comparison's, below).
+        if options.values {
+            func outside(_ c: Checkpoint, _ node: NodeID) throws(FileError) -> [NamedTensor] {
+                try c.attributing { () throws(CheckpointError) -> [NamedTensor] in
+                    let shown = Set(try c.graph.stateDictTensors(node).map(\.tensorNode))
+                    return try c.graph.allTensors(from: node).filter { !shown.contains($0.tensor.tensorNode) }
+                }
+            }
+            for case let (name, na?, nb?) in sides where a.graph[na] != .none && b.graph[nb] != .none {
+                let oa = try outside(a, na), ob = try outside(b, nb)
+                var inB: [String: TensorRef] = [:]
+                for t in ob where inB[t.name] == nil { inB[t.name] = t.tensor }
+                for t in oa {
+                    guard let y = inB[t.name], y.shape == t.tensor.shape else { continue }
+                    let x = t.tensor
+                    var d = TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: (y.dtype, y.shape),
+                                             changes: [])
+                    try compareValues(a, x, b, y, name: t.name, options, into: &d)
+                    if d.valuesNote == nil {
+                        report.valuesCompared += 1
+                        if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
+                    }
+                    if let n = d.differing, n > 0 { d.changes.append("values") }
+                    if !d.changes.isEmpty { report.tensors.append(d) }
+                }
+            }
         }
 
         // Records: the structure around the tensors.

@@ -15,6 +15,8 @@ public struct RecordSummary: Sendable {
     public var storageBytes: Int64?
     /// The dtypes met, in order of first appearance.
     public var dtypes: [DType] = []
+    /// What the state_dict view covers of the record (nil for a record that holds no tensor).
+    public var coverage: ViewCoverage?
 
     var json: JSONValue {
         var o: [(String, JSONValue)] = [("name", .string(name)), ("kind", .string(kind))]
@@ -23,7 +25,8 @@ public struct RecordSummary: Sendable {
         if let t = tensors {
             o += [("tensors", .int(Int64(t))), ("elements", .int(elements ?? 0)), ("bytes", .int(bytes ?? 0)),
                   ("storage_bytes", .int(storageBytes ?? 0)),
-                  ("dtypes", .array(dtypes.map { .string($0.rawValue) }))]
+                  ("dtypes", .array(dtypes.map { .string($0.rawValue) })),
+                  ("tensors_not_in_view", .int(Int64(coverage?.missing.count ?? 0)))]
         }
         return .object(o)
     }
@@ -44,6 +47,9 @@ public struct CheckpointInfo: Sendable {
     public var metadata: [(key: String, value: String)] = []
     /// A TorchScript archive's records (code, constants, extra files, bytecode) and constants.
     public var torchScript: TorchScriptArchive? = nil
+
+    /// One line for stderr per record whose state_dict view leaves tensors out (see ``ViewCoverage/note(file:)``).
+    public var notes: [String] { records.compactMap { $0.coverage?.note(file: file) } }
 
     /// The report as JSON.
     public var json: JSONValue {
@@ -112,7 +118,8 @@ extension Checkpoint {
         default: break
         }
         let tensors = try graph.stateDictTensors(node)
-        if !tensors.isEmpty || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
+        let coverage = graph.coverage(of: node, record: name.isEmpty ? nil : name, shown: tensors)
+        if coverage.built > 0 || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
             var elements: Int64 = 0, bytes: Int64 = 0, storageBytes: Int64 = 0
             var seen = Set<String>()
             var dtypes: [DType] = []
@@ -129,6 +136,7 @@ extension Checkpoint {
             s.bytes = bytes
             s.storageBytes = storageBytes
             s.dtypes = dtypes
+            s.coverage = coverage
         }
         return s
     }

@@ -13,6 +13,11 @@ public func globMatches(_ pattern: String, _ name: String) -> Bool {
 public struct KeyListing: Sendable {
     public var record: String?
     public var tensors: [NamedTensor]
+    /// What the state_dict view covers of the record (see ``ViewCoverage``); complete for `--all`.
+    public var coverage: ViewCoverage
+
+    /// The note for stderr when the view leaves tensors out (see ``ViewCoverage/note(file:)``).
+    public func note(file: String) -> String? { coverage.note(file: file) }
 
     /// `[{"name", "dtype", "shape"}]`.
     public var json: JSONValue {
@@ -31,16 +36,21 @@ public struct KeyListing: Sendable {
 }
 
 extension Checkpoint {
-    /// The state_dict view of a record (see ``defaultRecord()``), filtered by prefix and glob.
-    public func keys(record: String? = nil, prefix: String? = nil, match: String? = nil)
+    /// The state_dict view of a record (see ``defaultRecord()``), filtered by prefix and glob, with what the view
+    /// covers of the record. With `all`, every tensor the record holds, by its path in the object graph
+    /// (``PickleGraph/allTensors(from:limits:)``), each tensor once.
+    public func keys(record: String? = nil, prefix: String? = nil, match: String? = nil, all: Bool = false)
         throws(CheckpointError) -> KeyListing
     {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
-        var tensors = try graph.stateDict(node)
+        var tensors = all ? try graph.allTensors(from: node) : try graph.stateDict(node)
+        let coverage = graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
+        // A TorchScript archive's constants live in constants.pkl, a graph of their own (see constantsNote).
+        if all, record == nil, let constants = torchScript?.constants { tensors += constants }
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
-        return KeyListing(record: name, tensors: tensors)
+        return KeyListing(record: name, tensors: tensors, coverage: coverage)
     }
 }

@@ -228,11 +228,38 @@ extension PickleGraph {
     }
 
     /// Every tensor reachable from `start` (inside modules, attributes, lists), each once, in pickle
-    /// order, with a path naming where it was met. Used by the checks and the writer.
+    /// order, with a path naming where it was met. Used by the checks, the writer and `keys --all`.
     public func allTensors(from start: NodeID, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> [NamedTensor] {
-        // This walk meets every reachable node on every open, so paths are kept as links to their parent
-        // (a dict key or a list index) and spelled out only for the tensors found.
-        enum Component { case key(NodeID), index(Int) }
+        var out: [NamedTensor] = []
+        try walkTensors(from: start, limits: limits) { t, path in out.append(NamedTensor(name: path(), tensor: t)) }
+        return out
+    }
+
+    /// Whether an object is `builtins.set([...])` / `frozenset([...])` (or Python 2's `__builtin__`) made from one
+    /// list or tuple and nothing else.
+    private func isSetCall(_ o: PickleObject) -> Bool {
+        guard case .global(let m, let n) = self[o.callable], m == "builtins" || m == "__builtin__",
+              n == "set" || n == "frozenset", o.state == nil, o.listItems.isEmpty, o.dictItems.isEmpty,
+              let args = sequence(o.args), args.count == 1, sequence(args[0]) != nil else { return false }
+        return true
+    }
+
+    /// The walk behind ``allTensors(from:limits:)``: calls `found` with each tensor reachable from `start`, once per
+    /// tensor node, in pickle order (depth first, each node at its first meeting), and a function that spells its
+    /// path: dict keys, list indices and attribute names joined by dots, the module bookkeeping levels
+    /// (`_parameters`, `_buffers`, `_modules`) skipped, so that a state_dict entry has its state_dict name.
+    ///
+    /// Every edge of the graph is followed (``forEachChild(of:)``: dict values, list and tuple items, an object's
+    /// arguments, keyword arguments, appended and set items and BUILD state) except a callable (a global); a tensor
+    /// is not looked into (a parameter's wrapped tensor, a quantized tensor's scales are part of it). Arguments and
+    /// a non-dict state add no path component; the items of `set([...])` are numbered as a list's; a dict key that
+    /// is not a string or a number (a tensor used as a key) is named `<key N>`, N its entry's position.
+    func walkTensors(from start: NodeID, limits: PickleLimits,
+                     _ found: (TensorRef, _ path: () -> String) -> Void) throws(CheckpointError)
+    {
+        // This walk meets every reachable node, so paths are kept as links to their parent (a dict key or a list
+        // index) and spelled out only for the tensors found.
+        enum Component { case key(NodeID), index(Int), keyObject(Int) }
         var links: [(parent: Int, component: Component)] = []  // index -1: the empty path
         func path(_ link: Int) -> String {
             var parts: [Component] = []
@@ -244,6 +271,7 @@ extension PickleGraph {
                 switch c {
                 case .key(let id): k = keyText(id) ?? "?"
                 case .index(let n): k = String(n)
+                case .keyObject(let n): k = "<key \(n)>"
                 }
                 p = p.isEmpty ? k : p + "." + k
             }
@@ -253,7 +281,6 @@ extension PickleGraph {
             links.append((parent, c))
             return links.count - 1
         }
-        var out: [NamedTensor] = []
         var seen = [Bool](repeating: false, count: nodes.count)
         // Iterative walk; the nesting limit also bounds the length of the paths it builds.
         var stack: [(NodeID, Int, Int)] = [(start, -1, 0)]
@@ -265,18 +292,37 @@ extension PickleGraph {
             let t: TensorRef?
             do { t = try tensor(id) } catch { throw .tensor(TensorCheckError(tensor: path(at), reason: error.reason)) }
             if let t {
-                out.append(NamedTensor(name: path(at), tensor: t))
+                found(t, { path(at) })
                 seen[t.tensorNode.index] = true
                 continue
             }
             next.removeAll(keepingCapacity: true)
+            func addKeyObjects(_ entries: [DictEntry]) {
+                for (i, e) in entries.enumerated() {
+                    switch self[e.key] {
+                    case .object, .tuple, .list: next.append((e.key, link(at, .keyObject(i))))
+                    default: break
+                    }
+                }
+            }
             if let entries = dictEntries(id) {
                 for e in entries { next.append((e.value, link(at, .key(e.key)))) }
-                if case .object(let o) = self[id], let s = o.state { next.append((s, at)) }
+                addKeyObjects(entries)
+                if case .object(let o) = self[id] {
+                    // An OrderedDict's BUILD state (`_metadata`), then what its call was given (Python 2 builds
+                    // it from a list of pairs) and anything appended: unusual, but the pickle builds them all.
+                    if let s = o.state { next.append((s, at)) }
+                    next.append((o.args, at))
+                    if let k = o.kwargs { next.append((k, at)) }
+                    for (i, item) in o.listItems.enumerated() { next.append((item, link(at, .index(i)))) }
+                }
             } else {
                 switch self[id] {
                 case .list(let items), .tuple(let items), .set(let items), .frozenset(let items):
                     for (i, item) in items.enumerated() { next.append((item, link(at, .index(i)))) }
+                case .object(let o) where isSetCall(o):
+                    // `set([a, b])`, as pickle protocol 2 writes a set: its items, numbered.
+                    for (i, item) in sequence(sequence(o.args)![0])!.enumerated() { next.append((item, link(at, .index(i)))) }
                 case .object(let o):
                     if let s = o.state, let entries = dictEntries(s) {
                         // An object's attributes: skip the module bookkeeping level in paths.
@@ -294,15 +340,18 @@ extension PickleGraph {
                         next.append((s, at))
                     }
                     next.append((o.args, at))
+                    if let k = o.kwargs { next.append((k, at)) }
                     for (i, item) in o.listItems.enumerated() { next.append((item, link(at, .index(i)))) }
-                case .dict(let entries):
-                    for e in entries { next.append((e.value, link(at, .key(e.key)))) }
+                    // Items SETITEM'd onto an object of a class that is not a known dict type (a dict subclass).
+                    for e in o.dictItems { next.append((e.value, link(at, .key(e.key)))) }
+                    addKeyObjects(o.dictItems)
+                case .persistent(let pid):
+                    next.append((pid, at))
                 default:
                     break
                 }
             }
             for (n, l) in next.reversed() where !seen[n.index] { stack.append((n, l, depth + 1)) }
         }
-        return out
     }
 }

@@ -68,22 +68,29 @@ public struct SafetensorsPlan {
 
 extension Checkpoint {
     /// The record `convert` reads: `name`, or the default record (see ``defaultRecord()``), with its state_dict view
-    /// (a bare tensor record is named by the record).
-    func convertSource(record: String?) throws(CheckpointError) -> (name: String?, node: NodeID, tensors: [NamedTensor]) {
+    /// (a bare tensor record is named by the record), and a warning when the record holds tensors its view leaves
+    /// out (they are not written). A record whose view is empty while it holds tensors is refused.
+    func convertSource(record: String?) throws(CheckpointError)
+        -> (name: String?, node: NodeID, tensors: [NamedTensor], warning: String?)
+    {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
         var tensors = try graph.stateDict(node)
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
+        let coverage = try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
         guard !tensors.isEmpty else {
             if let note = torchScript?.constantsNote { throw .invalidOperation("the state_dict view is empty: " + note) }
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
         }
+        let warning = coverage.isComplete ? nil
+            : "\(coverage.missing.count) tensors of \(name.map { "'\($0)'" } ?? "the file") are not in its state_dict view "
+                + "and are not written (ckpt keys --all lists them)"
         for t in tensors {
             do { try t.tensor.check(name: t.name, recordBytes: storageRecordBytes(t.tensor.storage.key)) } catch {
                 throw .tensor(error)
             }
         }
-        return (name, node, tensors)
+        return (name, node, tensors, warning)
     }
 
     /// Plans `convert` to a torch file: the record's state dict as the whole file (an `OrderedDict` of tensors, or
@@ -91,7 +98,7 @@ extension Checkpoint {
     public func planTorchStateDict(record: String? = nil, output: String) throws(CheckpointError)
         -> (plan: SurgeryPlan, report: ConvertReport)
     {
-        let (name, node, tensors) = try convertSource(record: record)
+        let (name, node, tensors, warning) = try convertSource(record: record)
         var g = graph
         // Kept as it is only when weights_only=True loads its class: a dict or an OrderedDict (not Python 2's
         // `__builtin__.dict(...)` call, nor a defaultdict).
@@ -109,7 +116,8 @@ extension Checkpoint {
         var surgery = SurgeryReport()
         surgery.weightsRecord = name
         let report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
-                                   tensors: tensors.count, dataBytes: storages.reduce(0) { $0 + $1.byteCount })
+                                   tensors: tensors.count, dataBytes: storages.reduce(0) { $0 + $1.byteCount },
+                                   warnings: warning.map { [$0] } ?? [])
         return (SurgeryPlan(graph: renumbered, storages: storages, report: surgery), report)
     }
 
@@ -118,9 +126,9 @@ extension Checkpoint {
     /// storage, those covering all of it are candidates, the first in sorted order is kept, the others are left out
     /// and recorded in `__metadata__` as `removed: kept`, beside `format: pt`), laid out as `save_file` lays out.
     public func planSafetensors(record: String? = nil, output: String) throws(CheckpointError) -> SafetensorsPlan {
-        let (name, _, all) = try convertSource(record: record)
+        let (name, _, all, warning) = try convertSource(record: record)
         var report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .safetensors,
-                                   record: name, tensors: 0, dataBytes: 0)
+                                   record: name, tensors: 0, dataBytes: 0, warnings: warning.map { [$0] } ?? [])
         for t in all where Safetensors.name(of: t.tensor.dtype) == nil {
             throw .invalidOperation("tensor \(t.name) is \(t.tensor.dtype.rawValue), which safetensors cannot store")
         }

@@ -109,35 +109,36 @@ extension Checkpoint {
             }
         }
 
-        // 1. The EMA becomes the model (asked for, or because the model is None as Ultralytics saves it).
-        var weightsName = options.record
-        if !recs.isEmpty && options.record == nil {
-            let model = recordNode("model")
-            let emaName = emaRecords.first { n in recordNode(n).map { g[$0] != .none } ?? false }
-            let modelIsNone = model.map { g[$0] == .none } ?? false
-            if let emaName, let ema = recordNode(emaName), options.useEMA || modelIsNone {
-                let target = model != nil ? "model" : (recordNode("state_dict") != nil ? "state_dict" : "model")
-                if recordNode(target) != nil {
-                    report.recordChanges.append((target, describe(recordNode(target)!), "\(emaName) (\(describe(ema)))"))
-                    setRecord(target, ema)
-                    if modelIsNone && !options.useEMA {
-                        report.warnings.append("model is None: the weights in \(emaName) became the model")
-                    }
+        // 1. The EMA becomes the model (asked for, or because the model is None as Ultralytics saves it). --record
+        //    plays no part in this: it names a record of the output (step 3).
+        var promoted: (from: String, to: String)?
+        let emaName = recs.isEmpty ? nil : emaRecords.first { n in recordNode(n).map { g[$0] != .none } ?? false }
+        let model = recordNode("model")
+        let modelIsNone = model.map { g[$0] == .none } ?? false
+        if let emaName, let ema = recordNode(emaName), options.useEMA || modelIsNone {
+            let target = model != nil ? "model" : (recordNode("state_dict") != nil ? "state_dict" : "model")
+            if let old = recordNode(target) {
+                report.recordChanges.append((target, describe(old), "\(emaName) (\(describe(ema)))"))
+                setRecord(target, ema)
+                promoted = (emaName, target)
+                if modelIsNone && !options.useEMA {
+                    report.warnings.append("model is None: the weights in \(emaName) became the model")
                 }
-            } else if options.useEMA {
-                report.warnings.append("--use-ema: no EMA in this checkpoint; the model is kept")
+            } else {
+                report.warnings.append("--use-ema: \(emaName) is kept as it is: there is no model or state_dict record to put it in")
             }
-            if let m = recordNode("model"), g[m] != .none { weightsName = "model" } else if recordNode("state_dict") != nil {
-                weightsName = "state_dict"
-            }
+        } else if options.useEMA {
+            report.warnings.append("--use-ema: no EMA in this checkpoint; the model is kept")
         }
 
         // 2. Training state out.
+        var cleared = Set<String>()
         if !options.keepTrainingState && !recs.isEmpty {
             for name in trainingStateRecords {
                 guard let node = recordNode(name), g[node] != .none else { continue }
                 report.recordChanges.append((name, describe(node), "None"))
                 setRecord(name, g.add(.none))
+                cleared.insert(name)
             }
             if let e = recordNode("epoch"), case .int(let v) = g[e], v != -1 {
                 report.recordChanges.append(("epoch", String(v), "-1"))
@@ -145,23 +146,41 @@ extension Checkpoint {
             }
         }
 
-        // 3. The weights record: drop, state-dict form, rename.
-        let weightsNode: NodeID
-        if let w = weightsName {
-            guard let n = recordNode(w) ?? (try? g.nodeAtPath(w)) else {
-                throw .noSuchRecord(w, available: recs.map(\.name))
+        // 3. The weights record, as it is after steps 1 and 2: --record, else the first of `model`, `ema`,
+        //    `state_dict`, ... (``Checkpoint/weightsRecordNames``) that is not None, else the whole file.
+        //    --drop, --state-dict and --rename change it; the summary counts its parameters.
+        func valueAt(_ name: String) -> NodeID? { recordNode(name) ?? (try? g.nodeAtPath(name)) }
+        let weightsName: String?
+        if let w = options.record {
+            guard let n = valueAt(w) else { throw .noSuchRecord(w, available: recs.map(\.name)) }
+            if g[n] == .none {
+                var why = "'\(w)' is None"
+                if cleared.contains(w) {
+                    why = "strip sets '\(w)' to None (training state)"
+                    if let p = promoted, p.from == w {
+                        why += "; its weights are the \(p.to) now: use --record \(p.to)"
+                    } else if emaRecords.contains(w) {
+                        why += "; --use-ema makes it the model"
+                    }
+                }
+                throw .invalidOperation("--record \(w): \(why)")
             }
-            weightsNode = n
+            guard try g.isWeightsRecord(n) else {
+                throw .invalidOperation("--record \(w): '\(w)' is not a weights record (\(weightsDescription(g, n))); "
+                    + "--record names the module or state dict that --drop, --rename and --state-dict change")
+            }
+            weightsName = w
+        } else if !recs.isEmpty {
+            weightsName = Self.weightsRecordNames.first { n in recordNode(n).map { g[$0] != .none } ?? false }
         } else {
-            weightsNode = g.root
+            weightsName = nil
         }
+        let weightsNode = weightsName.flatMap(valueAt) ?? g.root
         report.weightsRecord = weightsName
         let before = try g.stateDictLocations(weightsNode)
         if !options.drop.isEmpty {
-            var keep: [String] = []
-            for pattern in options.drop {
-                let hits = before.filter { keyMatches(pattern, $0.0.name) }
-                if hits.isEmpty { report.warnings.append("--drop \(pattern) matches no key") }
+            for pattern in options.drop where !before.contains(where: { keyMatches(pattern, $0.0.name) }) {
+                report.warnings.append("--drop \(pattern) matches no key")
             }
             let doomed = before.filter { t in options.drop.contains { keyMatches($0, t.0.name) } }
             if doomed.count == before.count && !before.isEmpty && !options.force {
@@ -174,22 +193,20 @@ extension Checkpoint {
                 g.removeDictEntry(loc.container, key: loc.key)
                 report.dropped.append(t.name)
             }
-            keep = []
-            _ = keep
         }
         var current = weightsNode
-        // A dict root without a weights record is already in dict form; only modules become state dicts there.
-        if options.stateDict && (weightsName != nil || g.moduleState(weightsNode) != nil) {
-            let entries = try g.stateDict(current)
-            var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),
-                                  args: g.add(.tuple([])))
-            od.dictItems = entries.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
-            current = g.add(.object(od))
-            if let w = weightsName {
-                report.recordChanges.append((w, describe(weightsNode), "state dict (\(entries.count) tensors)"))
-                setRecord(w, current)
-            } else {
-                g.root = current
+        if options.stateDict {
+            // Module objects become state dicts; a dict keeps its structure: a state dict inside it stays one, its
+            // other entries (`model_args`, `hyper_parameters`) stay as they are, modules inside it are converted.
+            var changes: [(record: String, before: String, after: String)] = []
+            current = try g.stateDictForm(weightsNode, name: weightsName, depth: 0, changes: &changes)
+            report.recordChanges += changes
+            if current != weightsNode {
+                if let w = weightsName {
+                    if recordEntryIndex(w) != nil { setRecord(w, current) } else { try g.replaceValue(atPath: w, with: current) }
+                } else {
+                    g.root = current
+                }
             }
         }
         if !options.rename.isEmpty || !options.renameRegex.isEmpty {
@@ -237,7 +254,9 @@ extension Checkpoint {
                 // Nested dicts: the path is relative to the record; only flat state dicts are renamed
                 // by key, so the new key is the full new name.
                 guard loc.container == current else {
-                    throw .invalidOperation("cannot rename \(old): it is inside a nested dict")
+                    let inner = [weightsName, old.split(separator: ".").first.map(String.init)].compactMap { $0 }
+                    throw .invalidOperation("cannot rename \(old): it is inside a nested dict; name that dict with "
+                        + "--record \(inner.joined(separator: "."))")
                 }
                 g.replaceDictKey(loc.container, key: loc.key, with: g.add(.string(new)))
                 report.renamed.append((old, new))
@@ -272,8 +291,17 @@ extension Checkpoint {
         report.convertedStorages = conversions.count
         report.convertedTensors = converted
 
-        let finalWeights = weightsName.flatMap { n in g.dictEntries(g.root)?.first { g.keyText($0.key) == n }?.value } ?? g.root
+        let finalWeights = weightsName.flatMap(valueAt) ?? g.root
         let view = try g.stateDict(finalWeights)
+        // 7. Never "0 parameters" from a file that holds tensors, unless --drop --force asked for it.
+        if view.isEmpty && !(options.force && !options.drop.isEmpty) {
+            let held = graph.tensorNodes(from: graph.root).count
+            if held > 0 {
+                try requireView([], of: finalWeights, record: weightsName, in: g, doing: "strip counts as the weights")
+                throw .invalidOperation("strip would leave no weights: \(weightsName.map { "'\($0)'" } ?? "the file") "
+                    + "would hold no tensors, while the input holds \(held) (in records strip sets to None); nothing written")
+            }
+        }
         let params = view.filter(\.tensor.isParameter)
         report.parameters = (params.isEmpty ? view : params).reduce(0) { $0 + ($1.tensor.numel ?? 0) }
         var counts: [DType: Int64] = [:]
@@ -390,6 +418,21 @@ func expandReplacement(_ template: String, _ m: Regex<AnyRegexOutput>.Match) -> 
     return out
 }
 
+/// What a value that is not a weights record is, for `--record`'s refusal: `an optimizer state`, `a dict of 3
+/// entries without tensors`, `a string`.
+func weightsDescription(_ g: PickleGraph, _ id: NodeID) -> String {
+    if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "an optimizer state" }
+    if let entries = g.dictEntries(id) { return "a dict of \(entries.count) entries, no module and no state dict" }
+    if let c = g.className(id) { return "a \(c) object, not a module" }
+    switch g[id] {
+    case .list(let items): return "a list of \(items.count)"
+    case .tuple(let items): return "a tuple of \(items.count)"
+    case .string: return "a string"
+    case .int, .bigInt, .float, .bool: return "a number"
+    default: return ((try? g.tensor(id)) ?? nil) != nil ? "a tensor" : "not a module or a dict"
+    }
+}
+
 func kindDescription(_ g: PickleGraph, _ id: NodeID) -> String {
     if let c = g.className(id), g.moduleState(id) != nil { return c.split(separator: ".").last.map(String.init) ?? c }
     if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "optimizer state" }
@@ -402,6 +445,82 @@ func kindDescription(_ g: PickleGraph, _ id: NodeID) -> String {
 }
 
 extension PickleGraph {
+    /// Whether a value can be the weights record of `strip`: a module object, or a dict that is not an optimizer
+    /// state and whose state_dict view holds a tensor (a state dict, or a dict holding one or a module).
+    func isWeightsRecord(_ id: NodeID) throws(CheckpointError) -> Bool {
+        if moduleFields(id) != nil { return true }
+        guard dictEntries(id) != nil, !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else { return false }
+        return !(try stateDictTensors(id)).isEmpty
+    }
+
+    /// The `--state-dict` form of a weights value. A module object becomes an `OrderedDict` of its state_dict
+    /// view (tensors outside the view are left out, and the change says how many; a module whose view is empty
+    /// while it holds tensors is refused). A dict keeps its structure: a state dict stays as it is (with its
+    /// `_metadata`), modules among its values (at any depth of dicts, lists and tuples) are converted in place, every
+    /// other entry (`model_args`, `hyper_parameters`, numbers, strings) stays. Anything else is returned as it is. Each
+    /// conversion is added to `changes` under its dotted path. Returns the node that replaces `id` (itself when
+    /// only its entries changed, or nothing did).
+    mutating func stateDictForm(_ id: NodeID, name: String?, depth: Int,
+                                changes: inout [(record: String, before: String, after: String)],
+                                limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> NodeID
+    {
+        guard depth <= limits.maxNesting else { throw .tooDeep(limits.maxNesting) }
+        if moduleFields(id) != nil {
+            let entries = try stateDict(id)
+            let c = coverage(of: id, record: name, shown: entries.map(\.tensor))
+            let what = "\(name.map { "'\($0)'" } ?? "the file") (\(className(id) ?? "module"))"
+            if entries.isEmpty && c.built > 0 {
+                throw .invalidOperation("--state-dict: \(what) holds \(c.built) tensors but none is in its state_dict view; "
+                    + "see ckpt keys --all")
+            }
+            var od = PickleObject(construction: .reduce, callable: add(.global(module: "collections", name: "OrderedDict")),
+                                  args: add(.tuple([])))
+            od.dictItems = entries.map { DictEntry(key: add(.string($0.name)), value: $0.tensor.tensorNode) }
+            var after = "state dict (\(entries.count) tensors"
+            if !c.isComplete { after += "; \(c.missing.count) tensors outside its state_dict view left out" }
+            changes.append((name ?? "(top level)", kindDescription(self, id), after + ")"))
+            return add(.object(od))
+        }
+        if let items = sequence(id) {
+            // A list or tuple (`torch.save((model, extra))`): its modules and dicts, by index.
+            var changed = items
+            for (i, v) in items.enumerated() where moduleFields(v) != nil || dictEntries(v) != nil || sequence(v) != nil {
+                changed[i] = try stateDictForm(v, name: name.map { "\($0).\(i)" } ?? String(i), depth: depth + 1,
+                                               changes: &changes, limits: limits)
+            }
+            if changed != items {
+                if case .list = self[id] { self[id] = .list(changed) } else { self[id] = .tuple(changed) }
+            }
+            return id
+        }
+        guard let entries = dictEntries(id), !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else {
+            return id
+        }
+        for (i, e) in entries.enumerated() {
+            let v = e.value
+            guard moduleFields(v) != nil || dictEntries(v) != nil || sequence(v) != nil, let k = keyText(e.key) else { continue }
+            let n = try stateDictForm(v, name: name.map { "\($0).\(k)" } ?? k, depth: depth + 1, changes: &changes,
+                                      limits: limits)
+            if n != v { setDictEntryValue(id, index: i, value: n) }
+        }
+        return id
+    }
+
+    /// Sets the value at a dotted path of dict keys (see ``nodeAtPath(_:)``) in its parent dict.
+    mutating func replaceValue(atPath path: String, with value: NodeID) throws(CheckpointError) {
+        var parts = path.split(separator: ".").map(String.init)
+        guard let last = parts.popLast() else { root = value; return }
+        var node = root
+        for part in parts {
+            guard let next = lookup(node, part) else { throw .noSuchRecord(path, available: []) }
+            node = next
+        }
+        guard let i = dictEntries(node)?.firstIndex(where: { keyText($0.key) == last }) else {
+            throw .noSuchRecord(path, available: [])
+        }
+        setDictEntryValue(node, index: i, value: value)
+    }
+
     /// Top-level records of a dict root.
     func recordsOf(_ root: NodeID) -> [(name: String, node: NodeID)] {
         (dictEntries(root) ?? []).compactMap { e in keyText(e.key).map { ($0, e.value) } }

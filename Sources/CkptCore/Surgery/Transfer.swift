@@ -52,6 +52,7 @@ extension Checkpoint {
         let (fromName, source) = try from.attributing { () throws(CheckpointError) -> (String?, [NamedTensor]) in
             let (name, node) = try from.weights(options.fromRecord)
             let view = try from.graph.stateDict(node)
+            try from.requireView(view.map(\.tensor), of: node, record: name, doing: "transfer copies from")
             for t in view {
                 do throws(TensorCheckError) {
                     try t.tensor.check(name: t.name, recordBytes: from.storageRecordBytes(t.tensor.storage.key))
@@ -67,6 +68,7 @@ extension Checkpoint {
             let (intoName, node) = try weights(options.intoRecord)
             var g = graph
             let target = try g.stateDict(node)
+            try requireView(target.map(\.tensor), of: node, record: intoName, doing: "transfer fills")
             var report = TransferReport(from: from.path, into: path, fromRecord: fromName, intoRecord: intoName)
             report.total = target.count
             var byName: [String: TensorRef] = [:]
