@@ -30,6 +30,6 @@ struct Keys: ParsableCommand {
         let listing = try reporting(file) { try ckpt.keys(record: record, prefix: prefix, match: match, all: all) }
         if let n = listing.note(file: file) { note(n) }
         emit(json ? listing.json.rendered() : listing.table)
-        if let note = ckpt.torchScript?.constantsNote { warn("\(file): note: \(note)") }
+        if !all, let c = ckpt.torchScript?.constantsNote { note("note: \(c); see --all") }
     }
 }

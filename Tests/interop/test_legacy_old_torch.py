@@ -96,6 +96,20 @@ def test_diff_reports_exactly_the_differing_tensors(pair):
     assert same.returncode == 0, same.stdout + same.stderr
 
 
+def test_diff_without_values_never_says_the_values_are_equal():
+    # lpips v0.0 and v0.1 have the same names, dtypes and shapes but other values (torch says so): a diff that did
+    # not compare values must say that it did not, never a bare "no differences".
+    a, b = LEGACY / "lpips-v0.0-alex.pth", LEGACY / "lpips-v0.1-alex.pth"
+    ta, tb = torch_load(a), torch_load(b)
+    assert [(k, v.dtype, v.shape) for k, v in ta.items()] == [(k, v.dtype, v.shape) for k, v in tb.items()]
+    assert any(not torch.equal(ta[k], tb[k]) for k in ta)
+    p = run("diff", a, b)
+    assert p.returncode == 0, p.stderr
+    summary = p.stdout.strip().splitlines()[-1]
+    assert summary.startswith("no differences in names, dtypes and shapes") and "values not compared" in summary
+    assert run("diff", a, b, "--values").returncode == 1
+
+
 def test_diff_legacy_against_its_zip_conversion(legacy, tmp_path):
     out = tmp_path / "z.pt"
     run("convert", legacy, out, check=0)

@@ -142,8 +142,10 @@ extension CheckpointDiff {
             what += "; values of \(valuesCompared) compared "
                 + (toleranceText.isEmpty ? "exactly" : toleranceText.trimmingCharacters(in: .whitespaces))
             if valuesCompared > 0 { what += ", largest |a-b| \(figure(largestAbsDiff))" }
+        } else {
+            what += "; values not compared: add --values"
         }
-        if isEqual { return "no differences (\(what))" }
+        if isEqual { return "no differences\(options.values ? "" : " in names, dtypes and shapes") (\(what))" }
         var parts: [String] = []
         if !records.isEmpty { parts.append(plural(records.count, "record")) }
         if !tensors.isEmpty { parts.append(plural(tensors.count, "tensor")) }

@@ -503,6 +503,14 @@ extension PickleGraph {
                                       limits: limits)
             if n != v { setDictEntryValue(id, index: i, value: n) }
         }
+        // Python 2's `dict([(k, v), ...])` (a call of `__builtin__.dict`, which weights_only=True refuses) is the
+        // same value as a plain dict: written as one.
+        if case .object(let o) = self[id], o.state == nil, o.listItems.isEmpty,
+           let callable = globalName(o.callable), callable == "builtins.dict" || callable == "__builtin__.dict",
+           let entries = dictEntries(id)
+        {
+            return add(.dict(entries))
+        }
         return id
     }
 
