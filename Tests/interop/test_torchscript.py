@@ -469,6 +469,12 @@ def test_frozen_module_weights_are_constants_and_said_so(tmp_path):
     p = run("keys", path, check=0)
     assert p.stdout.strip() == ""
     assert f"{len(consts)} tensors are in constants.pkl" in p.stderr and "not in the state_dict view" in p.stderr
+    assert p.stderr.startswith("note: ") and "see --all" in p.stderr
+    # keys --all lists them, as constants.<i>, with torch's dtypes and shapes, and has nothing left to note
+    listed = run("keys", path, "--all", "--json", check=0)
+    assert [(t["name"], t["dtype"], t["shape"]) for t in json.loads(listed.stdout)] == [
+        (f"constants.{i}", str(c.dtype).removeprefix("torch."), list(c.shape)) for i, c in enumerate(consts)]
+    assert listed.stderr == ""
     info = run_json("info", path)
     assert info["torchscript"]["constants"]["tensors"] == len(consts)
     assert info["torchscript"]["constants"]["storage_bytes"] == sum(c.untyped_storage().nbytes() for c in consts)
