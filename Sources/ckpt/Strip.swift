@@ -77,6 +77,7 @@ struct Strip: ParsableCommand {
             return (c, try c.planStrip(o))
         }
         let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
+        try reporting(output) { try OutputFormat.requireTorch(path: output, command: "strip") }
         for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)

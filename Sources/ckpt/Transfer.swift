@@ -41,6 +41,7 @@ struct Transfer: ParsableCommand {
         o.fromRecord = fromRecord
         o.intoRecord = intoRecord
         let out = try reporting(self.out) { try AtomicOutput.destination(for: self.out, input: into) }
+        try reporting(out) { try OutputFormat.requireTorch(path: out, command: "transfer") }
         let (plan, report): (SurgeryPlan, TransferReport)
         do { (plan, report) = try i.planTransfer(from: f, o) } catch { throw Failure(message: error.description) }
         if !dryRun {

@@ -384,3 +384,20 @@ def test_bad_output_paths_get_one_line_and_nothing_written(case, tmp_path):
     if case in ("fifo", "device"):
         assert not Path(out).is_file()  # not replaced by a regular file
     assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [("strip", GOOD), ("transfer", GOOD, GOOD)], ids=["strip", "transfer"])
+def test_a_torch_checkpoint_is_never_written_under_a_safetensors_name(args, tmp_path):
+    # strip and transfer write torch checkpoints; under a .safetensors name that file would be one no safetensors
+    # loader opens (safetensors' own load_file refuses a torch zip), so the name is refused and nothing is written.
+    out = tmp_path / "out.safetensors"
+    p = ckpt(*args, out)
+    assert_clean_failure(p, out)
+    assert "convert" in p.stderr and not out.exists() and temp_files(tmp_path) == []
+    # the same job under a torch name works, and convert writes the safetensors file safetensors loads
+    p = ckpt(*args, tmp_path / "out.pt")
+    assert p.returncode == 0, p.stderr
+    assert ckpt("convert", tmp_path / "out.pt", out).returncode == 0
+    reference = torch.load(GOOD, weights_only=True)
+    loaded = load_file(str(out))
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)

@@ -18,6 +18,17 @@ public enum OutputFormat: String, Sendable {
     }
 }
 
+extension OutputFormat {
+    /// Refuses an output path whose extension names another format than the torch checkpoint `command` writes
+    /// (`strip`, `transfer`): a torch zip under a `.safetensors` name is a file no safetensors loader opens.
+    public static func requireTorch(path: String, command: String) throws(CheckpointError) {
+        guard try OutputFormat(path: path) == .torch else {
+            throw .invalidOperation("\(command) writes a torch checkpoint, not safetensors: name the output .pt "
+                + "(ckpt convert writes safetensors)")
+        }
+    }
+}
+
 /// What `ckpt convert` wrote or would write.
 public struct ConvertReport: Sendable {
     public var input: String
