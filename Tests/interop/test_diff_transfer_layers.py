@@ -341,6 +341,18 @@ def test_transfer_bad_input_exits_2_and_writes_nothing(tmp):
     assert not out.exists()
 
 
+def test_transfer_that_matches_nothing_is_refused(tmp):
+    # intersect_dicts of a ResNet state dict and a YOLOv5 model is empty (torch computes it): a copy of INTO with
+    # nothing of FROM in it is not reported as a transfer.
+    frm = torch.load(FIXTURES / "resnet-sd.pt", weights_only=True)
+    into = torch.load(NC3, weights_only=False)["model"].state_dict()
+    assert not [k for k, v in into.items() if k in frm and frm[k].shape == v.shape]
+    out = tmp / "out.pt"
+    p = run("transfer", FIXTURES / "resnet-sd.pt", NC3, out)
+    assert_clean_failure(p, NC3)
+    assert "no tensor" in p.stderr and not out.exists()
+
+
 def flipped_copy(src, dst):
     """`src` with the first byte of storage data/0 flipped: only its CRC tells."""
     import zipfile

@@ -116,6 +116,12 @@ extension Checkpoint {
                 try g.pointTensor(into, atNewStorage: placeholder, numel: numel)
                 report.transferred.append(t.name)
             }
+            // A copy of INTO with nothing of FROM in it is not a transfer: refused, not reported as done.
+            if report.transferred.isEmpty && !target.isEmpty {
+                let example = report.skipped.first.map { " (first: \($0.0), \($0.1))" } ?? ""
+                throw .invalidOperation("no tensor of \(from.path) matches INTO by name, shape and dtype\(example); "
+                    + "nothing written (ckpt strip --rename renames keys first)")
+            }
             report.casts = casts.values.sorted { $0.2 > $1.2 }.map { ($0.0, $0.1, $0.2) }
             let (renumbered, storages, _) = try renumberStorages(g, conversions: [:], planned: planned)
             try checkAll(renumbered)
