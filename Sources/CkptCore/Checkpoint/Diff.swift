@@ -220,6 +220,16 @@ extension Checkpoint {
             pairs = [(da.name == db.name ? da.name : nil, da.node, db.node)]
         }
 
+        // Values of one pair of tensors, counted in the report's totals; "values" is a change when any differ.
+        func compareTallied(_ x: TensorRef, _ y: TensorRef, name: String, into d: inout TensorDifference) throws(FileError) {
+            try compareValues(a, x, b, y, name: name, options, into: &d)
+            if d.valuesNote == nil {
+                report.valuesCompared += 1
+                if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
+            }
+            if let n = d.differing, n > 0 { d.changes.append("values") }
+        }
+
         // Tensors, pair by pair.
         var viewNodesA = Set<NodeID>(), viewNodesB = Set<NodeID>()
         var mapHits = [Int](repeating: 0, count: options.map.count)
@@ -250,14 +260,7 @@ extension Checkpoint {
                 var d = TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: (y.dtype, y.shape), changes: [])
                 if x.dtype != y.dtype { d.changes.append("dtype") }
                 if x.shape != y.shape { d.changes.append("shape") }
-                if options.values && x.shape == y.shape {
-                    try compareValues(a, x, b, y, name: t.name, options, into: &d)
-                    if d.valuesNote == nil {
-                        report.valuesCompared += 1
-                        if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
-                    }
-                    if let n = d.differing, n > 0 { d.changes.append("values") }
-                }
+                if options.values && x.shape == y.shape { try compareTallied(x, y, name: t.name, into: &d) }
                 if !d.changes.isEmpty { report.tensors.append(d) }
             }
             for t in tb where !namesA.contains(t.name) {
@@ -309,12 +312,7 @@ extension Checkpoint {
                     let x = t.tensor
                     var d = TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: (y.dtype, y.shape),
                                              changes: [])
-                    try compareValues(a, x, b, y, name: t.name, options, into: &d)
-                    if d.valuesNote == nil {
-                        report.valuesCompared += 1
-                        if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
-                    }
-                    if let n = d.differing, n > 0 { d.changes.append("values") }
+                    try compareTallied(x, y, name: t.name, into: &d)
                     if !d.changes.isEmpty { report.tensors.append(d) }
                 }
             }
