@@ -1,0 +1,122 @@
+/// Which container `torch.load(path, weights_only=False)` reads from a file, and which other readings the same
+/// bytes allow. A file that two readers read differently is *ambiguous*: a scanner (or ckpt before this check)
+/// may judge one reading while torch runs the other, so `ckpt scan` flags it (exit 1) and every rewriting command
+/// refuses it unless `--allow-unsafe`.
+///
+/// torch's choice (torch/serialization.py, torch 2.13):
+/// - `_is_zipfile`: a zip only when the file starts with the local-header magic `PK\x03\x04`; then
+///   caffe2/serialize/inline_container.cc reads it through miniz (``ZipReader`` follows it: the last end record,
+///   names looked up without regard to case, ``MinizLookup``; CRCs not checked);
+/// - otherwise `_legacy_load` tries `tarfile.open` first (the torch 0.1.x tar format, ``LegacyTarReader``);
+/// - otherwise the pickle stream from byte 0 (``LegacyReader``): its first pickle is unpickled before anything
+///   is checked.
+///
+/// The other readings looked for: a zip archive anywhere else in the file (a reader that finds a zip by its end
+/// record, as Python's `zipfile` does), a tar or a pickle stream at byte 0 beside the reading torch takes, and
+/// inside a zip what ``ZipReader/ambiguities`` lists (duplicate names, names that differ only in case, more than
+/// one end record, local headers that disagree with the central directory).
+public struct ContainerAudit: Sendable {
+    /// The container torch.load reads.
+    public enum Reading: String, Sendable {
+        case zip = "torch zip"
+        case legacyTar = "torch tar"
+        case pickleStream = "pickle stream"
+    }
+
+    public let reading: Reading
+    /// What torch.load reads, in a few words ("the pickle stream at byte 0").
+    public let torchReads: String
+    /// Each other reading of the bytes, in one line. Empty for a file that only one reading fits.
+    public let ambiguities: [String]
+
+    public var isAmbiguous: Bool { !ambiguities.isEmpty }
+
+    /// Audits a regular file (``InputPath/resolve(_:)`` has resolved the path). Never throws: what cannot be read
+    /// contributes no reading.
+    public init(file: String) {
+        let head = (try? InputPath.head(file))?.head ?? []
+        var found: [String] = []
+        // A zip reader that looks for the end record (not at byte 0): lenient, so that it opens what torch's opens.
+        let zip = try? ZipReader(path: file, lenient: true)
+        defer { zip?.close() }
+        let tar = LegacyTarReader.looksLikeTar(head: head)
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) {
+            reading = .zip
+            if let zip {
+                try? zip.auditLocalHeaders()
+                found += zip.ambiguities
+                torchReads = TorchScriptArchive.isTorchScript(zip)
+                    ? "the TorchScript archive that starts at byte 0" : "the zip archive that starts at byte 0"
+            } else {
+                torchReads = "the zip archive that starts at byte 0"
+            }
+            if tar {
+                found.append("the file is also a tar archive (its first member is named '" + Self.memberName(head)
+                             + "'): torch.load reads the zip, a tar reader the tar")
+            }
+        } else if tar {
+            reading = .legacyTar
+            torchReads = "the torch 0.1.x tar archive that starts at byte 0"
+            if let zip {
+                found.append("a zip archive follows the tar (its records start at byte \(zip.entries.map(\.headerOffset).min() ?? 0)):"
+                             + " torch.load reads the tar, a zip reader the zip")
+            }
+            if Self.isPickle(head) {
+                found.append("the tar's first member name ('" + Self.memberName(head) + "') is itself a pickle stream:"
+                             + " torch.load reads the tar, a pickle reader the name")
+            }
+        } else {
+            reading = .pickleStream
+            torchReads = "the pickle stream at byte 0"
+            if let zip {
+                found.append("a zip archive follows other bytes (its records start at byte \(zip.entries.map(\.headerOffset).min() ?? 0)):"
+                             + " torch.load unpickles from byte 0, a zip reader reads the archive")
+            }
+        }
+        ambiguities = found
+    }
+
+    /// One line for a report: what torch reads and the other readings.
+    public var verdictLine: String {
+        "ambiguous container: torch.load reads \(torchReads); " + ambiguities.joined(separator: "; ")
+    }
+
+    /// Whether the first bytes decode as a complete pickle (the first of a legacy checkpoint's stream).
+    private static func isPickle(_ head: [UInt8]) -> Bool {
+        (try? PickleDecoder.decodePrefix(head, offset: 0)) != nil
+    }
+
+    /// The first tar member's name as bytes 0..<100 hold it (up to the first NUL), printable.
+    private static func memberName(_ head: [UInt8]) -> String {
+        let raw = head.prefix(100).prefix { $0 != 0 }
+        let text = raw.map { $0 >= 0x20 && $0 < 0x7F ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined()
+        return text.count > 60 ? String(text.prefix(60)) + "..." : text
+    }
+}
+
+extension Checkpoint {
+    /// Opens a checkpoint for a rewriting command (strip, convert, transfer): refuses, unless `allowUnsafe`, a file
+    /// whose container torch could read differently (``ContainerAudit``) with
+    /// ``CheckpointError/ambiguousContainer(torchReads:_:)``, and one whose pickles name dangerous globals with
+    /// ``CheckpointError/dangerousGlobals(_:)`` — also when the file cannot be read as a checkpoint but its
+    /// pickles can be scanned (a data.pkl with a wrong CRC still runs in torch.load). The CLI exits 1 for both.
+    public static func openForRewriting(path: String, allowUnsafe: Bool, limits: PickleLimits = PickleLimits())
+        throws(CheckpointError) -> Checkpoint
+    {
+        if !allowUnsafe {
+            let audit = ContainerAudit(file: try InputPath.resolve(path))
+            if audit.isAmbiguous { throw .ambiguousContainer(torchReads: audit.torchReads, audit.ambiguities) }
+        }
+        let c: Checkpoint
+        do {
+            c = try Checkpoint(path: path, limits: limits)
+        } catch {
+            if !allowUnsafe, let report = try? Checkpoint.scan(path: path, limits: limits), report.isDangerous {
+                throw .dangerousGlobals(report.dangerous.map(\.name))
+            }
+            throw error
+        }
+        try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
+        return c
+    }
+}
