@@ -1,0 +1,160 @@
+"""ckpt reads the container torch.load reads, and flags a file whose bytes another reader reads differently.
+
+fixtures/containers/ (scripts/make-container-fixtures.py) holds one file per class: data before a zip, a tar that
+is also a zip or a pickle stream, names that differ only in case, two end records, local and central names that
+differ, duplicate names, and (not ambiguous, but read by torch) a data.pkl with a wrong CRC and a plain torch 0.1.x
+tar. Each payload only creates a marker file; real torch.load(weights_only=False) runs it in a throwaway
+subprocess whose working folder is a fresh temp folder, never in this process.
+"""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from conftest import FIXTURES, run
+
+CONTAINERS = FIXTURES / "containers"
+FACTS = json.loads((CONTAINERS / "facts.json").read_text())
+FILES = sorted(CONTAINERS.glob("*.pt"))
+PAYLOADS = [p for p in FILES if FACTS[p.name]["payload"]]
+MARKER = "ckpt-container-marker"
+
+
+def torch_runs_payload(path, folder):
+    """torch.load(path, weights_only=False) in a fresh interpreter whose working folder is `folder`; whether the
+    payload's marker appeared there."""
+    folder.mkdir()
+    code = ("import sys, torch\n"
+            "try:\n    torch.load(sys.argv[1], weights_only=False, map_location='cpu')\n"
+            "except Exception:\n    pass\n")
+    subprocess.run([sys.executable, "-c", code, str(path.resolve())], cwd=folder, capture_output=True, timeout=300)
+    return (folder / MARKER).exists()
+
+
+def test_every_fixture_has_facts():
+    assert sorted(p.name for p in FILES) == sorted(FACTS)
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.name)
+def test_torch_runs_the_payload(path, tmp_path):
+    """The oracle: torch.load(weights_only=False) runs each payload (so a clean verdict on the other reading is
+    a miss), and the marker proves it ran in the throwaway folder only."""
+    assert torch_runs_payload(path, tmp_path / "sandbox")
+    assert not (CONTAINERS / MARKER).exists()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_scan_flags_it(path):
+    """Exit 1: "ambiguous container: torch.load reads X" for the ambiguous classes, "dangerous" for the others;
+    the payload torch runs is among the dangerous globals (scan judges the pickle torch unpickles)."""
+    p = run("scan", path)
+    assert p.returncode == 1, p.stderr
+    if FACTS[path.name]["scan"] == "ambiguous":
+        assert "ambiguous container: torch.load reads" in p.stderr, p.stderr
+    else:
+        assert "ambiguous" not in p.stderr and "dangerous" in p.stderr, p.stderr
+    p = run("scan", path, "--json")
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert bool(report["container"]["ambiguities"]) == (FACTS[path.name]["scan"] == "ambiguous")
+    if FACTS[path.name]["payload"]:
+        assert "builtins.exec" in [g["name"] for g in report["globals"] if g["class"] == "dangerous"]
+        assert report["verdict"] == "dangerous"
+    else:
+        assert report["verdict"] == "ambiguous-container"
+
+
+REWRITES = ["strip", "convert-safetensors", "convert-torch", "transfer-from", "transfer-into"]
+
+
+@pytest.mark.parametrize("command", REWRITES)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_rewrites_refuse(path, command, tmp_path):
+    """Every rewriting command refuses (exit 1, one line, nothing written), whether ckpt could read the file as a
+    checkpoint or not."""
+    clean = FIXTURES / "sd-proto2.pt"
+    out = tmp_path / ("out.safetensors" if command == "convert-safetensors" else "out.pt")
+    args = {
+        "strip": ["strip", path, out],
+        "convert-safetensors": ["convert", path, out],
+        "convert-torch": ["convert", path, out],
+        "transfer-from": ["transfer", path, clean, out],
+        "transfer-into": ["transfer", clean, path, out],
+    }[command]
+    before = path.read_bytes()
+    p = run(*args)
+    assert p.returncode == 1, p.stderr
+    assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "refusing to rewrite" in p.stderr and str(path) in p.stderr, p.stderr
+    want = "ambiguous container" if FACTS[path.name]["scan"] == "ambiguous" else "builtins.exec"
+    assert want in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert path.read_bytes() == before
+
+
+def test_case_storage_torch_loads_other_values_and_ckpt_reads_them(tmp_path):
+    """archive/DATA/0 beside archive/data/0: torch's lookup ignores case and loads the other record's values
+    (no payload here, so weights_only=True loads it in this process). ckpt reads the record torch reads: with
+    --allow-unsafe, convert writes torch's values, not those of the record named exactly data/0."""
+    path = CONTAINERS / "case-storage.pt"
+    key = FACTS[path.name]["storage"]
+    loaded = torch.load(path, weights_only=True, map_location="cpu")
+    with zipfile.ZipFile(path) as z:
+        exact = np.frombuffer(z.read(f"archive/data/{key}"), dtype=np.float32)
+    tensor = next(t for t in loaded.values() if t.untyped_storage().nbytes() == exact.nbytes)
+    torch_values = np.frombuffer(bytes(tensor.untyped_storage()), dtype=np.float32)
+    assert not np.array_equal(torch_values, exact), "the fixture must make torch load other values"
+
+    out = tmp_path / "out.safetensors"
+    assert run("convert", path, out).returncode == 1
+    p = run("convert", path, out, "--allow-unsafe")
+    assert p.returncode == 0, p.stderr
+    ours = load_file(str(out))
+    for name, t in loaded.items():
+        assert np.array_equal(ours[name], t.numpy()), name
+
+
+def test_bad_crc_scan_judges_the_pickle_but_readers_refuse():
+    """A wrong CRC does not stop torch, so it does not stop the scan; commands that read the file as a checkpoint
+    still refuse it as damaged (exit 2)."""
+    path = CONTAINERS / "bad-crc-data-pkl.pt"
+    assert run("scan", path).returncode == 1
+    p = run("info", path)
+    assert p.returncode == 2 and "crc-32" in p.stderr, p.stderr
+
+
+def clean_files(tmp_path):
+    files = sorted(FIXTURES.glob("*.pt")) + sorted(p for p in (FIXTURES / "legacy").iterdir() if p.suffix != ".json")
+    # A TorchScript archive torch writes, and a safetensors file.
+    m = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()))
+    ts = tmp_path / "scripted.pt"
+    torch.jit.save(m, str(ts))
+    st = tmp_path / "w.safetensors"
+    assert run("convert", FIXTURES / "sd-proto2.pt", st).returncode == 0
+    return files + [ts, st]
+
+
+def test_clean_files_are_not_ambiguous(tmp_path):
+    """No false positive: every clean fixture, a TorchScript archive and a safetensors file have one reading."""
+    for path in clean_files(tmp_path):
+        p = run("scan", path, "--json")
+        assert p.returncode in (0, 1, 2), p.stderr
+        if p.returncode == 2:
+            continue  # a file scan cannot read is reported as such, not as ambiguous
+        report = json.loads(p.stdout)
+        assert report["container"]["ambiguities"] == [], (path, report["container"])
+        assert "ambiguous" not in p.stderr, (path, p.stderr)
+
+
+def test_pickle_then_zip_scan_reads_byte_zero():
+    """Before this check, a zip reader found the clean archive after the payload; scan must judge the pickle
+    stream torch unpickles from byte 0."""
+    report = json.loads(run("scan", CONTAINERS / "pickle-then-zip.pt", "--json").stdout)
+    assert report["format"] == "pickle stream"
+    assert report["container"]["torch_reads"] == "the pickle stream at byte 0"
