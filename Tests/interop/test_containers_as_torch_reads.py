@@ -199,3 +199,18 @@ def test_ckpt_picks_the_record_torch_picks_among_names_alike(seed, tmp_path):
     ours = load_file(str(out))
     for name, t in loaded.items():
         assert ours[name].tobytes() == t.numpy().tobytes(), (name, spellings)
+
+
+def test_an_ambiguous_shard_makes_the_sharded_checkpoint_ambiguous(tmp_path):
+    """A sharded checkpoint's index is read through its shards: a shard whose container is ambiguous is reported
+    (exit 1, naming the shard) and the index is refused by rewrites."""
+    import shutil
+    shutil.copy(CONTAINERS / "case-storage.pt", tmp_path / "shard-1.bin")
+    names = list(torch.load(CONTAINERS / "case-storage.pt", weights_only=True))
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {n: "shard-1.bin" for n in names}}))
+    p = run("scan", index)
+    assert p.returncode == 1 and "ambiguous container" in p.stderr and "shard shard-1.bin" in p.stderr, p.stderr
+    p = run("strip", index, tmp_path / "out.pt")
+    assert p.returncode == 1 and "ambiguous container" in p.stderr, p.stderr
+    assert not (tmp_path / "out.pt").exists()

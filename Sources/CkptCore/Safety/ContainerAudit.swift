@@ -1,3 +1,5 @@
+import Foundation
+
 /// Which container `torch.load(path, weights_only=False)` reads from a file, and which other readings the same
 /// bytes allow. A file that two readers read differently is *ambiguous*: a scanner (or ckpt before this check)
 /// may judge one reading while torch runs the other, so `ckpt scan` flags it (exit 1) and every rewriting command
@@ -21,6 +23,8 @@ public struct ContainerAudit: Sendable {
         case zip = "torch zip"
         case legacyTar = "torch tar"
         case pickleStream = "pickle stream"
+        /// A sharded checkpoint's index: each shard is audited as a file of its own.
+        case shards = "sharded index"
     }
 
     public let reading: Reading
@@ -28,14 +32,29 @@ public struct ContainerAudit: Sendable {
     public let torchReads: String
     /// Each other reading of the bytes, in one line. Empty for a file that only one reading fits.
     public let ambiguities: [String]
+    /// Whether torch.load hands the file to torch.jit.load (a zip with a `constants.pkl` record).
+    public private(set) var isTorchScript = false
 
     public var isAmbiguous: Bool { !ambiguities.isEmpty }
 
     /// Audits a regular file (``InputPath/resolve(_:)`` has resolved the path). Never throws: what cannot be read
     /// contributes no reading.
-    public init(file: String) {
+    public init(file: String) { self.init(file: file, shards: true) }
+
+    private init(file: String, shards: Bool) {
         let head = (try? InputPath.head(file))?.head ?? []
         var found: [String] = []
+        if shards, (try? ContainerKind.detect(path: file)) == .shardIndex {
+            reading = .shards
+            torchReads = "each shard as a file of its own"
+            let folder = (file as NSString).deletingLastPathComponent
+            for name in Self.shardNames(index: file) {
+                let audit = ContainerAudit(file: folder.isEmpty ? name : folder + "/" + name, shards: false)
+                found += audit.ambiguities.map { "shard \(name): torch.load reads \(audit.torchReads); \($0)" }
+            }
+            ambiguities = found
+            return
+        }
         // A zip reader that looks for the end record (not at byte 0): lenient, so that it opens what torch's opens.
         let zip = try? ZipReader(path: file, lenient: true)
         defer { zip?.close() }
@@ -45,7 +64,8 @@ public struct ContainerAudit: Sendable {
             if let zip {
                 try? zip.auditLocalHeaders()
                 found += zip.ambiguities
-                torchReads = TorchScriptArchive.isTorchScript(zip)
+                isTorchScript = TorchScriptArchive.isTorchScript(zip)
+                torchReads = isTorchScript
                     ? "the TorchScript archive that starts at byte 0" : "the zip archive that starts at byte 0"
             } else {
                 torchReads = "the zip archive that starts at byte 0"
@@ -81,6 +101,22 @@ public struct ContainerAudit: Sendable {
         "ambiguous container: torch.load reads \(torchReads); " + ambiguities.joined(separator: "; ")
     }
 
+    /// The shard files a sharded checkpoint's index names (its `weight_map` values), sorted; none when the index
+    /// cannot be read (opening the checkpoint says why).
+    private static func shardNames(index: String) -> [String] {
+        guard let file = try? FileRange.open(index) else { return [] }
+        defer { try? file.close() }
+        guard let size = try? FileRange.size(file), size <= ShardedCheckpoint.maxIndexBytes,
+              let data = try? FileRange.readBytes(file, at: 0, count: Int(size), what: "the index"),
+              let json = try? JSONParser.parse(data), case .object(let map)? = json["weight_map"]
+        else { return [] }
+        var names = Set<String>()
+        for (_, v) in map {
+            if case .string(let f) = v, !f.isEmpty, !f.hasPrefix("/"), !f.split(separator: "/").contains("..") { names.insert(f) }
+        }
+        return names.sorted()
+    }
+
     /// Whether the first bytes decode as a complete pickle (the first of a legacy checkpoint's stream).
     private static func isPickle(_ head: [UInt8]) -> Bool {
         (try? PickleDecoder.decodePrefix(head, offset: 0)) != nil
@@ -103,16 +139,18 @@ extension Checkpoint {
     public static func openForRewriting(path: String, allowUnsafe: Bool, limits: PickleLimits = PickleLimits())
         throws(CheckpointError) -> Checkpoint
     {
-        if !allowUnsafe {
-            let audit = ContainerAudit(file: try InputPath.resolve(path))
-            if audit.isAmbiguous { throw .ambiguousContainer(torchReads: audit.torchReads, audit.ambiguities) }
-        }
+        let audit = allowUnsafe ? nil : ContainerAudit(file: try InputPath.resolve(path))
+        if let audit, audit.isAmbiguous { throw .ambiguousContainer(torchReads: audit.torchReads, audit.ambiguities) }
         let c: Checkpoint
         do {
             c = try Checkpoint(path: path, limits: limits)
         } catch {
-            if !allowUnsafe, let report = try? Checkpoint.scan(path: path, limits: limits), report.isDangerous {
-                throw .dangerousGlobals(report.dangerous.map(\.name))
+            // As refuseDangerousGlobals: TorchScript's own unpickler resolves its builders without Python.
+            if let audit, let report = try? Checkpoint.scan(path: path, limits: limits) {
+                let bad = report.dangerous.map(\.name).filter {
+                    !(audit.isTorchScript && TorchScriptArchive.unpicklerBuiltins.contains($0))
+                }
+                if !bad.isEmpty { throw .dangerousGlobals(bad) }
             }
             throw error
         }

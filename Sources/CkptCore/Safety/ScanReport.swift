@@ -198,6 +198,8 @@ enum ContainerPickles {
             return (reading.rawValue, try LegacyTarReader.rawScans(path: path, limits: limits))
         case .pickleStream:
             return (reading.rawValue, try streamScans(path: path, limits: limits))
+        case .shards:
+            throw CheckpointError.notACheckpoint("a sharded index holds no pickle of its own")
         }
     }
 

@@ -117,9 +117,10 @@ public final class ZipReader {
                 let other = entries[first].name
                 if other == name {
                     guard lenient else { throw ZipError.duplicateRecord(name) }
-                    ambiguities.append("two records named '\(name)'")
+                    Self.note("two records named '\(name)'", in: &ambiguities)
                 } else {
-                    ambiguities.append("records '\(other)' and '\(name)' differ only in case (torch looks names up without regard to case)")
+                    Self.note("records '\(other)' and '\(name)' differ only in case (torch looks names up without regard to case)",
+                              in: &ambiguities)
                 }
                 colliding.insert(folded)
             } else {
@@ -219,7 +220,9 @@ public final class ZipReader {
                 directory.records[entry.index], displayName: entry.name, file: file, fileSize: fileSize,
                 directoryOffset: directory.directoryOffset, lenient: lenient)
             start = checked.start
-            if let d = checked.disagreement { ambiguities.append(d + " (torch.load reads the data the central directory points to)") }
+            if let d = checked.disagreement {
+                Self.note(d + " (torch.load reads the data the central directory points to)", in: &ambiguities)
+            }
             dataOffsets[entry.index] = start
         }
         return entry.method == .stored ? start : nil
@@ -261,6 +264,11 @@ public final class ZipReader {
         guard collidingFoldedNames.contains(folded) else { return indexByFoldedName[folded].map { entries[$0] } }
         if minizOrder == nil { minizOrder = MinizLookup.sortedOrder(directory.records.map(\.name)) }
         return MinizLookup.find(Array(name.utf8), names: directory.records.map(\.name), order: minizOrder!).map { entries[$0] }
+    }
+
+    /// At most 16 notes, then one saying that there are more: an archive of a million duplicates is one line.
+    private static func note(_ text: String, in notes: inout [String]) {
+        if notes.count < 16 { notes.append(text) } else if notes.count == 16 { notes.append("and more of the same") }
     }
 
     /// Reads every record's local header (one small read each), so that ``ambiguities`` lists the local headers
