@@ -6,18 +6,20 @@ import Testing
 /// scripts/make-container-fixtures.py; `facts.json` says what torch reads, checked against real torch.load by
 /// Tests/interop/test_containers_as_torch_reads.py) and on the clean fixtures.
 @Suite struct ContainerAuditTests {
-    static let facts: [String: [String: Any]] = {
+    struct Fact: Sendable { var ambiguous: Bool; var payload: Bool }
+    static let facts: [String: Fact] = {
         let data = try! Data(contentsOf: URL(fileURLWithPath: Oracle.fixture("containers/facts.json")))
-        return try! JSONSerialization.jsonObject(with: data) as! [String: [String: Any]]
+        let raw = try! JSONSerialization.jsonObject(with: data) as! [String: [String: Any]]
+        return raw.mapValues { Fact(ambiguous: $0["scan"] as! String == "ambiguous", payload: $0["payload"] as! Bool) }
     }()
 
     @Test(arguments: Self.facts.keys.sorted())
     func containerFixtureIsAmbiguousAsTheFactsSay(name: String) throws {
         let audit = ContainerAudit(file: Oracle.fixture("containers/\(name)"))
-        #expect(audit.isAmbiguous == (Self.facts[name]!["scan"] as! String == "ambiguous"), "\(audit.ambiguities)")
+        #expect(audit.isAmbiguous == Self.facts[name]!.ambiguous, "\(audit.ambiguities)")
         let report = try Checkpoint.scan(path: Oracle.fixture("containers/\(name)"))
         #expect(report.isAmbiguous || report.isDangerous)
-        if Self.facts[name]!["payload"] as! Bool {
+        if Self.facts[name]!.payload {
             #expect(report.dangerous.map(\.name).contains("builtins.exec"))
         }
     }
