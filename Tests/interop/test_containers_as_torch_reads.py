@@ -131,10 +131,13 @@ def test_bad_crc_scan_judges_the_pickle_but_readers_refuse():
 
 def clean_files(tmp_path):
     files = sorted(FIXTURES.glob("*.pt")) + sorted(p for p in (FIXTURES / "legacy").iterdir() if p.suffix != ".json")
-    # A TorchScript archive torch writes, and a safetensors file.
-    m = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()))
+    # A TorchScript archive torch writes (in another interpreter: scripting here would leave nn.Linear compiled in
+    # torch.jit's type cache, which changes what test_torchscript.py's archives hold), and a safetensors file.
     ts = tmp_path / "scripted.pt"
-    torch.jit.save(m, str(ts))
+    code = ("import sys, torch\n"
+            "m = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()))\n"
+            "torch.jit.save(m, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", code, str(ts)], check=True, capture_output=True, timeout=300)
     st = tmp_path / "w.safetensors"
     assert run("convert", FIXTURES / "sd-proto2.pt", st).returncode == 0
     return files + [ts, st]

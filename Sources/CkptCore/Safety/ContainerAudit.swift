@@ -62,7 +62,7 @@ public struct ContainerAudit: Sendable {
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) {
             reading = .zip
             if let zip {
-                try? zip.auditLocalHeaders()
+                zip.auditLocalHeaders()
                 found += zip.ambiguities
                 isTorchScript = TorchScriptArchive.isTorchScript(zip)
                 torchReads = isTorchScript

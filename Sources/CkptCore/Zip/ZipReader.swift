@@ -109,9 +109,9 @@ public final class ZipReader {
 
         for (index, record) in directory.records.enumerated() {
             let lossyName = String(decoding: record.name, as: UTF8.self)
-            guard let name = ZipNames.decode(record.name), ZipNames.isSafe(name) else {
-                throw ZipError.unsafeRecordName(lossyName)
-            }
+            // A lenient reader extracts nothing to disk and torch reads such records: only the strict one refuses.
+            let decoded = ZipNames.decode(record.name).flatMap { ZipNames.isSafe($0) ? $0 : nil }
+            guard let name = decoded ?? (lenient ? lossyName : nil) else { throw ZipError.unsafeRecordName(lossyName) }
             let folded = MinizLookup.fold(name)
             if let first = indexByName[folded] {
                 let other = entries[first].name
@@ -127,13 +127,13 @@ public final class ZipReader {
                 indexByName[folded] = index
             }
             // Bit 0: traditional PKWARE encryption; bit 6: strong encryption.
-            if record.flags & 0x0041 != 0 { throw ZipError.encryptedRecord(name) }
+            if record.flags & 0x0041 != 0 && !lenient { throw ZipError.encryptedRecord(name) }
             let method = ZipEntry.Method(rawValue: record.method)
-            if method == .stored && record.compressedSize != record.size {
+            if method == .stored && record.compressedSize != record.size && !lenient {
                 throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
             }
             let (most, overflow) = record.compressedSize.multipliedReportingOverflow(by: Self.maxDeflateRatio)
-            if method == .deflated, !overflow, record.size > most {
+            if method == .deflated, !overflow, record.size > most, !lenient {
                 throw ZipError.impossibleExpansion(record: name, size: record.size, compressedSize: record.compressedSize)
             }
             entries.append(
@@ -157,14 +157,15 @@ public final class ZipReader {
         // The local headers of the small records (data.pkl, version, byteorder, ...) are checked now; those of the
         // storages under data/, when their bytes are first read: `keys` and `info` read none of them, and a
         // checkpoint holds thousands (one pread each).
+        // (A lenient reader checks only what is read: torch fails on a damaged record only when it reads it.)
         let storages = root.isEmpty ? "data/" : root + "/data/"
-        for e in entries where !e.name.hasPrefix(storages) {
+        for e in entries where !e.name.hasPrefix(storages) && !lenient {
             _ = try dataOffset(of: e)
         }
         // A compressed record's sizes and CRC are only claims until it is inflated: inflate each one now, in bounded
         // chunks, so that no command lists a record as what it claims to be (torch.save never compresses, so
         // this costs only on files other writers made).
-        for e in entries where e.method != .stored {
+        for e in entries where e.method != .stored && !lenient {
             try streamCore(e, chunkSize: 1 << 20) { (_: UnsafeRawBufferPointer) throws(ZipError) in }
         }
     }
@@ -272,9 +273,10 @@ public final class ZipReader {
     }
 
     /// Reads every record's local header (one small read each), so that ``ambiguities`` lists the local headers
-    /// that disagree with the central directory. Lenient archives only (a strict one throws at the first).
-    public func auditLocalHeaders() throws(ZipError) {
-        for e in entries { _ = try dataOffset(of: e) }
+    /// that disagree with the central directory (a record whose local header is missing is skipped: reading it
+    /// fails). Lenient archives only (a strict one throws at the first).
+    public func auditLocalHeaders() {
+        for e in entries { _ = try? dataOffset(of: e) }
     }
 
     /// The record `root + "/" + relative` (for example `entry(named: "data.pkl")`), if any.
