@@ -217,3 +217,27 @@ def test_an_ambiguous_shard_makes_the_sharded_checkpoint_ambiguous(tmp_path):
     p = run("strip", index, tmp_path / "out.pt")
     assert p.returncode == 1 and "ambiguous container" in p.stderr, p.stderr
     assert not (tmp_path / "out.pt").exists()
+
+
+# Ambiguities ckpt can read as a checkpoint (past --allow-unsafe); the others are also damage (a duplicate name, a
+# disagreeing local header, a wrong CRC) or not a checkpoint at byte 0 (a bare pickle, a legacy stream cut by the
+# zip), and stay unreadable (exit 2).
+READABLE = {"case-data-pkl.pt", "case-storage.pt", "legacy-tar-payload.pt", "tar-name-is-legacy-checkpoint.pt",
+            "tar-named-pk-then-zip.pt", "tar-named-pk0304-zip.pt", "two-end-records.pt"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_allow_unsafe_output_keeps_what_torch_reads(path, tmp_path):
+    """Rewriting never launders: with --allow-unsafe the output is what ckpt read, which is torch's reading, payload
+    included (torch.load of the output runs it too), written as a plain torch zip with one reading."""
+    out = tmp_path / "out.pt"
+    p = run("strip", path, out, "--allow-unsafe")
+    if path.name not in READABLE:
+        assert p.returncode == 2 and not out.exists(), p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    report = json.loads(run("scan", out, "--json").stdout)
+    assert report["container"]["ambiguities"] == []
+    if FACTS[path.name]["payload"]:
+        assert report["verdict"] == "dangerous"
+        assert torch_runs_payload(out, tmp_path / "sandbox")
