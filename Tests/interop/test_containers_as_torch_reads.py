@@ -241,3 +241,16 @@ def test_allow_unsafe_output_keeps_what_torch_reads(path, tmp_path):
     if FACTS[path.name]["payload"]:
         assert report["verdict"] == "dangerous"
         assert torch_runs_payload(out, tmp_path / "sandbox")
+
+
+def test_a_torch_zip_named_safetensors_is_ambiguous(tmp_path):
+    """torch.load (2.13) reads a path ending in .safetensors with safetensors, whatever its bytes: a torch zip so
+    named is not what torch.load reads, while ckpt (and readers that go by content) read the zip."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes((FIXTURES / "sd-proto2.pt").read_bytes())
+    with pytest.raises(Exception, match="(?i)header|safetensor"):
+        torch.load(path, weights_only=True)
+    p = run("scan", path)
+    assert p.returncode == 1 and "ends in .safetensors" in p.stderr, p.stderr
+    p = run("convert", path, tmp_path / "o.safetensors")
+    assert p.returncode == 1 and "ambiguous container" in p.stderr, p.stderr

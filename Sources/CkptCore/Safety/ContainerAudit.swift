@@ -93,6 +93,15 @@ public struct ContainerAudit: Sendable {
                              + " torch.load unpickles from byte 0, a zip reader reads the archive")
             }
         }
+        // torch.load (2.13) hands a path ending in ".safetensors" to safetensors.torch.load_file before it looks at
+        // the bytes: a zip, tar or pickle stream so named is read by content elsewhere (ckpt included).
+        if file.hasSuffix(".safetensors"), reading != .shards, !SafetensorsReader.looksLikeSafetensors(
+            head: head, fileSize: (try? InputPath.head(file))?.size ?? 0), head.count >= 4,
+           head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || tar || Self.isPickle(head)
+        {
+            found.append("its name ends in .safetensors, so torch.load reads it with safetensors, while by its bytes it"
+                         + " is a \(reading.rawValue) (read as such by ckpt and by readers that go by content)")
+        }
         ambiguities = found
     }
 
