@@ -87,7 +87,10 @@ public struct ContainerAudit: Sendable {
             }
         } else {
             reading = .pickleStream
-            torchReads = "the pickle stream at byte 0"
+            let size = (try? InputPath.head(file))?.size ?? 0
+            torchReads = !SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) ? "the pickle stream at byte 0"
+                : file.hasSuffix(".safetensors") ? "the safetensors file (its name ends in .safetensors)"
+                : "the pickle stream at byte 0 (a safetensors file not named .safetensors, which it cannot read)"
             if let zip {
                 found.append("a zip archive follows other bytes (its records start at byte \(zip.entries.map(\.headerOffset).min() ?? 0)):"
                              + " torch.load unpickles from byte 0, a zip reader reads the archive")
