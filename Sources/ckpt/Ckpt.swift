@@ -54,6 +54,7 @@ func reporting<T>(_ file: String, _ body: () throws -> T) throws -> T {
         throw e
     } catch let e as CheckpointError {
         if case .dangerousGlobals = e { throw Failure(message: "\(file): \(e.description)", code: 1) }
+        if case .ambiguousContainer = e { throw Failure(message: "\(file): \(e.description)", code: 1) }
         throw Failure(message: "\(file): \(e.description)")
     } catch let e as CustomStringConvertible {
         throw Failure(message: "\(file): \(e.description)")

@@ -31,10 +31,9 @@ struct Convert: ParsableCommand {
     var allowUnsafe = false
 
     func run() throws {
-        let ckpt = try reporting(input) { try Checkpoint(path: input) }
+        let ckpt = try reporting(input) { try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe) }
         let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
         let format = try reporting(output) { try OutputFormat(path: output) }
-        try reporting(input) { try ckpt.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
         let report: ConvertReport
         switch format {
         case .safetensors:

@@ -72,8 +72,7 @@ struct Strip: ParsableCommand {
         o.record = record
         o.force = force
         let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = keptUntilExit(try Checkpoint(path: input))
-            try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
+            let c = keptUntilExit(try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe))
             return (c, try c.planStrip(o))
         }
         let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }

@@ -32,10 +32,8 @@ struct Transfer: ParsableCommand {
     var allowUnsafe = false
 
     func run() throws {
-        let f = try reporting(from) { try Checkpoint(path: from) }
-        let i = try reporting(into) { try Checkpoint(path: into) }
-        try reporting(from) { try f.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
-        try reporting(into) { try i.refuseDangerousGlobals(allowUnsafe: allowUnsafe) }
+        let f = try reporting(from) { try Checkpoint.openForRewriting(path: from, allowUnsafe: allowUnsafe) }
+        let i = try reporting(into) { try Checkpoint.openForRewriting(path: into, allowUnsafe: allowUnsafe) }
         var o = TransferOptions()
         o.exclude = exclude
         o.fromRecord = fromRecord

@@ -118,9 +118,6 @@ def test_strip_refuses_dangerous_files(path, tmp_path):
     assert out.exists() is False
     assert list(tmp_path.iterdir()) == []
     assert sha(path) == before
-    if "computed" in path.stem:  # its pickle cannot be decoded: unreadable, not merely refused
-        assert_clean_failure(p, path)
-        return
     assert p.returncode == 1, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ckpt: {path}: refusing to rewrite"), lines

@@ -22,6 +22,9 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
     /// The pickle names globals that run code when unpickled (see ``Checkpoint/dangerousGlobals()``);
     /// rewriting commands refuse such files unless allowed. The CLI exits 1 for it.
     case dangerousGlobals([String])
+    /// torch.load could read the file differently from another reader (``ContainerAudit``): what torch reads, then
+    /// each other reading. Rewriting commands refuse such files unless allowed. The CLI exits 1 for it.
+    case ambiguousContainer(torchReads: String, [String])
     /// A file of another format (`safetensors`, `onnx`, `sharded checkpoint index`) that breaks its format's rules.
     case invalidFile(format: String, String)
     /// The path names something other than a checkpoint file: a folder without weights, a FIFO, a device, an
@@ -46,6 +49,9 @@ public enum CheckpointError: Error, Sendable, CustomStringConvertible {
                 + names.prefix(6).joined(separator: ", ") + (names.count > 6 ? ", ..." : "")
                 + ") that can run code when unpickled; see ckpt scan, or pass --allow-unsafe to copy "
                 + (names.count == 1 ? "it" : "them") + " unchanged"
+        case .ambiguousContainer(let reads, let others):
+            "refusing to rewrite: ambiguous container: torch.load reads \(reads); " + others.joined(separator: "; ")
+                + " (see ckpt scan, or pass --allow-unsafe to rewrite what ckpt reads)"
         case .invalidFile(let format, let why): "not a valid \(format) file: \(why)"
         case .wrongKind(let what): what
         }

@@ -34,7 +34,9 @@ enum ContainerKind: Equatable {
         let ext = (path as NSString).pathExtension.lowercased()
         let firstChar = head.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
         if size == 0 { throw .wrongKind("empty file") }
-        if head.starts(with: [0x50, 0x4B]) { return .zip }  // "PK"
+        // torch.load's `_is_zipfile`: the local-header magic at byte 0, nothing else (a zip after other bytes is read
+        // as torch reads the file: a tar, or a pickle stream from byte 0; ContainerAudit notes the zip).
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return .zip }
         if LegacyTarReader.looksLikeTar(head: head) { return .legacyTar }  // torch.load tries tar before the pickle stream
         if LegacyReader.looksLegacy(head: head) { return .legacy }
         if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: size) { return .safetensors }

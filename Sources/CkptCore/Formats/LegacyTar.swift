@@ -30,6 +30,27 @@ enum LegacyTarReader {
         head.count >= 512 && (try? header(Array(head.prefix(512)))) != nil
     }
 
+    /// The pickles torch unpickles from a tar it cannot read as a checkpoint, scanned raw (for `ckpt scan`, when
+    /// ``open(path:limits:)`` fails): the first pickle of `storages` and of `tensors` (their counts, which torch
+    /// unpickles first) and the whole `pickle` member. The storage and tensor records after the counts sit between
+    /// raw bytes that only a full read can step over; ``open(path:limits:)`` scans them.
+    static func rawScans(path: String, limits: PickleLimits) throws(CheckpointError) -> [PickleScan] {
+        let file = try FileRange.open(path)
+        defer { try? file.close() }
+        let size = try FileRange.size(file)
+        let members = try listMembers(file, size: size)
+        var scans: [PickleScan] = []
+        for (name, whole) in [("storages", false), ("tensors", false), ("pickle", true)] {
+            guard let m = members.last(where: { $0.name == name }) else { continue }
+            let count = Int(min(m.size, whole ? Checkpoint.maxPickleBytes : 1 << 20))
+            let bytes = try FileRange.readBytes(file, at: m.offset, count: count, what: "torch tar member '\(name)'")
+            scans += whole ? [PickleScanner.scan(bytes, label: name, limits: limits)]
+                           : PickleScanner.scanSequence(bytes, count: 1, label: name, limits: limits)
+        }
+        guard !scans.isEmpty else { throw .notACheckpoint("torch tar file has no 'storages', 'tensors' or 'pickle' member") }
+        return scans
+    }
+
     static func open(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let file = try FileRange.open(path)
         defer { try? file.close() }

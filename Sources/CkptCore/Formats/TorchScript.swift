@@ -67,7 +67,12 @@ public struct TorchScriptArchive: Sendable {
     static let maxCodeBytes: UInt64 = 64 << 20
 
     /// Whether an open zip is a TorchScript archive, as torch.load decides: it holds `<root>/constants.pkl`.
-    static func isTorchScript(_ zip: ZipReader) -> Bool { zip.entry(named: "constants.pkl") != nil }
+    /// torch.load's `_is_torchscript_zip`: `"constants.pkl" in zip_file.get_all_records()`, the record names with the
+    /// root folder cut off, compared exactly (not through the case-blind lookup of ``ZipReader/entry(named:)``).
+    static func isTorchScript(_ zip: ZipReader) -> Bool {
+        let name = zip.root.isEmpty ? "constants.pkl" : zip.root + "/constants.pkl"
+        return zip.entries.contains { $0.name == name }
+    }
 
     /// Reads the archive's records, class declarations and constants, and checks `graph` (the decoded data.pkl)
     /// against them: every `__torch__` object has a declaration, every module's state is a dict holding each

@@ -27,6 +27,12 @@ public struct ScanReport: Sendable {
     /// Whether `torch.load(weights_only=True)` loads the file, and if not, the first reason.
     public var weightsOnlyLoads: Bool
     public var weightsOnlyReason: String?
+    /// Which container torch.load reads and the other readings of the bytes (``ContainerAudit``); nil when not
+    /// audited (a report built from pickle scans alone).
+    public var container: ContainerAudit? = nil
+
+    /// Whether torch could read the file differently from another reader (see ``ContainerAudit``).
+    public var isAmbiguous: Bool { container?.isAmbiguous ?? false }
 
     /// The dangerous globals.
     public var dangerous: [GlobalReport] { globals.filter { $0.verdict.globalClass == .dangerous } }
@@ -82,10 +88,18 @@ public struct ScanReport: Sendable {
 
     /// One line: what the file is, for the end of the table and for refusals.
     public var verdictLine: String {
-        if isDangerous {
-            let names = dangerous.prefix(6).map(\.name).joined(separator: ", ") + (dangerous.count > 6 ? ", ..." : "")
-            return "dangerous: \(dangerous.count) global\(dangerous.count == 1 ? "" : "s") can run code when the file is unpickled (\(names))"
+        if isAmbiguous, let c = container {
+            return c.verdictLine + (isDangerous ? "; and " + dangerousLine : "")
         }
+        return isDangerous ? dangerousLine : cleanLine
+    }
+
+    private var dangerousLine: String {
+        let names = dangerous.prefix(6).map(\.name).joined(separator: ", ") + (dangerous.count > 6 ? ", ..." : "")
+        return "dangerous: \(dangerous.count) global\(dangerous.count == 1 ? "" : "s") can run code when the file is unpickled (\(names))"
+    }
+
+    private var cleanLine: String {
         if count(.needsCode) > 0 {
             return "no dangerous globals; \(count(.needsCode)) need\(count(.needsCode) == 1 ? "s" : "") their source code to load"
         }
@@ -115,7 +129,12 @@ public struct ScanReport: Sendable {
             ("weights_only", .object([("loads", .bool(weightsOnlyLoads)),
                                       ("reason", weightsOnlyReason.map { .string($0) } ?? .null)])),
             ("read_error", readError.map { .string($0.description) } ?? .null),
-            ("verdict", .string(isDangerous ? "dangerous" : count(.needsCode) > 0 ? "needs-code" : "safe")),
+            ("container", container.map { c in
+                .object([("torch_reads", .string(c.torchReads)),
+                         ("ambiguities", .array(c.ambiguities.map { .string($0) }))])
+            } ?? .null),
+            ("verdict", .string(isDangerous ? "dangerous" : isAmbiguous ? "ambiguous-container"
+                                : count(.needsCode) > 0 ? "needs-code" : "safe")),
         ])
     }
 
@@ -133,6 +152,10 @@ public struct ScanReport: Sendable {
         out += "\nweights_only=True: " + (weightsOnlyLoads ? "loads" : "refused, \(weightsOnlyReason ?? "")") + "\n"
         for p in pickles where p.error != nil {
             out += "malformed: \(p.label): \(p.error!.description)\n"
+        }
+        if let c = container, c.isAmbiguous {
+            out += "container: torch.load reads \(c.torchReads)\n"
+            for a in c.ambiguities { out += "ambiguous: \(a)\n" }
         }
         out += verdictLine
         return out
@@ -153,18 +176,30 @@ enum ContainerPickles {
     /// Scans the pickles of a file without decoding it as a checkpoint: the `.pkl` records of a zip,
     /// or up to five pickles back to back from the start of any other file (the legacy format; a bare
     /// pickle is the first of them, which torch.load unpickles before it can check anything).
-    static func rawScans(path: String, limits: PickleLimits) throws -> (format: String, scans: [PickleScan]) {
-        do {
-            let zip = try ZipReader(path: path)
+    ///
+    /// The container is the one torch.load reads (``ContainerAudit/reading``): a zip only when it starts at byte 0,
+    /// read as torch's reader reads it (lenient: duplicate names, disagreeing local headers and wrong CRCs do not
+    /// stop torch, so they do not stop the scan); a torch 0.1.x tar's pickles (``LegacyTarReader/rawScans``);
+    /// else the pickle stream from byte 0, even when a zip follows it.
+    static func rawScans(path: String, reading: ContainerAudit.Reading, limits: PickleLimits) throws
+        -> (format: String, scans: [PickleScan])
+    {
+        switch reading {
+        case .zip:
+            let zip = try ZipReader(path: path, lenient: true)
             defer { zip.close() }
             var scans: [PickleScan] = []
             for e in records(of: zip) {
-                let bytes = try zip.readAll(e, limit: Checkpoint.maxPickleBytes)
+                let bytes = try zip.readAll(e, limit: Checkpoint.maxPickleBytes, verifyCRC: false)
                 scans.append(PickleScanner.scan(bytes, label: e.name, limits: limits))
             }
-            return ("torch zip", scans)
-        } catch ZipError.notAZip {
-            return ("pickle stream", try streamScans(path: path, limits: limits))
+            return (reading.rawValue, scans)
+        case .legacyTar:
+            return (reading.rawValue, try LegacyTarReader.rawScans(path: path, limits: limits))
+        case .pickleStream:
+            return (reading.rawValue, try streamScans(path: path, limits: limits))
+        case .shards:
+            throw CheckpointError.notACheckpoint("a sharded index holds no pickle of its own")
         }
     }
 
@@ -196,17 +231,29 @@ extension Checkpoint {
         // A FIFO, a device or a folder without weights is refused before anything is read; a file that is no
         // checkpoint (text, HTML) is still scanned raw below: a protocol-0 pickle is text.
         let file = try InputPath.resolve(path)
+        // What torch.load reads, and whether the bytes allow another reading (ckpt reads what torch reads).
+        let audit = ContainerAudit(file: file)
         let readError: CheckpointError
         do {
             let c = try Checkpoint(path: path, limits: limits)
-            return ScanReport(file: path, format: c.format, pickles: c.pickleScans, readError: nil)
+            var report = ScanReport(file: path, format: c.format, pickles: c.pickleScans, readError: nil)
+            report.container = audit
+            return report
         } catch {
             readError = error
         }
-        guard let (format, scans) = try? ContainerPickles.rawScans(path: file, limits: limits),
+        guard let (format, scans) = try? ContainerPickles.rawScans(path: file, reading: audit.reading, limits: limits),
               let first = scans.first, first.error == nil || !first.globals.isEmpty || !first.computed.isEmpty
-        else { throw readError }
-        return ScanReport(file: path, format: format, pickles: scans, readError: readError)
+        else {
+            // No pickle to judge, but an ambiguous container is still reported (exit 1), not only "cannot read".
+            guard audit.isAmbiguous else { throw readError }
+            var report = ScanReport(file: path, format: audit.reading.rawValue, pickles: [], readError: readError)
+            report.container = audit
+            return report
+        }
+        var report = ScanReport(file: path, format: format, pickles: scans, readError: readError)
+        report.container = audit
+        return report
     }
 
     /// The globals of this checkpoint's pickles that can run code when unpickled (empty for a clean file).

@@ -62,15 +62,34 @@ struct ZipCentralDirectory {
     var records: [Record]
     /// Where the central directory starts: every record's data ends before it.
     var directoryOffset: UInt64 = 0
+    /// Where the end record read is (the last one, as torch's reader takes it).
+    var endRecordOffset: UInt64 = 0
+    /// Where other plausible end records are (each points at a central directory inside the file): a reader that
+    /// picks end records otherwise reads another archive.
+    var otherEndRecords: [UInt64] = []
+
+    /// Where miniz's backward search for the end record stops (`mz_zip_reader_locate_header_sig`): it reads
+    /// 4096-byte blocks from the end, each starting 4093 bytes before the previous one, and gives up after the
+    /// block that starts 65,535 + 22 bytes or more before the end of the file (or at byte 0).
+    static func endRecordSearchStart(fileSize: UInt64) -> UInt64 {
+        var start = fileSize > 4096 ? fileSize - 4096 : 0
+        while start > 0 && fileSize - start < 65_535 + 22 {
+            start = start > 4093 ? start - 4093 : 0
+        }
+        return start
+    }
 
     /// Reads the end records and the central directory of `file`.
     init(file: ZipFileHandle, fileSize: UInt64, maxRecords: Int) throws(ZipError) {
         let path = file.path
         func damaged(_ detail: String) -> ZipError { .inconsistent(path: path, detail: detail) }
 
-        // End of central directory: 22 bytes plus a comment of up to 65,535 bytes, at the end of the file.
-        let tailLength = Int(min(fileSize, 22 + 65_535 + 20))
-        let tailStart = fileSize - UInt64(tailLength)
+        // End of central directory, found as torch's zip reader (miniz `mz_zip_reader_locate_header_sig`) finds
+        // it: the last signature with at least 22 bytes after it, searching back from the end in 4096-byte blocks
+        // (each overlapping the next by 3 bytes) until a block starts 65,535 + 22 bytes or more before the end.
+        // The comment length is not checked: a record whose comment runs past the end of the file still counts.
+        let tailStart = Self.endRecordSearchStart(fileSize: fileSize)
+        let tailLength = Int(fileSize - tailStart)
         guard let tailBytes = try file.readBytes(count: tailLength, at: tailStart) else {
             throw damaged("file shrank while reading")
         }
@@ -78,15 +97,28 @@ struct ZipCentralDirectory {
         var eocd = -1
         var position = tailLength - 22
         while position >= 0 {
-            if tail.u32(position) == Self.eocdSignature,
-                let commentLength = tail.u16(position + 20), position + 22 + Int(commentLength) <= tailLength
-            {
+            if tail.u32(position) == Self.eocdSignature {
                 eocd = position
                 break
             }
             position -= 1
         }
         guard eocd >= 0 else { throw damaged("no end-of-central-directory record") }
+        // Earlier end records whose central directory lies inside the file and starts with a central header:
+        // another reader (one that checks the comment length, or takes the first) may read that archive instead.
+        var other: [UInt64] = []
+        position = eocd - 1
+        while position >= 0 {
+            if tail.u32(position) == Self.eocdSignature, let size = tail.u32(position + 12), let at = tail.u32(position + 16),
+               UInt64(at) + UInt64(size) <= fileSize,
+               (try? file.readBytes(count: 4, at: UInt64(at))).flatMap({ $0 }).map({ ZipBytes(bytes: $0).u32(0) == Self.centralHeaderSignature }) ?? false
+            {
+                other.append(tailStart + UInt64(position))
+            }
+            position -= 1
+        }
+        endRecordOffset = tailStart + UInt64(eocd)
+        otherEndRecords = other
 
         var count = UInt64(tail.u16(eocd + 10)!)
         var directorySize = UInt64(tail.u32(eocd + 12)!)
@@ -172,8 +204,13 @@ struct ZipCentralDirectory {
     /// Reads a record's local header, checks that it agrees with the central directory (what libzip's
     /// `ZIP_CHECKCONS` checked: version, method, time, name, and, without a data descriptor, CRC and sizes, zip64
     /// ones included) and that the data ends before the central directory; returns where the data starts.
+    ///
+    /// `lenient`: read as torch's zip reader does (miniz `mz_zip_reader_extract_to_mem_no_alloc`): the local header
+    /// only needs its signature, and its own name and extra lengths say where the data starts; a disagreement with
+    /// the central directory is returned (in words) instead of thrown.
     static func checkLocalHeader(_ record: Record, displayName name: String, file: ZipFileHandle, fileSize: UInt64,
-                                 directoryOffset: UInt64) throws(ZipError) -> UInt64
+                                 directoryOffset: UInt64, lenient: Bool = false) throws(ZipError)
+        -> (start: UInt64, disagreement: String?)
     {
         let path = file.path
         func damaged(_ detail: String) -> ZipError { .inconsistent(path: path, detail: detail) }
@@ -197,11 +234,15 @@ struct ZipCentralDirectory {
             h = ZipBytes(bytes: raw)
         }
         let flags = h.u16(6)!
-        guard h.u16(4)! <= record.versionNeeded, h.u16(8)! == record.method, h.u16(10)! == record.modTime,
-              h.u16(12)! == record.modDate, raw[30..<(30 + Int(nameLength))].elementsEqual(record.name)
-        else {
-            throw damaged("local and central header of '\(name)' do not agree")
+        let localName = raw[30..<(30 + Int(nameLength))]
+        var disagreement: String? = nil
+        if !localName.elementsEqual(record.name) {
+            disagreement = "the local header of '\(name)' names it '\(String(decoding: localName, as: UTF8.self))'"
+        } else if h.u16(4)! > record.versionNeeded || h.u16(8)! != record.method || h.u16(10)! != record.modTime
+                    || h.u16(12)! != record.modDate {
+            disagreement = "the local header of '\(name)' disagrees with its central directory entry"
         }
+        if disagreement != nil, !lenient { throw damaged("local and central header of '\(name)' do not agree") }
         var compressed = UInt64(h.u32(18)!), size = UInt64(h.u32(22)!)
         if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF {
             // Zip64 local extra field: both sizes, uncompressed first.
@@ -214,17 +255,18 @@ struct ZipCentralDirectory {
         // Without a data descriptor the values must match; with one (bit 3), a local value is zero or matches.
         let descriptor = flags & 0x0008 != 0
         func agrees<T: BinaryInteger>(_ local: T, _ central: T) -> Bool { local == central || (descriptor && local == 0) }
-        guard agrees(h.u32(14)!, record.crc32), agrees(compressed, record.compressedSize), agrees(size, record.size) else {
-            throw damaged("local and central header of '\(name)' do not agree")
+        if !(agrees(h.u32(14)!, record.crc32) && agrees(compressed, record.compressedSize) && agrees(size, record.size)) {
+            guard lenient else { throw damaged("local and central header of '\(name)' do not agree") }
+            disagreement = disagreement ?? "the local header of '\(name)' declares other sizes or another CRC than its central directory entry"
         }
         let start = record.headerOffset + UInt64(headerLength)
         if start > fileSize || record.compressedSize > fileSize - start {
             throw ZipError.truncated(record: name, offset: fileSize, expected: record.compressedSize,
                                      got: start > fileSize ? 0 : fileSize - start)
         }
-        guard start + record.compressedSize <= directoryOffset else {
+        guard lenient || start + record.compressedSize <= directoryOffset else {
             throw damaged("the data of '\(name)' runs into the central directory")
         }
-        return start
+        return (start, disagreement)
     }
 }

@@ -40,7 +40,19 @@ public final class ZipReader {
     /// Where each record's data starts, once its local header has been checked (``unchecked`` until then).
     private var dataOffsets: [UInt64]
     private static let unchecked = UInt64.max
-    private let indexByName: [String: Int]
+    /// Records by name folded to lower case (ASCII, as miniz folds it): the first record of each folded name.
+    private let indexByFoldedName: [String: Int]
+    /// Folded names that more than one record has (names that differ only in case, or duplicates): these are
+    /// looked up as torch's reader looks them up (``MinizLookup``).
+    private let collidingFoldedNames: Set<String>
+    /// miniz's sorted order of the records, made on the first lookup of a colliding name.
+    private var minizOrder: [Int]? = nil
+    /// Whether the archive was opened with `lenient` (see ``init(path:maxRecords:lenient:)``).
+    public let lenient: Bool
+    /// What makes this archive read differently by different zip readers: duplicate names, names that differ
+    /// only in case, other end records, and (once ``auditLocalHeaders()`` or reads have run, lenient only)
+    /// local headers that disagree with the central directory. Empty for every archive torch.save writes.
+    public private(set) var ambiguities: [String] = []
     /// The read buffer, kept from one read to the next. A fresh chunk-sized buffer per record made glibc's malloc
     /// keep the freed ones (its mmap threshold rises after the first big free): resident memory grew with the
     /// number of records streamed (+70 MB over the 745 records of a YOLOv5x strip).
@@ -52,11 +64,18 @@ public final class ZipReader {
 
     /// Opens and validates the archive at `path`.
     ///
+    /// Records are looked up as torch's zip reader looks them up (``entry(fullName:)``), and the end record is the
+    /// one it takes (the last, ``ZipCentralDirectory``).
+    ///
     /// - Parameter maxRecords: archives with more records than this are refused with ``ZipError/tooManyRecords(count:limit:)``.
+    /// - Parameter lenient: open what torch's reader opens: duplicate names, and local headers that disagree with the
+    ///   central directory, are noted in ``ambiguities`` instead of refused; ``readAll(_:limit:verifyCRC:)`` can
+    ///   skip the CRC. For finding what torch would unpickle (``ContainerAudit``), never for rewriting.
     /// - Throws: ``ZipError`` (`notAZip`, `truncatedArchive`, `inconsistent`, `duplicateRecord`, `unsafeRecordName`,
     ///   `tooManyRecords`, `io`).
-    public init(path: String, maxRecords: Int = ZipReader.defaultMaxRecords) throws(ZipError) {
+    public init(path: String, maxRecords: Int = ZipReader.defaultMaxRecords, lenient: Bool = false) throws(ZipError) {
         self.path = path
+        self.lenient = lenient
         let file = try ZipFileHandle.openForReading(path)
         let fileSize = try file.size()
         self.fileSize = fileSize
@@ -80,21 +99,41 @@ public final class ZipReader {
         entries.reserveCapacity(count)
         var indexByName: [String: Int] = [:]
         indexByName.reserveCapacity(count)
+        var colliding = Set<String>()
+        var ambiguities: [String] = []
+        if !directory.otherEndRecords.isEmpty {
+            ambiguities.append("\(directory.otherEndRecords.count + 1) end-of-central-directory records (at bytes "
+                + (directory.otherEndRecords.reversed() + [directory.endRecordOffset]).map(String.init).joined(separator: ", ")
+                + "): torch.load reads the archive of the last one")
+        }
 
         for (index, record) in directory.records.enumerated() {
             let lossyName = String(decoding: record.name, as: UTF8.self)
-            guard let name = ZipNames.decode(record.name), ZipNames.isSafe(name) else {
-                throw ZipError.unsafeRecordName(lossyName)
+            // A lenient reader extracts nothing to disk and torch reads such records: only the strict one refuses.
+            let decoded = ZipNames.decode(record.name).flatMap { ZipNames.isSafe($0) ? $0 : nil }
+            guard let name = decoded ?? (lenient ? lossyName : nil) else { throw ZipError.unsafeRecordName(lossyName) }
+            let folded = MinizLookup.fold(name)
+            if let first = indexByName[folded] {
+                let other = entries[first].name
+                if other == name {
+                    guard lenient else { throw ZipError.duplicateRecord(name) }
+                    Self.note("two records named '\(name)'", in: &ambiguities)
+                } else {
+                    Self.note("records '\(other)' and '\(name)' differ only in case (torch looks names up without regard to case)",
+                              in: &ambiguities)
+                }
+                colliding.insert(folded)
+            } else {
+                indexByName[folded] = index
             }
-            guard indexByName.updateValue(index, forKey: name) == nil else { throw ZipError.duplicateRecord(name) }
             // Bit 0: traditional PKWARE encryption; bit 6: strong encryption.
-            if record.flags & 0x0041 != 0 { throw ZipError.encryptedRecord(name) }
+            if record.flags & 0x0041 != 0 && !lenient { throw ZipError.encryptedRecord(name) }
             let method = ZipEntry.Method(rawValue: record.method)
-            if method == .stored && record.compressedSize != record.size {
+            if method == .stored && record.compressedSize != record.size && !lenient {
                 throw ZipError.inconsistent(path: path, detail: "stored record '\(name)' has different compressed and uncompressed sizes")
             }
             let (most, overflow) = record.compressedSize.multipliedReportingOverflow(by: Self.maxDeflateRatio)
-            if method == .deflated, !overflow, record.size > most {
+            if method == .deflated, !overflow, record.size > most, !lenient {
                 throw ZipError.impossibleExpansion(record: name, size: record.size, compressedSize: record.compressedSize)
             }
             entries.append(
@@ -109,21 +148,24 @@ public final class ZipReader {
             root = ""
         }
         self.entries = entries
-        self.indexByName = indexByName
+        self.indexByFoldedName = indexByName
+        self.collidingFoldedNames = colliding
+        self.ambiguities = ambiguities
         self.file = file
         self.directory = directory
         dataOffsets = Array(repeating: Self.unchecked, count: count)
         // The local headers of the small records (data.pkl, version, byteorder, ...) are checked now; those of the
         // storages under data/, when their bytes are first read: `keys` and `info` read none of them, and a
         // checkpoint holds thousands (one pread each).
+        // (A lenient reader checks only what is read: torch fails on a damaged record only when it reads it.)
         let storages = root.isEmpty ? "data/" : root + "/data/"
-        for e in entries where !e.name.hasPrefix(storages) {
+        for e in entries where !e.name.hasPrefix(storages) && !lenient {
             _ = try dataOffset(of: e)
         }
         // A compressed record's sizes and CRC are only claims until it is inflated: inflate each one now, in bounded
         // chunks, so that no command lists a record as what it claims to be (torch.save never compresses, so
         // this costs only on files other writers made).
-        for e in entries where e.method != .stored {
+        for e in entries where e.method != .stored && !lenient {
             try streamCore(e, chunkSize: 1 << 20) { (_: UnsafeRawBufferPointer) throws(ZipError) in }
         }
     }
@@ -175,9 +217,13 @@ public final class ZipReader {
         var start = dataOffsets[entry.index]
         if start == Self.unchecked {
             guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
-            start = try ZipCentralDirectory.checkLocalHeader(
+            let checked = try ZipCentralDirectory.checkLocalHeader(
                 directory.records[entry.index], displayName: entry.name, file: file, fileSize: fileSize,
-                directoryOffset: directory.directoryOffset)
+                directoryOffset: directory.directoryOffset, lenient: lenient)
+            start = checked.start
+            if let d = checked.disagreement {
+                Self.note(d + " (torch.load reads the data the central directory points to)", in: &ambiguities)
+            }
             dataOffsets[entry.index] = start
         }
         return entry.method == .stored ? start : nil
@@ -210,9 +256,27 @@ public final class ZipReader {
         file = nil
     }
 
-    /// The record with the full name `name` (root folder included), if any.
+    /// The record with the full name `name` (root folder included), if any, found as torch's zip reader finds it
+    /// (caffe2/serialize/inline_container.cc calls miniz's `mz_zip_reader_locate_file` with flags 0): without
+    /// regard to ASCII case, and among names that differ only in case, or duplicates, the one miniz's binary search
+    /// over its heap-sorted names meets first (``MinizLookup``).
     public func entry(fullName name: String) -> ZipEntry? {
-        indexByName[name].map { entries[$0] }
+        let folded = MinizLookup.fold(name)
+        guard collidingFoldedNames.contains(folded) else { return indexByFoldedName[folded].map { entries[$0] } }
+        if minizOrder == nil { minizOrder = MinizLookup.sortedOrder(directory.records.map(\.name)) }
+        return MinizLookup.find(Array(name.utf8), names: directory.records.map(\.name), order: minizOrder!).map { entries[$0] }
+    }
+
+    /// At most 16 notes, then one saying that there are more: an archive of a million duplicates is one line.
+    private static func note(_ text: String, in notes: inout [String]) {
+        if notes.count < 16 { notes.append(text) } else if notes.count == 16 { notes.append("and more of the same") }
+    }
+
+    /// Reads every record's local header (one small read each), so that ``ambiguities`` lists the local headers
+    /// that disagree with the central directory (a record whose local header is missing is skipped: reading it
+    /// fails). Lenient archives only (a strict one throws at the first).
+    public func auditLocalHeaders() {
+        for e in entries { _ = try? dataOffset(of: e) }
     }
 
     /// The record `root + "/" + relative` (for example `entry(named: "data.pkl")`), if any.
@@ -231,8 +295,11 @@ public final class ZipReader {
     /// Reads a whole record into memory.
     ///
     /// - Parameter limit: refuse records larger than this many bytes (``ZipError/recordTooLarge(name:size:limit:)``).
+    /// - Parameter verifyCRC: false reads the bytes as torch does, without checking them against the CRC-32 (miniz
+    ///   is built with `MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS`); only for a ``lenient`` archive.
     /// - Throws: ``ZipError`` (`recordTooLarge`, `truncated`, `crcMismatch`, `unsupportedCompression`, `io`, `misuse`).
-    public func readAll(_ entry: ZipEntry, limit: UInt64) throws(ZipError) -> [UInt8] {
+    public func readAll(_ entry: ZipEntry, limit: UInt64, verifyCRC: Bool = true) throws(ZipError) -> [UInt8] {
+        let verifyCRC = verifyCRC || !lenient
         guard entry.size <= limit, entry.size <= UInt64(Int.max) else {
             throw ZipError.recordTooLarge(name: entry.name, size: entry.size, limit: limit)
         }
@@ -242,7 +309,7 @@ public final class ZipReader {
             // decompression actually produces (streamCore stops at the declared size), not with the claim.
             var out: [UInt8] = []
             out.reserveCapacity(min(size, 16 << 20))
-            try streamCore(entry, chunkSize: min(max(size, 1), 4 << 20)) { (chunk) throws(ZipError) in
+            try streamCore(entry, chunkSize: min(max(size, 1), 4 << 20), verifyCRC: verifyCRC) { (chunk) throws(ZipError) in
                 out.append(contentsOf: chunk)
             }
             return out
@@ -251,7 +318,7 @@ public final class ZipReader {
         let result = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             initialized = 0
             do {
-                try streamCore(entry, chunkSize: min(max(size, 1), 4 << 20)) { (chunk) throws(ZipError) in
+                try streamCore(entry, chunkSize: min(max(size, 1), 4 << 20), verifyCRC: verifyCRC) { (chunk) throws(ZipError) in
                     // streamCore never hands out more than the declared size.
                     UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[initialized...])
                         .copyMemory(from: chunk)
@@ -333,7 +400,7 @@ public final class ZipReader {
     }
 
     private func streamCore(
-        _ entry: ZipEntry, chunkSize: Int, _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void
+        _ entry: ZipEntry, chunkSize: Int, verifyCRC: Bool = true, _ body: (UnsafeRawBufferPointer) throws(ZipError) -> Void
     ) throws(ZipError) {
         guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
         let storedAt = try dataOffset(of: entry)
@@ -362,7 +429,7 @@ public final class ZipReader {
                 total += UInt64(got)
                 try body(chunk)
             }
-            if entry.hasChecksum && crc != entry.crc32 {
+            if verifyCRC && entry.hasChecksum && crc != entry.crc32 {
                 throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
             }
             return
