@@ -92,7 +92,7 @@ PAYLOADS = {
         2, "typing._eval_type", ("typing", "_eval_type"), None, {}),
     "sympy-eval-expr": (
         call(glob("sympy.parsing.sympy_parser", "eval_expr"), s(PY_MARKER), EMPTY_DICT, EMPTY_DICT),
-        2, "sympy.parsing.sympy_parser.eval_expr", ("sympy.parsing.sympy_parser", "eval_expr"), "sympy", {}),
+        2, "sympy.parsing.sympy_parser.eval_expr", ("sympy.parsing.sympy_parser", "eval_expr"), "sympy (a torch dependency)", {}),
     "inductor-config-load-config": (
         call(glob("torch._inductor.config", "load_config"), binbytes(INNER)),
         2, "torch._inductor.config.load_config", ("torch._inductor.config", "load_config"), None, {}),
@@ -109,7 +109,7 @@ PAYLOADS = {
         4, "pathlib.Path.write_text", ("pathlib", "Path.write_text"), None, {}),
     "jinja2-template-render": (
         call(call(glob("builtins", "getattr"), call(glob("jinja2", "Template"), s(TEMPLATE)), s("render"))),
-        2, "jinja2.Template", ("jinja2", "Template.render"), "jinja2", {}),
+        2, "jinja2.Template", ("jinja2", "Template.render"), "jinja2 (a torch dependency)", {}),
     "codecs-open": (
         call(glob("codecs", "open"), s(MARKER), s("w")),
         2, "codecs.open", ("codecs", "open"), None, {}),
@@ -123,7 +123,7 @@ PAYLOADS = {
         ("torch.distributed.distributed_c10d", "_tensor_to_object"), None, {"9": INNER}),
     "numpy-dotted-runstring": (
         call(stack_global("numpy", "testing._private.utils.runstring"), s(PY_MARKER), EMPTY_DICT),
-        4, "numpy.testing._private.utils.runstring", ("numpy", "testing._private.utils.runstring"), "numpy", {}),
+        4, "numpy.testing._private.utils.runstring", ("numpy", "testing._private.utils.runstring"), "numpy (not a torch dependency)", {}),
     # The same function spelled two ways (same `module.name` text): a harmless-looking reference first, then the
     # dotted protocol-4 spelling, called. A report that merges by name shows only the reference.
     "one-global-two-spellings": (

@@ -199,8 +199,8 @@ public enum GlobalPolicy {
             if let why = ScanAllowList.constructionNames[full] ?? allowedCall(m, n, full) {
                 return verdict(thirdParty ? .needsCode : .safe, why)
             }
-            if let p = ScanAllowList.constructionPrefixes.first(where: { full.hasPrefix($0.name) }) {
-                return verdict(.needsCode, p.why)
+            if ScanAllowList.constructionPrefixes.contains(where: { full.hasPrefix($0.name) }) {
+                return verdict(.needsCode)  // its why is in the table; the row is labelled with its framework
             }
             if thirdParty { return verdict(.needsCode) }
             return verdict(.dangerous, "BUILD calls its __setstate__ with the pickle's state, and it is on no allow-list")
