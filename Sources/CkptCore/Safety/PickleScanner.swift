@@ -141,6 +141,8 @@ public struct PickleScanner {
 
     /// Tuple items kept for reading call arguments (getattr, `_reconstructor`, `_codecs.encode`, persistent ids).
     private static let keptItems = 3
+    /// Computed calls recorded (one is enough to make the file dangerous; the rest would only grow the report).
+    private static let maxComputed = 1000
 
     private let data: [UInt8]
     private var pos: Int
@@ -334,6 +336,7 @@ public struct PickleScanner {
     }
 
     private mutating func computedCall(_ callable: Sym, _ how: String) {
+        guard scan.computed.count < Self.maxComputed else { return }
         scan.computed.append(ComputedGlobal(opcode: opName, offset: opStart,
                                             detail: "\(how) \(describe(callable)), computed at load time"))
     }
@@ -640,7 +643,7 @@ public struct PickleScanner {
     private func isEmptyState(_ s: Sym) -> Bool {
         switch s {
         case .none, .dict(empty: true), .tuple(0, _): return true
-        case .tuple(2, let items): return items.allSatisfy { isEmptyState($0) }
+        case .tuple(2, let items): return items.count == 2 && items.allSatisfy { isEmptyState($0) }
         default: return false
         }
     }
@@ -667,8 +670,13 @@ public struct PickleScanner {
         try push(.undecodable)
     }
 
+    /// A tuple keeps its first few items one level deep (a nested tuple keeps only its length), so that no chain of
+    /// nested values grows with the pickle (releasing a deep chain would recurse once per level).
     private func tuple(_ items: [Sym]) -> Sym {
-        .tuple(count: items.count, items: Array(items.prefix(Self.keptItems)))
+        .tuple(count: items.count, items: items.prefix(Self.keptItems).map { item in
+            if case .tuple(let n, _) = item { return .tuple(count: n, items: []) }
+            return item
+        })
     }
 
     private mutating func checkAppendTarget() throws(Stop) {
