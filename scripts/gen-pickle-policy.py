@@ -5,7 +5,7 @@
 
 Mirrors, from the installed torch (2.13):
   - torch._weights_only_unpickler._get_allowed_globals() keys (the allow-list) and _blocklisted_modules;
-  - which allowed globals are classes (NEWOBJ works only on those), and which of those accept a non-empty
+  - which allowed globals are classes (NEWOBJ works only on those), which are not callable (REDUCE fails), and which of those accept a non-empty
     BUILD state (they define __setstate__ or their instances have a __dict__; BUILD on the others loads only
     with an empty state, as the unpickler's `if state:` skips it);
   - the pickle opcodes its Unpickler handles (the single-byte opcode constants it imports from `pickle`);
@@ -72,6 +72,9 @@ def render():
         "\n",
         string_set("weightsOnlyClasses", "Allowed globals that are classes: NEWOBJ on any other allowed global fails.",
                    {k for k, v in wo._get_allowed_globals().items() if isinstance(v, type)}),
+        "\n",
+        string_set("weightsOnlyNotCallable", "Allowed globals that are not callable (dtypes, storage types): REDUCE of them fails.",
+                   {k for k, v in wo._get_allowed_globals().items() if not callable(v)}),
         "\n",
         string_set("weightsOnlyBuildAnyState",
                    "Allowed classes whose instances take a non-empty BUILD state (`__setstate__`, or a `__dict__`).",

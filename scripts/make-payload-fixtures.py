@@ -182,6 +182,8 @@ WO_CASES = {
     "newobj-on-dtype": glob("torch", "float32") + EMPTY_TUPLE + b"\x81",
     # NEWOBJ on an allowed class (collections.OrderedDict): loads
     "newobj-on-ordereddict": glob("collections", "OrderedDict") + EMPTY_TUPLE + b"\x81",
+    # REDUCE of torch.float32: allow-listed, but not callable
+    "reduce-of-dtype": call(glob("torch", "float32")),
     # a Python 2 str that is not UTF-8 (SHORT_BINSTRING): torch decodes it as UTF-8, strictly
     "short-binstring-not-utf8": b"U\x02\xff\xfe",
     # a SHORT_BINSTRING that is UTF-8: loads

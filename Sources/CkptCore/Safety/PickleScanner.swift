@@ -490,7 +490,12 @@ public struct PickleScanner {
         case .reduce:
             let args = try pop()
             let callable = try pop()
-            if case .global = callable {} else {
+            if case .global(let i) = callable, scan.globals[i].via == nil {
+                let (m, n) = GlobalPolicy.weightsOnlyName(scan.globals[i].module, scan.globals[i].name)
+                if TorchPolicyData.weightsOnlyNotCallable.contains(m + "." + n) {
+                    refuse("REDUCE calls \(m).\(n), which is not callable (byte \(opStart))")
+                }
+            } else {
                 refuse("REDUCE calls something that is not an allow-listed global (byte \(opStart))")
             }
             try push(reduce(callable, args))
