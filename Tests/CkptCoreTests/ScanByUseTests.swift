@@ -64,6 +64,9 @@ private func row(_ rs: [Row], _ name: String, _ use: String) -> Row? { rs.first 
         (Q.newObj(Q.global("models.yolo", "Detect")), "models.yolo.Detect", "constructed", "needs-code"),
         (Q.call(Q.global("copy_reg", "_reconstructor"), Q.global("models.x", "D"), Q.global("__builtin__", "object"), Q.none),
          "models.x.D", "constructed", "needs-code"),
+        // legacy torch.save: a module's class comes back from persistent_load(('module', cls, file, source))
+        ([0x28] + Q.str("module") + Q.global("models.x", "Net") + Q.str("x.py") + Q.str("src") + [0x74, 0x51, 0x29, 0x81],
+         "models.x.Net", "constructed", "needs-code"),
         // built: NEWOBJ then BUILD runs __setstate__: third-party code needs-code, torch.nn allowed, stdlib dangerous
         (Q.newObj(Q.global("models.yolo", "Detect")) + Q.emptyDict + Q.build, "models.yolo.Detect", "built", "needs-code"),
         (Q.newObj(Q.global("torch.nn.modules.conv", "Conv2d")) + Q.emptyDict + Q.build,

@@ -515,7 +515,13 @@ public struct PickleScanner {
         case .binPersID:
             let pid = try pop()
             if !isStorageID(pid) { refuse("persistent id that is not a storage (byte \(opStart))") }
-            try push(.other)
+            // torch's legacy persistent_load returns the class of a ('module', cls, source_file, source) id: the
+            // pickled nn.Module's class, which NEWOBJ then builds.
+            if case .tuple(let n, let items) = pid, n >= 2, items.first == .string("module"), case .global = items[1] {
+                try push(items[1])
+            } else {
+                try push(.other)
+            }
         }
         return false
     }

@@ -97,7 +97,7 @@ public enum ScanAllowList {
         ("omegaconf.", "omegaconf"), ("argparse.", "argparse"), ("timm.", "timm"),
         ("lightning.", "Lightning"), ("pytorch_lightning.", "Lightning"), ("lightning_fabric.", "Lightning"),
         ("mmengine.", "mmengine"), ("mmcv.", "mmengine"), ("mmdet.", "mmengine"), ("mmseg.", "mmengine"),
-        ("numpy.", "numpy"),
+        ("numpy.", "numpy"), ("__torch__.", "TorchScript"),
     ]
 
     /// Top-level packages torch installs beside itself (its pip dependencies), with numpy: code every machine that
