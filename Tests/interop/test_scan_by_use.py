@@ -176,18 +176,22 @@ def test_formats_torch_load_does_not_unpickle(name, tmp_path):
 
 
 def test_torchscript_builders_are_allowed(tmp_path):
-    """A TorchScript archive with int lists (build_intlist) is no longer flagged."""
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sizes = [1, 2, 3]
-            self.lin = torch.nn.Linear(2, 2)
-
-        def forward(self, x):
-            return self.lin(x)
-
+    """A TorchScript archive with int lists (build_intlist) is no longer flagged. Scripted in a subprocess: scripting
+    nn.Linear here would change how later tests' archives print it (torch caches compiled classes per process)."""
     path = tmp_path / "ts.pt"
-    torch.jit.save(torch.jit.script(M()), str(path))
+    code = (
+        "import sys, torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.sizes = [1, 2, 3]\n"
+        "        self.lin = torch.nn.Linear(2, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.lin(x)\n"
+        "torch.jit.save(torch.jit.script(M()), sys.argv[1])\n")
+    script = tmp_path / "make_ts.py"  # torch.jit.script reads the class's source from its file
+    script.write_text(code)
+    subprocess.run([sys.executable, str(script), str(path)], check=True, capture_output=True, timeout=300)
     p = run("scan", path, "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
