@@ -5,10 +5,14 @@
 
 Mirrors, from the installed torch (2.13):
   - torch._weights_only_unpickler._get_allowed_globals() keys (the allow-list) and _blocklisted_modules;
+  - which allowed globals are classes (NEWOBJ works only on those), which are not callable (REDUCE fails), and which of those accept a non-empty
+    BUILD state (they define __setstate__ or their instances have a __dict__; BUILD on the others loads only
+    with an empty state, as the unpickler's `if state:` skips it);
   - the pickle opcodes its Unpickler handles (the single-byte opcode constants it imports from `pickle`);
   - torch._utils.IMPORT_MAPPING / NAME_MAPPING (what its GLOBAL reader renames: `__builtin__` -> `builtins`);
 and from CPython, _compat_pickle.IMPORT_MAPPING / NAME_MAPPING (what pickle's own Unpickler renames for
-protocols < 3), which the danger check applies before matching names.
+protocols < 3), which the danger check applies before matching names, and sys.stdlib_module_names (modules
+every Python has: ckpt scan judges a BUILD on their classes as a call of __setstate__).
 
 --check compares the committed file with what would be written and exits 1 if they differ (the Swift
 test `PolicyDataMatchesTorch` runs it).
@@ -65,6 +69,20 @@ def render():
         "enum TorchPolicyData {\n",
         string_set("weightsOnlyGlobals", "`torch._weights_only_unpickler._get_allowed_globals()`: globals weights_only=True resolves.",
                    allowed),
+        "\n",
+        string_set("weightsOnlyClasses", "Allowed globals that are classes: NEWOBJ on any other allowed global fails.",
+                   {k for k, v in wo._get_allowed_globals().items() if isinstance(v, type)}),
+        "\n",
+        string_set("weightsOnlyNotCallable", "Allowed globals that are not callable (dtypes, storage types): REDUCE of them fails.",
+                   {k for k, v in wo._get_allowed_globals().items() if not callable(v)}),
+        "\n",
+        string_set("weightsOnlyBuildAnyState",
+                   "Allowed classes whose instances take a non-empty BUILD state (`__setstate__`, or a `__dict__`).",
+                   {k for k, v in wo._get_allowed_globals().items()
+                    if isinstance(v, type) and (hasattr(v, "__setstate__") or v.__dictoffset__ != 0)}),
+        "\n",
+        string_set("stdlibModules", "`sys.stdlib_module_names`: the top-level modules of Python's standard library.",
+                   sys.stdlib_module_names),
         "\n",
         string_set("weightsOnlyBlockedModules", "`_blocklisted_modules`: modules weights_only=True refuses even when allow-listed.",
                    wo._blocklisted_modules),

@@ -4,32 +4,46 @@ import CkptCore
 struct Scan: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scan",
-        abstract: "List every global the file's pickles name, classed safe, needs-code or dangerous.",
+        abstract: "List every global the file's pickles name, with how they use it, classed safe, needs-code or dangerous.",
         discussion: """
-        Nothing is imported or run: globals are read as names from the raw opcode stream.
-          safe        allowed by torch.load(weights_only=True), or numpy array reconstruction
-          needs-code  a class or function that needs its source to load (models.yolo.DetectionModel)
-          dangerous   can run commands or code when unpickled (os.system, builtins.eval, ...),
-                      or a STACK_GLOBAL whose names are computed instead of plain strings
+        Nothing is imported or run: the opcode stream is followed as the unpickler would, and each global is
+        listed once per use: called (REDUCE, INST, OBJ, NEWOBJ with arguments), constructed (NEWOBJ with none),
+        setstate (BUILD on a constructed object runs its class's __setstate__), or referenced only.
+          safe        an allow-listed call (torch's weights_only list, numpy reconstruction, TorchScript
+                      builders, plain data types), or a reference to one
+          needs-code  a class of a model's or framework's own code (models.yolo.DetectionModel): that code
+                      runs when the file loads; the report names the modules and labels known frameworks
+          dangerous   any other call (os.system, codecs.open, pathlib.Path.write_text, ...), a call of a
+                      computed callable, a BUILD running a standard-library or torch __setstate__, or a
+                      global whose name is computed
         Also says whether torch.load(weights_only=True) would load the file as it stands.
         An ambiguous container (bytes torch.load reads differently from another reader: data before a
         zip, a tar that is also a zip or a pickle, names that differ only in case, duplicate names, two
         end records, local and central names that differ) is reported with what torch.load reads.
-        Exit status: 0 nothing dangerous; 1 something dangerous or an ambiguous container;
+        Exit status: 0 nothing dangerous; 1 something dangerous or an ambiguous container (or, with --strict,
+        anything needs-code);
         2 the file cannot be read.
         """)
 
     @Argument(help: "The file to scan.") var file: String
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Exit 1 when the file needs any code beyond the allow-lists (a needs-code row) too.") var strict = false
 
     func run() throws {
         let report = try reporting(file) { try Checkpoint.scan(path: file) }
         if !report.isDangerous, !report.isAmbiguous, let e = report.readError {
-            throw Failure(message: "\(file): \(e.description)")
+            // What torch.load(weights_only=True) decides before unpickling (a TorchScript zip) still holds.
+            let prediction = report.weightsOnlyReason.flatMap { r in
+                r.hasPrefix("the file cannot be read") ? nil : "; weights_only=True: refused, \(r)"
+            } ?? ""
+            throw Failure(message: "\(file): \(e.description)\(prediction)")
         }
         emit(json ? report.json.rendered() : report.table)
         if report.isDangerous || report.isAmbiguous {
             throw Failure(message: "\(file): \(report.verdictLine)", code: 1)
+        }
+        if strict && report.count(.needsCode) > 0 {
+            throw Failure(message: "\(file): --strict: \(report.verdictLine)", code: 1)
         }
     }
 }

@@ -220,14 +220,14 @@ enum LegacyTarReader {
                                recordCount: order.count, byteOrder: nil, scanPickles: { [scans] in scans })
     }
 
-    /// Scans of many small pickles as one: globals by name with their counts summed.
+    /// Scans of many small pickles as one: globals by spelling with their counts and uses summed.
     static func merged(_ scans: [PickleScan], label: String) -> PickleScan {
         var out = PickleScan(label: label, protocolVersion: scans.first?.protocolVersion, end: 0)
         var at: [String: Int] = [:]
         for s in scans {
             for g in s.globals {
-                if let i = at[g.fullName] { out.globals[i].count += g.count } else {
-                    at[g.fullName] = out.globals.count
+                if let i = at[g.key] { out.globals[i].absorb(g) } else {
+                    at[g.key] = out.globals.count
                     out.globals.append(g)
                 }
             }

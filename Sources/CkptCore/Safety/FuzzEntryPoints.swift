@@ -15,8 +15,12 @@ public enum FuzzEntryPoints {
     /// (whose output must decode again).
     public static func pickle(_ input: [UInt8]) {
         let limits = limits
-        _ = PickleScanner.scan(input, label: "fuzz", limits: limits)
-        _ = PickleScanner.scanSequence(input, count: 5, label: "fuzz", limits: limits)
+        let scan = PickleScanner.scan(input, label: "fuzz", limits: limits)
+        let sequence = PickleScanner.scanSequence(input, count: 5, label: "fuzz", limits: limits)
+        // the use classification and report over whatever names and uses the fuzzer makes up
+        let report = ScanReport(file: "fuzz", format: "pickle stream", pickles: [scan] + sequence, readError: nil)
+        _ = report.table
+        _ = report.json.rendered()
         guard let graph = try? PickleDecoder.decode(input, limits: limits) else { return }
         _ = try? graph.stateDict(graph.root, limits: limits)
         _ = try? graph.allTensors(from: graph.root)

@@ -17,11 +17,22 @@ public enum GlobalClass: String, Sendable, Comparable, CaseIterable {
 public struct GlobalVerdict: Sendable, Equatable {
     public var globalClass: GlobalClass
     public var reason: String?
+    /// The well-known framework whose class or function it is (`YOLOv5`, `torch.nn`), if any.
+    public var framework: String?
+
+    public init(globalClass: GlobalClass, reason: String? = nil, framework: String? = nil) {
+        self.globalClass = globalClass
+        self.reason = reason
+        self.framework = framework
+    }
 }
 
-/// The rules `ckpt scan` applies to a global's `module` and `name`. The danger lists follow what
-/// picklescan (`_unsafe_globals`) and fickling (`UNSAFE_IMPORTS`, `SAFE_BUILTINS`) flag; the safe list is
-/// torch's own weights_only allow-list (``TorchPolicyData``) plus numpy's array reconstruction.
+/// The rules `ckpt scan` applies to a global and the way a pickle uses it (``classify(_:use:)``): a call is
+/// dangerous unless the callable is allow-listed (torch's weights_only allow-list, ``TorchPolicyData``, and
+/// ``ScanAllowList``); a class built and given state by BUILD runs its `__setstate__`, judged as a call for
+/// the standard library and torch and as needs-code for third-party code; everything else is needs-code
+/// unless allow-listed. The block list below (what picklescan's `_unsafe_globals` and fickling's
+/// `UNSAFE_IMPORTS` flag) is a second opinion: a name on it is dangerous whatever the use.
 public enum GlobalPolicy {
     /// Modules (and all their submodules) every name of which is dangerous.
     static let dangerousModules: Set<String> = [
@@ -158,6 +169,68 @@ public enum GlobalPolicy {
             return GlobalVerdict(globalClass: .safe, reason: nil)
         }
         return GlobalVerdict(globalClass: .needsCode, reason: nil)
+    }
+
+    /// Classifies one use of a global the pickle names (or reaches by `getattr`).
+    public static func classify(_ g: ScannedGlobal, use: GlobalUse) -> GlobalVerdict {
+        let (m, n) = pythonName(g.module, g.name)
+        let full = m + "." + n
+        let framework = ScanAllowList.frameworks.first { full.hasPrefix($0.prefix) }?.label
+        func verdict(_ c: GlobalClass, _ why: String? = nil) -> GlobalVerdict {
+            GlobalVerdict(globalClass: c, reason: why, framework: framework)
+        }
+        let thirdParty = isThirdParty(m)
+        let byName = classify(module: g.module, name: g.name)
+        switch use {
+        case .getattrConstant:
+            return verdict(.safe, "getattr of a global's attribute by a constant name: a reference, not a call")
+        case .called:
+            if let via = g.via {
+                return verdict(.dangerous, "calls \(full), an attribute reached by \(via) at load time")
+            }
+            if let why = allowedCall(m, n, full)
+                ?? (weightsOnlyRefusal(g.module, g.name) == nil ? "on torch's weights_only allow-list" : nil)
+            {
+                return verdict(thirdParty ? .needsCode : .safe, why)
+            }
+            let blocked = byName.globalClass == .dangerous ? "; \(byName.reason ?? "")" : ""
+            return verdict(.dangerous, "called with the pickle's arguments, and on no allow-list\(blocked)")
+        case .setstate:
+            if let why = ScanAllowList.constructionNames[full] ?? allowedCall(m, n, full) {
+                return verdict(thirdParty ? .needsCode : .safe, why)
+            }
+            if ScanAllowList.constructionPrefixes.contains(where: { full.hasPrefix($0.name) }) {
+                return verdict(.needsCode)  // its why is in the table; the row is labelled with its framework
+            }
+            if thirdParty { return verdict(.needsCode) }
+            return verdict(.dangerous, "BUILD calls its __setstate__ with the pickle's state, and it is on no allow-list")
+        case .constructed, .referenced:
+            if g.via == nil, allowedCall(m, n, full) != nil || ScanAllowList.constructionNames[full] != nil
+                || weightsOnlyRefusal(g.module, g.name) == nil
+            {
+                return verdict(thirdParty ? .needsCode : .safe)
+            }
+            if byName.globalClass == .dangerous { return verdict(.dangerous, byName.reason) }
+            if g.via != nil {
+                return verdict(.needsCode, "an attribute reached by \(g.via!), never called")
+            }
+            return verdict(.needsCode)
+        }
+    }
+
+    /// Why calling `full` cannot run code, when it is allow-listed.
+    static func allowedCall(_ m: String, _ n: String, _ full: String) -> String? {
+        if let why = ScanAllowList.callNames[full] { return why }
+        if m == "numpy.dtypes" && n.hasSuffix("DType") && !n.contains(".") { return "a numpy dtype class" }
+        return nil
+    }
+
+    /// Whether a module is neither in Python's standard library nor installed with torch: code that only
+    /// a model's own repository or a framework brings.
+    static func isThirdParty(_ module: String) -> Bool {
+        let top = String(module.prefix { $0 != "." })
+        return !TorchPolicyData.stdlibModules.contains(top) && !ScanAllowList.torchDependencies.contains(top)
+            && top != "__builtin__" && top != "copy_reg"
     }
 
     /// The member of `set` that `name` is or lies under (`os` for `os.path`), if any.

@@ -1,10 +1,17 @@
 import Foundation
 
-/// One global over a whole file, as `ckpt scan` lists it.
+/// One (global, use) pair over a whole file, as `ckpt scan` lists it. One global spelled two ways, or used
+/// two ways, is two rows.
 public struct GlobalReport: Sendable, Equatable {
     /// `module.name` as written in the pickle, or `<computed by STACK_GLOBAL at byte N>`.
     public var name: String
-    /// Uses over every pickle of the file (see ``ScannedGlobal/count``).
+    /// The module as written (empty for a computed row).
+    public var module: String
+    /// How the pickle uses it.
+    public var use: GlobalUse
+    /// `getattr` for an attribute the pickle reaches by calling getattr, nil for a name it spells out.
+    public var via: String?
+    /// How often it is used this way (pushes, for `referenced`) over every pickle of the file.
     public var count: Int
     public var verdict: GlobalVerdict
     /// The pickle it first appears in, and where.
@@ -12,7 +19,7 @@ public struct GlobalReport: Sendable, Equatable {
     public var offset: Int
 }
 
-/// What `ckpt scan` reports: every global the file's pickles name, classed, and whether
+/// What `ckpt scan` reports: every global the file's pickles name, with how they use it, classed, and whether
 /// `torch.load(weights_only=True)` would load the file as it stands.
 public struct ScanReport: Sendable {
     public var file: String
@@ -20,11 +27,12 @@ public struct ScanReport: Sendable {
     public var format: String
     /// Each pickle scanned, in the order torch unpickles them.
     public var pickles: [PickleScan]
-    /// Globals, most dangerous first, then in order of first use.
+    /// (global, use) rows, most dangerous first, then in order of first use.
     public var globals: [GlobalReport]
     /// Why the file cannot be read as a checkpoint, when it cannot (scan still lists what its pickles name).
     public var readError: CheckpointError?
-    /// Whether `torch.load(weights_only=True)` loads the file, and if not, the first reason.
+    /// Whether `torch.load(weights_only=True)` loads the file, and if not, the first reason (a note on how it
+    /// loads, when it loads a file without unpickling it).
     public var weightsOnlyLoads: Bool
     public var weightsOnlyReason: String?
     /// Which container torch.load reads and the other readings of the bytes (``ContainerAudit``); nil when not
@@ -34,19 +42,25 @@ public struct ScanReport: Sendable {
     /// Whether torch could read the file differently from another reader (see ``ContainerAudit``).
     public var isAmbiguous: Bool { container?.isAmbiguous ?? false }
 
-    /// The dangerous globals.
+    /// The dangerous rows.
     public var dangerous: [GlobalReport] { globals.filter { $0.verdict.globalClass == .dangerous } }
     /// Whether anything in the file is dangerous to unpickle.
     public var isDangerous: Bool { !dangerous.isEmpty }
 
-    /// Builds the report from the scans of a file's pickles.
-    public init(file: String, format: String, pickles: [PickleScan], readError: CheckpointError?) {
+    /// Builds the report from the scans of a file's pickles. `containerVerdict` is what torch.load(weights_only=True)
+    /// decides before unpickling anything (a TorchScript archive, a format torch.load does not unpickle).
+    public init(file: String, format: String, pickles: [PickleScan], readError: CheckpointError?,
+                containerVerdict: (loads: Bool, reason: String)? = nil)
+    {
         self.file = file
         self.format = format
         self.pickles = pickles
         self.readError = readError
         globals = Self.merge(pickles)
-        if let refusal = pickles.lazy.compactMap({ s in s.weightsOnlyRefusal.map { "\(s.label): \($0)" } }).first {
+        if let v = containerVerdict {
+            weightsOnlyLoads = v.loads
+            weightsOnlyReason = v.reason
+        } else if let refusal = pickles.lazy.compactMap({ s in s.weightsOnlyRefusal.map { "\(s.label): \($0)" } }).first {
             weightsOnlyLoads = false
             weightsOnlyReason = refusal
         } else if let e = readError {
@@ -58,21 +72,28 @@ public struct ScanReport: Sendable {
         }
     }
 
-    /// Merges per-pickle globals by name (as written), classifies them, and orders them by class, most
-    /// dangerous first, then by first use.
+    /// One row per (global as spelled, use) over all pickles, classified, ordered by class, most dangerous
+    /// first, then by first use. Nothing is merged by name: `numpy` + `testing.x` and `numpy.testing` + `x` are
+    /// two rows, as are a global referenced in one place and called in another.
     static func merge(_ scans: [PickleScan]) -> [GlobalReport] {
         var out: [GlobalReport] = []
         var index: [String: Int] = [:]
         for s in scans {
             for g in s.globals {
-                if let i = index[g.fullName] { out[i].count += g.count; continue }
-                index[g.fullName] = out.count
-                out.append(GlobalReport(name: g.fullName, count: g.count,
-                                        verdict: GlobalPolicy.classify(module: g.module, name: g.name),
-                                        pickle: s.label, offset: g.offset))
+                for u in g.reportedUses {
+                    let key = g.key + "\n" + u.rawValue
+                    var (count, offset) = u == .referenced ? (g.count, g.offset) : g.uses[u]!
+                    if u == .setstate, let c = g.uses[.constructed] { (count, offset) = (max(count, c.count), min(offset, c.offset)) }
+                    if let i = index[key] { out[i].count += count; continue }
+                    index[key] = out.count
+                    out.append(GlobalReport(name: g.fullName, module: g.module, use: u, via: g.via, count: count,
+                                            verdict: GlobalPolicy.classify(g, use: u), pickle: s.label, offset: offset))
+                }
             }
             for c in s.computed {
-                out.append(GlobalReport(name: "<computed by \(c.opcode) at byte \(c.offset)>", count: 1,
+                let called = !["STACK_GLOBAL", "EXT1", "EXT2", "EXT4"].contains(c.opcode)
+                out.append(GlobalReport(name: "<computed by \(c.opcode) at byte \(c.offset)>", module: "",
+                                        use: called ? .called : .referenced, via: nil, count: 1,
                                         verdict: GlobalVerdict(globalClass: .dangerous, reason: c.detail),
                                         pickle: s.label, offset: c.offset))
             }
@@ -83,8 +104,25 @@ public struct ScanReport: Sendable {
         }.map(\.element)
     }
 
-    /// Counts of globals by class.
+    /// Counts of rows by class.
     public func count(_ c: GlobalClass) -> Int { globals.filter { $0.verdict.globalClass == c }.count }
+
+    /// The modules whose code loading the file would run, for the needs-code rows: each module (as pickle looks
+    /// it up) with what of it runs (`import`, and `__setstate__` when BUILD gives one of its classes state).
+    public var codeThatWouldRun: [(module: String, what: String)] {
+        var order: [String] = []
+        var what: [String: Set<String>] = [:]
+        for g in globals where g.verdict.globalClass == .needsCode {
+            let m = GlobalPolicy.pythonName(g.module, g.name).module
+            if what[m] == nil { order.append(m) }
+            what[m, default: []].insert("import")
+            if g.use == .setstate { what[m]!.insert("__setstate__") }
+            if g.use == .called { what[m]!.insert("calls") }
+        }
+        return order.sorted().map { m in
+            (m, ["import", "__setstate__", "calls"].filter { what[m]!.contains($0) }.joined(separator: ", "))
+        }
+    }
 
     /// One line: what the file is, for the end of the table and for refusals.
     public var verdictLine: String {
@@ -95,15 +133,18 @@ public struct ScanReport: Sendable {
     }
 
     private var dangerousLine: String {
-        let names = dangerous.prefix(6).map(\.name).joined(separator: ", ") + (dangerous.count > 6 ? ", ..." : "")
-        return "dangerous: \(dangerous.count) global\(dangerous.count == 1 ? "" : "s") can run code when the file is unpickled (\(names))"
+        let names = dangerous.prefix(6).map { "\($0.name) (\($0.use.rawValue))" }.joined(separator: ", ")
+            + (dangerous.count > 6 ? ", ..." : "")
+        return "dangerous: \(dangerous.count) use\(dangerous.count == 1 ? "" : "s") of globals can run code when the file is unpickled (\(names))"
     }
 
     private var cleanLine: String {
         if count(.needsCode) > 0 {
-            return "no dangerous globals; \(count(.needsCode)) need\(count(.needsCode) == 1 ? "s" : "") their source code to load"
+            let modules = codeThatWouldRun.map(\.module)
+            let shown = modules.prefix(8).joined(separator: ", ") + (modules.count > 8 ? ", ..." : "")
+            return "no dangerous calls; needs code: \(modules.count) module\(modules.count == 1 ? "" : "s") would run (\(shown))"
         }
-        return "no dangerous globals"
+        return "no dangerous calls"
     }
 
     /// The report as JSON.
@@ -116,8 +157,11 @@ public struct ScanReport: Sendable {
                          ("opcodes", .int(Int64(p.opcodes))), ("error", p.error.map { .string($0.description) } ?? .null)])
             })),
             ("globals", .array(globals.map { g in
-                var o: [(String, JSONValue)] = [("name", .string(g.name)), ("count", .int(Int64(g.count))),
+                var o: [(String, JSONValue)] = [("name", .string(g.name)), ("module", .string(g.module)),
+                                                 ("use", .string(g.use.rawValue)), ("count", .int(Int64(g.count))),
                                                  ("class", .string(g.verdict.globalClass.rawValue))]
+                if let v = g.via { o.append(("via", .string(v))) }
+                if let f = g.verdict.framework { o.append(("framework", .string(f))) }
                 if let r = g.verdict.reason { o.append(("reason", .string(r))) }
                 o.append(("pickle", .string(g.pickle)))
                 o.append(("offset", .int(Int64(g.offset))))
@@ -126,6 +170,7 @@ public struct ScanReport: Sendable {
             ("safe", .int(Int64(count(.safe)))),
             ("needs_code", .int(Int64(count(.needsCode)))),
             ("dangerous", .int(Int64(count(.dangerous)))),
+            ("code_that_would_run", .array(codeThatWouldRun.map { .object([("module", .string($0.module)), ("runs", .string($0.what))]) })),
             ("weights_only", .object([("loads", .bool(weightsOnlyLoads)),
                                       ("reason", weightsOnlyReason.map { .string($0) } ?? .null)])),
             ("read_error", readError.map { .string($0.description) } ?? .null),
@@ -144,12 +189,19 @@ public struct ScanReport: Sendable {
             p.label + (p.protocolVersion.map { ", protocol \($0)" } ?? "")
         }.joined(separator: "; ")
         var out = "\(file): \(format), \(pickles.count) pickle\(pickles.count == 1 ? "" : "s") (\(pickleText))\n\n"
-        var rows: [[String]] = [["class", "uses", "global", ""]]
+        var rows: [[String]] = [["class", "use", "count", "global", "framework", ""]]
         for g in globals {
-            rows.append([g.verdict.globalClass.rawValue, String(g.count), g.name, g.verdict.reason.map { "(\($0))" } ?? ""])
+            let reason = g.verdict.globalClass == .safe ? "" : g.verdict.reason.map { "(\($0))" } ?? ""
+            rows.append([g.verdict.globalClass.rawValue, g.use.rawValue, String(g.count),
+                         g.via.map { "\(g.name) (via \($0))" } ?? g.name, g.verdict.framework ?? "", reason])
         }
         out += globals.isEmpty ? "no globals\n" : Figures.table(rows) + "\n"
-        out += "\nweights_only=True: " + (weightsOnlyLoads ? "loads" : "refused, \(weightsOnlyReason ?? "")") + "\n"
+        let code = codeThatWouldRun
+        if !code.isEmpty {
+            out += "\ncode that would run: " + code.map { "\($0.module) (\($0.what))" }.joined(separator: ", ") + "\n"
+        }
+        out += "\nweights_only=True: " + (weightsOnlyLoads ? "loads" + (weightsOnlyReason.map { " (\($0))" } ?? "")
+            : "refused, \(weightsOnlyReason ?? "")") + "\n"
         for p in pickles where p.error != nil {
             out += "malformed: \(p.label): \(p.error!.description)\n"
         }
@@ -236,7 +288,20 @@ extension Checkpoint {
         let readError: CheckpointError
         do {
             let c = try Checkpoint(path: path, limits: limits)
-            var report = ScanReport(file: path, format: c.format, pickles: c.pickleScans, readError: nil)
+            let verdict: (Bool, String)?
+            if c.torchScript != nil {
+                verdict = (false, Self.torchScriptRefusal)
+            } else if c.format == "safetensors" && file.hasSuffix(".safetensors") {
+                verdict = (true, "torch.load hands a path ending in .safetensors to safetensors.torch.load_file, "
+                    + "when the safetensors package is installed")
+            } else if c.format == "safetensors" || c.format == "onnx" || c.format.hasPrefix("sharded") {
+                verdict = (false, "torch.load cannot open a \(c.format) file: it unpickles its bytes and fails"
+                    + (c.format == "safetensors" ? " (it reads safetensors only by a path ending in .safetensors)" : ""))
+            } else {
+                verdict = nil
+            }
+            var report = ScanReport(file: path, format: c.format, pickles: c.pickleScans, readError: nil,
+                                    containerVerdict: verdict)
             report.container = audit
             return report
         } catch {
@@ -251,10 +316,19 @@ extension Checkpoint {
             report.container = audit
             return report
         }
-        var report = ScanReport(file: path, format: format, pickles: scans, readError: readError)
+        // torch.load treats any zip with a constants.pkl record as TorchScript, even one ckpt cannot read as such.
+        let zip = try? ZipReader(path: file)
+        let torchScript = zip?.entry(named: "constants.pkl") != nil
+        zip?.close()
+        var report = ScanReport(file: path, format: format, pickles: scans, readError: readError,
+                                containerVerdict: torchScript ? (false, Self.torchScriptRefusal) : nil)
         report.container = audit
         return report
     }
+
+    /// What torch.load(weights_only=True) says of a TorchScript archive (torch/serialization.py).
+    static let torchScriptRefusal =
+        "torch.load hands a zip with constants.pkl to torch.jit.load: \"Cannot use weights_only=True with TorchScript archives\""
 
     /// The globals of this checkpoint's pickles that can run code when unpickled (empty for a clean file).
     /// Every rewriting command checks this before writing.

@@ -100,8 +100,8 @@ extension PickleGraph {
         // LegacyReader turns into a storage of its own).
         guard case .persistent(let pid) = self[id], let t = sequence(pid),
               t.count == 5 || (t.count == 6 && (viewsAllowed || self[t[5]] == .none)),
-              string(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
-              let loc = string(t[3]), let numel = int(t[4])
+              asciiText(t[0]) == "storage", case .global(let module, let name) = self[t[1]], let key = string(t[2]),
+              let loc = asciiText(t[3]), let numel = int(t[4])
         else { return nil }
         let dtype: DType?
         // torch.load takes any `<X>Storage` name as that storage type; old torch pickled CUDA storages as
@@ -113,6 +113,14 @@ extension PickleGraph {
             dtype = DType(storageClass: cls.hasPrefix("torch.") ? String(cls.dropFirst(6)) : cls)
         }
         return StorageRef(key: key, storageModule: module, storageName: name, dtype: dtype, location: loc, numel: numel)
+    }
+
+    /// A str, or bytes decoded as ASCII: torch's `_maybe_decode_ascii`, which its persistent_load applies to a
+    /// storage id's tag and location (`_codecs.encode('storage', 'latin1')` is read as 'storage').
+    func asciiText(_ id: NodeID) -> String? {
+        if let s = string(id) { return s }
+        guard let b = bytesValue(id), b.allSatisfy({ $0 < 0x80 }) else { return nil }
+        return String(decoding: b, as: UTF8.self)
     }
 
     /// The callable's global name when the node is an object.
