@@ -41,6 +41,18 @@ def assert_clean_failure(p, path=None):
     assert p.stdout == ""
 
 
+def weights_only_loads(path):
+    """torch's own weights_only=True verdict. Safe on hostile files: weights_only never runs a global it does not
+    allow (map_location='cpu': files saved on CUDA load on this machine)."""
+    import torch
+
+    try:
+        torch.load(path, weights_only=True, map_location="cpu")
+        return True
+    except Exception:
+        return False
+
+
 def fixture_files():
     return sorted(p for p in FIXTURES.glob("*.pt"))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from picklescan.scanner import scan_file_path
 
-from conftest import FIXTURES, assert_clean_failure, fixture_files, run
+from conftest import FIXTURES, assert_clean_failure, fixture_files, run, weights_only_loads
 
 MALICIOUS = sorted((FIXTURES / "malicious").glob("*.pt"))
 CLEAN = fixture_files()
@@ -24,14 +24,6 @@ def scan(path):
 def picklescan_dangerous(path):
     return scan_file_path(str(path)).issues_count > 0
 
-
-def weights_only_loads(path):
-    """torch's own verdict. Safe on hostile files: weights_only never runs a global it does not allow."""
-    try:
-        torch.load(path, weights_only=True, map_location="cpu")
-        return True
-    except Exception:
-        return False
 
 
 def sha(path):

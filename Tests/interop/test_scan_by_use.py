@@ -14,7 +14,7 @@ import pytest
 import torch
 from picklescan.scanner import scan_file_path
 
-from conftest import FIXTURES, run
+from conftest import FIXTURES, run, weights_only_loads
 
 PAYLOADS = sorted((FIXTURES / "payloads").glob("*.pt"))
 WO_DIR = FIXTURES / "payloads" / "weights-only"
@@ -105,14 +105,6 @@ def test_picklescan_misses_most_payload_kinds():
 
 # ---- weights_only=True ------------------------------------------------------------------------------------
 
-
-def weights_only_loads(path):
-    """Safe on these files: nothing in them runs code, and weights_only never runs what it does not allow."""
-    try:
-        torch.load(path, weights_only=True, map_location="cpu")
-        return True
-    except Exception:
-        return False
 
 
 @pytest.mark.parametrize("path", WO_FILES, ids=lambda p: p.stem)
