@@ -28,3 +28,25 @@ for name in sorted(os.listdir(DIR)):
     needs = f" (needs {facts['needs_package']})" if facts["needs_package"] else ""
     ck = f"exit {p.returncode}, {report['verdict']}"
     print(f"| `{facts['file'][:-3]}` | `{facts['callable']}`{needs} | {ps} | {ck} |")
+
+# The container classes (fixtures/containers): torch.load reads other bytes than another reader would. picklescan
+# is asked for its verdict on each file (it reads, it never unpickles).
+from picklescan.scanner import scan_file_path  # noqa: E402
+
+CONTAINERS = os.path.join(ROOT, "fixtures", "containers")
+facts = json.load(open(os.path.join(CONTAINERS, "facts.json")))
+print()
+print(f"| container (fixtures/containers) | torch.load reads | picklescan {version('picklescan')} | ckpt scan |")
+print("|---|---|---|---|")
+for name in sorted(facts):
+    f = facts[name]
+    r = scan_file_path(os.path.join(CONTAINERS, name))
+    if not f["payload"]:
+        ps = "n/a (no payload: other tensor values)"
+    elif r.issues_count > 0:
+        ps = "flags it"
+    else:
+        ps = "**misses it**" + (" (cannot read it)" if r.scan_err else "")
+    p = subprocess.run([CKPT, "scan", os.path.join(CONTAINERS, name), "--json"], capture_output=True, text=True)
+    ck = f"exit {p.returncode}, {json.loads(p.stdout)['verdict']}" if p.stdout else f"exit {p.returncode}"
+    print(f"| `{name[:-3]}` ({f['container_class']}) | {f['torch_reads']} | {ps} | {ck} |")
