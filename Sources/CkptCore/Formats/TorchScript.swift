@@ -43,14 +43,6 @@ public struct TorchScriptArchive: Sendable {
         constants.reduce((Int64(0), Int64(0))) { ($0.0 &+ ($1.tensor.numel ?? 0), $0.1 &+ ($1.tensor.byteCount ?? 0)) }
     }
 
-    /// The globals TorchScript's unpickler (torch/csrc/jit/serialization/unpickler.cpp, `readGlobal`) resolves
-    /// itself, in C++, when torch.jit.load reads an archive's pickles: list type tags, nothing that runs code.
-    /// (torch/jit/_pickle.py defines them for plain Python unpicklers, each returning its argument.)
-    public static let unpicklerBuiltins: Set<String> = [
-        "torch.jit._pickle.build_intlist", "torch.jit._pickle.build_tensorlist", "torch.jit._pickle.build_doublelist",
-        "torch.jit._pickle.build_boollist", "torch.jit._pickle.build_tensor_from_id", "torch.jit._pickle.restore_type_tag",
-    ]
-
     /// One line for commands that show the state_dict view when constants.pkl holds tensors (they are not in it;
     /// a module made by torch.jit.freeze keeps all its weights there). Nil when it holds none.
     public var constantsNote: String? {

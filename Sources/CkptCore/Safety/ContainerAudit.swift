@@ -157,11 +157,8 @@ extension Checkpoint {
         do {
             c = try Checkpoint(path: path, limits: limits)
         } catch {
-            // As refuseDangerousGlobals: TorchScript's own unpickler resolves its builders without Python.
-            if let audit, let report = try? Checkpoint.scan(path: path, limits: limits) {
-                let bad = report.dangerous.map(\.name).filter {
-                    !(audit.isTorchScript && TorchScriptArchive.unpicklerBuiltins.contains($0))
-                }
+            if audit != nil, let report = try? Checkpoint.scan(path: path, limits: limits) {
+                let bad = report.dangerous.map(\.name)
                 if !bad.isEmpty { throw .dangerousGlobals(bad) }
             }
             throw error

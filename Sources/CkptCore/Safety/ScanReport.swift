@@ -338,14 +338,10 @@ extension Checkpoint {
 
     /// Throws ``CheckpointError/dangerousGlobals(_:)`` when the checkpoint names dangerous globals,
     /// unless `allowUnsafe`. Rewriting commands call it before planning.
-    ///
-    /// In a TorchScript archive the `torch.jit._pickle` functions that TorchScript's own unpickler resolves by name
-    /// (``TorchScriptArchive/unpicklerBuiltins``) are not counted: torch.jit.load never calls Python for them.
-    /// `scan` still lists them as its policy classes them.
+    /// (TorchScript's list type tags, `torch.jit._pickle.build_intlist` and friends, are on the scan's allow-list.)
     public func refuseDangerousGlobals(allowUnsafe: Bool) throws(CheckpointError) {
         guard !allowUnsafe else { return }
-        var bad = dangerousGlobals()
-        if torchScript != nil { bad.removeAll { TorchScriptArchive.unpicklerBuiltins.contains($0.name) } }
+        let bad = dangerousGlobals()
         if !bad.isEmpty { throw .dangerousGlobals(bad.map(\.name)) }
     }
 }
