@@ -20,10 +20,38 @@ public struct LayerRow: Sendable {
     public var frozen: Int64 = 0
 }
 
-/// What `ckpt layers --freeze` reports: YOLOv5 train.py's `freeze = [f'model.{x}.' for x in ...]` applied to
-/// `model.named_parameters()`.
+/// What to freeze: YOLOv5's `--freeze` layer indices, key prefixes, or all but some key prefixes.
+public enum FreezeSpec: Sendable {
+    /// YOLOv5 train.py: one value N freezes `model.0.` ... `model.{N-1}.`, several values freeze those layers
+    /// (a parameter is frozen when its name contains `model.{i}.`).
+    case yoloLayers([Int])
+    /// Freeze every parameter named `P` or starting with `P.` (`features` freezes `features.0.weight`).
+    case prefixes([String])
+    /// Freeze every parameter except those named `P` or starting with `P.` (the head-replacement recipe).
+    case trainable([String])
+
+    /// How `ckpt layers --freeze` values are read: all integers are YOLO layer indices, otherwise key prefixes.
+    public static func freeze(_ values: [String]) -> FreezeSpec {
+        let ints = values.compactMap { Int($0) }
+        return ints.count == values.count ? .yoloLayers(ints) : .prefixes(values)
+    }
+
+    var mode: String {
+        switch self {
+        case .yoloLayers: "yolo"
+        case .prefixes: "freeze"
+        case .trainable: "trainable"
+        }
+    }
+}
+
+/// What `ckpt layers --freeze`/`--trainable` reports: the parameters frozen and left trainable, in
+/// `model.named_parameters()` order. For YOLO indices, YOLOv5 train.py's `freeze = [f'model.{x}.' for x in ...]`.
 public struct FreezeReport: Sendable {
-    /// The substrings YOLOv5 tests (`model.0.` ... `model.9.`).
+    /// `yolo` (patterns are substrings), `freeze` (patterns are frozen prefixes) or `trainable` (patterns are the
+    /// prefixes left trainable).
+    public var mode: String
+    /// The substrings YOLOv5 tests (`model.0.` ... `model.9.`), or the key prefixes given (with their dot).
     public var patterns: [String]
     /// Parameters whose name contains one of them, with their element counts, in named_parameters order.
     public var frozen: [(name: String, numel: Int64)] = []
@@ -78,7 +106,10 @@ public struct LayerTable: Sendable {
         var out = head + "\n\n" + Figures.table(rows)
         if let f = freeze {
             let total = f.frozenParameters + f.trainableParameters
-            out += "\n\nfreeze \(f.patterns.first ?? "")\(f.patterns.count > 1 ? " ... \(f.patterns.last!)" : ""): "
+            let what = f.mode == "yolo"
+                ? "\(f.patterns.first ?? "")\(f.patterns.count > 1 ? " ... \(f.patterns.last!)" : "")"
+                : f.patterns.joined(separator: " ")
+            out += "\n\n\(f.mode == "trainable" ? "trainable" : "freeze") \(what): "
                 + "\(f.frozen.count) parameters frozen (\(Figures.count(f.frozenParameters)), \(Self.share(f.frozenParameters, total))), "
                 + "\(f.trainable.count) trainable (\(Figures.count(f.trainableParameters)), \(Self.share(f.trainableParameters, total)))"
             if !f.frozen.isEmpty {
@@ -108,6 +139,7 @@ public struct LayerTable: Sendable {
         if let f = freeze {
             let total = f.frozenParameters + f.trainableParameters
             o.append(("freeze", .object([
+                ("mode", .string(f.mode)),
                 ("patterns", .array(f.patterns.map { .string($0) })),
                 ("frozen", .array(f.frozen.map { .string($0.name) })),
                 ("trainable", .array(f.trainable.map { .string($0.name) })),
@@ -126,9 +158,11 @@ let bufferNames: Set<String> = ["running_mean", "running_var", "num_batches_trac
 extension Checkpoint {
     /// The layer table of a record (default: the weights record). For YOLO models (a module whose `model` is a
     /// Sequential of layers carrying `i`, `f`, `type`), one row a layer, with its repeats and part from the
-    /// model's yaml; otherwise one row per top-level key prefix. `freeze` is YOLOv5's `--freeze`: one value N
-    /// freezes `model.0.` to `model.{N-1}.`, several values freeze those layers.
-    public func layers(record: String? = nil, freeze: [Int]? = nil) throws(CheckpointError) -> LayerTable {
+    /// model's yaml; otherwise one row per key prefix, `depth` module levels below the prefix all keys share
+    /// (1: `features.`, `classifier.`; 2: `features.0.`, `classifier.6.`). `freeze` says what to freeze (YOLOv5
+    /// layer indices, key prefixes, or all but key prefixes); a prefix that names no parameter is an error.
+    public func layers(record: String? = nil, freeze: FreezeSpec? = nil, depth: Int = 1) throws(CheckpointError) -> LayerTable {
+        guard depth >= 1 else { throw .invalidOperation("--depth must be 1 or more, not \(depth)") }
         let (name, node) = try weights(record)
         let view = try graph.stateDict(node)
         let isModule = graph.moduleState(node) != nil
@@ -136,23 +170,30 @@ extension Checkpoint {
         if isModule { table.modelClass = graph.className(node) }
 
         // Parameters, each once, in named_parameters order. A TorchScript module's tensors are not wrapped as
-        // parameters: its classes declare which are.
+        // parameters: its classes declare which are. A module object shares a tied parameter as one object; a
+        // state dict holds it under each name as views of one storage (same offset, shape and stride): the first
+        // name counts, as named_parameters() yields it once.
         var seen = Set<NodeID>()
+        var seenViews = Set<String>()
         var params: [(name: String, numel: Int64)] = []
         let scriptParameters = graph.scriptClasses.isEmpty ? nil : graph.scriptParameterTensors()
         for t in view {
             let isParam = scriptParameters.map { $0.contains(t.tensor.tensorNode) }
                 ?? (isModule ? t.tensor.isParameter : !bufferNames.contains(String(t.name.split(separator: ".").last ?? "")))
             guard isParam, seen.insert(t.tensor.tensorNode).inserted else { continue }
+            if !isModule {
+                let v = "\(t.tensor.storage.key)|\(t.tensor.storageOffset)|\(t.tensor.shape)|\(t.tensor.stride)"
+                guard seenViews.insert(v).inserted else { continue }
+            }
             params.append((t.name, t.tensor.numel ?? 0))
         }
         table.parameters = params.reduce(0) { $0 + $1.numel }
 
-        if isModule, let rows = yoloLayers(node) {
+        if isModule, depth == 1, let rows = yoloLayers(node) {
             table.style = "yolo"
             table.rows = rows
         } else {
-            table.rows = groups(view.map(\.name)).map { LayerRow(prefix: $0) }
+            table.rows = groups(view.map(\.name), depth: depth).map { LayerRow(prefix: $0) }
             if isModule {
                 for (i, r) in table.rows.enumerated() {
                     table.rows[i].module = moduleClass(node, path: String(r.prefix.dropLast()))
@@ -164,10 +205,25 @@ extension Checkpoint {
             table.rows[i].parameters = params.filter { $0.name.hasPrefix(r.prefix) }.reduce(0) { $0 + $1.numel }
         }
         if let freeze {
-            let indices = freeze.count == 1 ? Array(0..<max(freeze[0], 0)) : freeze
-            var f = FreezeReport(patterns: indices.map { "model.\($0)." })
+            var f: FreezeReport
+            let isFrozen: (String) -> Bool
+            switch freeze {
+            case .yoloLayers(let values):
+                let indices = values.count == 1 ? Array(0..<max(values[0], 0)) : values
+                f = FreezeReport(mode: freeze.mode, patterns: indices.map { "model.\($0)." })
+                let patterns = f.patterns
+                isFrozen = { name in patterns.contains { name.contains($0) } }
+            case .prefixes(let given), .trainable(let given):
+                let prefixes = given.map { $0.hasSuffix(".") ? String($0.dropLast()) : $0 }
+                let under = { (name: String) in prefixes.contains { name == $0 || name.hasPrefix($0 + ".") } }
+                for (p, g) in zip(prefixes, given) where !params.contains(where: { $0.name == p || $0.name.hasPrefix(p + ".") }) {
+                    throw .invalidOperation("no parameter is named \(g) or starts with \(p).")
+                }
+                f = FreezeReport(mode: freeze.mode, patterns: prefixes.map { $0 + "." })
+                if case .trainable = freeze { isFrozen = { !under($0) } } else { isFrozen = under }
+            }
             for p in params {
-                if f.patterns.contains(where: { p.name.contains($0) }) { f.frozen.append(p) } else { f.trainable.append(p) }
+                if isFrozen(p.name) { f.frozen.append(p) } else { f.trainable.append(p) }
             }
             for (i, r) in table.rows.enumerated() {
                 table.rows[i].frozen = f.frozen.filter { $0.name.hasPrefix(r.prefix) }.reduce(0) { $0 + $1.numel }
@@ -178,8 +234,9 @@ extension Checkpoint {
     }
 
     /// Key prefixes that split the keys: the first component, or more while every key shares them
-    /// (`model.0.`, `model.1.` for a YOLO state dict; `module.conv1.` for a DataParallel one).
-    func groups(_ names: [String]) -> [String] {
+    /// (`model.0.`, `model.1.` for a YOLO state dict; `module.conv1.` for a DataParallel one); `depth` 2 and more
+    /// go that many module levels down, never into a tensor's own name (`classifier.6.`, `fc.`).
+    func groups(_ names: [String], depth levels: Int = 1) -> [String] {
         let parts = names.map { $0.split(separator: ".", omittingEmptySubsequences: false).map(String.init) }
         var depth = 1
         while let first = parts.first, parts.allSatisfy({ $0.count > depth + 1 && $0[0..<depth] == first[0..<depth] }) {
@@ -188,7 +245,7 @@ extension Checkpoint {
         var out: [String] = []
         var seen = Set<String>()
         for p in parts {
-            let g = p.prefix(depth).joined(separator: ".") + "."
+            let g = p.prefix(max(min(depth + levels - 1, p.count - 1), depth)).joined(separator: ".") + "."
             if seen.insert(g).inserted { out.append(g) }
         }
         return out
