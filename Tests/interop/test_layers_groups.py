@@ -157,3 +157,31 @@ def test_unknown_prefix_and_bad_combinations_fail_cleanly(tmp):
     for args in (["--freeze", "features", "--trainable", "classifier"], ["--depth", "0"]):
         p = run("layers", str(path), *args)
         assert p.returncode != 0 and p.stdout == ""
+
+
+def vit():
+    """timm style: parameters directly on the model (cls_token, pos_embed) beside submodules."""
+    torch.manual_seed(2)
+    m = nn.Module()
+    m.cls_token, m.pos_embed = nn.Parameter(torch.randn(1, 1, 8)), nn.Parameter(torch.randn(1, 5, 8))
+    m.patch_embed = nn.Module()
+    m.patch_embed.proj = nn.Conv2d(3, 8, 4, 4)
+    m.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8)) for _ in range(2)])
+    m.norm, m.head = nn.LayerNorm(8), nn.Linear(8, 3)
+    return m
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_top_level_parameters_are_their_own_group(tmp, form):
+    model = vit()
+    path = saved(model, tmp, form)
+    report = layers(path)
+    params = dict(model.named_parameters())
+    tops = list(dict.fromkeys(k.split(".")[0] for k in params))
+    assert [r["prefix"] for r in report["layers"]] == [t + "." for t in tops]
+    for r in report["layers"]:
+        assert r["parameters"] == sum(v.numel() for k, v in params.items() if k.split(".")[0] + "." == r["prefix"])
+        assert r["parameters"] > 0
+    report = layers(path, "--freeze", "cls_token", "pos_embed", "patch_embed")
+    frozen, trainable = oracle(model, lambda n: n.split(".")[0] not in ("cls_token", "pos_embed", "patch_embed"))
+    assert report["freeze"]["frozen"] == frozen and report["freeze"]["trainable"] == trainable

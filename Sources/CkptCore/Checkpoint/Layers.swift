@@ -201,8 +201,8 @@ extension Checkpoint {
             }
         }
         for (i, r) in table.rows.enumerated() {
-            table.rows[i].tensors = view.filter { $0.name.hasPrefix(r.prefix) }.count
-            table.rows[i].parameters = params.filter { $0.name.hasPrefix(r.prefix) }.reduce(0) { $0 + $1.numel }
+            table.rows[i].tensors = view.filter { Self.isUnder($0.name, r.prefix) }.count
+            table.rows[i].parameters = params.filter { Self.isUnder($0.name, r.prefix) }.reduce(0) { $0 + $1.numel }
         }
         if let freeze {
             var f: FreezeReport
@@ -214,23 +214,29 @@ extension Checkpoint {
                 let patterns = f.patterns
                 isFrozen = { name in patterns.contains { name.contains($0) } }
             case .prefixes(let given), .trainable(let given):
-                let prefixes = given.map { $0.hasSuffix(".") ? String($0.dropLast()) : $0 }
-                let under = { (name: String) in prefixes.contains { name == $0 || name.hasPrefix($0 + ".") } }
-                for (p, g) in zip(prefixes, given) where !params.contains(where: { $0.name == p || $0.name.hasPrefix(p + ".") }) {
-                    throw .invalidOperation("no parameter is named \(g) or starts with \(p).")
+                let patterns = given.map { $0.hasSuffix(".") ? $0 : $0 + "." }
+                let under = { (name: String) in patterns.contains { Self.isUnder(name, $0) } }
+                for (p, g) in zip(patterns, given) where !params.contains(where: { Self.isUnder($0.name, p) }) {
+                    throw .invalidOperation("no parameter is named \(p.dropLast()) or starts with \(p) (--\(freeze.mode) \(g))")
                 }
-                f = FreezeReport(mode: freeze.mode, patterns: prefixes.map { $0 + "." })
+                f = FreezeReport(mode: freeze.mode, patterns: patterns)
                 if case .trainable = freeze { isFrozen = { !under($0) } } else { isFrozen = under }
             }
             for p in params {
                 if isFrozen(p.name) { f.frozen.append(p) } else { f.trainable.append(p) }
             }
             for (i, r) in table.rows.enumerated() {
-                table.rows[i].frozen = f.frozen.filter { $0.name.hasPrefix(r.prefix) }.reduce(0) { $0 + $1.numel }
+                table.rows[i].frozen = f.frozen.filter { Self.isUnder($0.name, r.prefix) }.reduce(0) { $0 + $1.numel }
             }
             table.freeze = f
         }
         return table
+    }
+
+    /// Whether a key belongs to a group or prefix `p.`: it is `p` itself (a top-level parameter such as timm's
+    /// `cls_token`) or starts with `p.`.
+    static func isUnder(_ name: String, _ prefix: String) -> Bool {
+        name.hasPrefix(prefix) || name.count == prefix.count - 1 && prefix.hasPrefix(name)
     }
 
     /// Key prefixes that split the keys: the first component, or more while every key shares them
