@@ -53,7 +53,7 @@ public struct FreezeReport: Sendable {
     public var mode: String
     /// The substrings YOLOv5 tests (`model.0.` ... `model.9.`), or the key prefixes given (with their dot).
     public var patterns: [String]
-    /// Parameters whose name contains one of them, with their element counts, in named_parameters order.
+    /// The parameters frozen and those left trainable, with their element counts, in named_parameters order.
     public var frozen: [(name: String, numel: Int64)] = []
     public var trainable: [(name: String, numel: Int64)] = []
     public var frozenParameters: Int64 { frozen.reduce(0) { $0 + $1.numel } }
