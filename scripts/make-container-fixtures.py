@@ -26,6 +26,7 @@ The payload is inert bytes: a pickle that calls `builtins.exec` on a one-line pr
 Deterministic: rerunning writes the same bytes.
 """
 
+import importlib.util
 import io
 import json
 import os
@@ -43,6 +44,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, "fixtures", "containers")
 
+_spec = importlib.util.spec_from_file_location("make_bad_fixtures", os.path.join(HERE, "make-bad-fixtures.py"))
+bad = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bad)  # defines helpers only (its main is guarded)
+
 MARKER = "ckpt-container-marker"
 # builtins.exec("open('ckpt-container-marker', 'w').close()") as protocol-2 opcodes: GLOBAL, BINUNICODE,
 # TUPLE1, REDUCE, STOP. The call returns None, so torch.load fails right after it; the marker says it ran.
@@ -59,15 +64,9 @@ EMPTY_LIST = b"\x80\x02]."
 
 def clean_records():
     """data.pkl and the storages torch.save writes for a small state dict (torch's own writer; read back as
-    bytes with zipfile, never unpickled)."""
+    bytes with zipfile, never unpickled): make-bad-fixtures.py's torch_records."""
     torch.manual_seed(0)
-    sd = nn.Sequential(nn.Linear(3, 2)).state_dict()
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
-        root = z.namelist()[0].split("/")[0]
-        records = {n[len(root) + 1:]: z.read(n) for n in z.namelist()}
-    return records["data.pkl"], {k[5:]: v for k, v in records.items() if k.startswith("data/")}
+    return bad.torch_records(nn.Sequential(nn.Linear(3, 2)).state_dict())
 
 
 # ---- zip, byte by byte (APPNOTE.TXT 4.3.7 local header, 4.3.12 central header, 4.3.16 end record) ---------
