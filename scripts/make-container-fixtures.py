@@ -27,7 +27,6 @@ Deterministic: rerunning writes the same bytes.
 """
 
 import importlib.util
-import io
 import json
 import os
 import pickle
