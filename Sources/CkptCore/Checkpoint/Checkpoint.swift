@@ -37,6 +37,10 @@ public final class Checkpoint {
     /// record) of a zip, the five pickles of a legacy file, every shard's for a sharded checkpoint; none for
     /// safetensors and ONNX. See ``Checkpoint/scan(path:limits:)``.
     public private(set) lazy var pickleScans: [PickleScan] = scanPickles()
+    /// The framework detected from the records, classes and folder files (``FrameworkConvention/detect(in:)``).
+    public private(set) lazy var detectedFramework: DetectedFramework? = FrameworkConvention.detect(in: self)
+    /// Set by ``useFramework(_:)`` (`--framework NAME`).
+    var frameworkOverride: DetectedFramework?
     private let scanPickles: () -> [PickleScan]
 
     /// Largest `data.pkl` accepted (the pickle is held in memory; storages are not).

@@ -18,6 +18,10 @@ public struct StripOptions: Sendable {
     public var force = false
     /// Keep the training state (only convert, drop or rename).
     public var keepTrainingState = false
+    /// `--drop-record NAME`: top-level records removed whatever the framework's conventions say.
+    public var dropRecords: [String] = []
+    /// `--keep-record NAME`: top-level records kept whatever the framework's conventions say.
+    public var keepRecords: [String] = []
     public init() {}
 }
 
