@@ -255,19 +255,16 @@ public final class Checkpoint {
         return entries.allSatisfy { ((try? graph.tensor($0.value)) ?? nil) != nil }
     }
 
-    /// The node `keys` lists by default: `model`, else `ema` when `model` is None (Ultralytics),
-    /// else `state_dict`, else the file itself.
+    /// The node `keys` lists by default: the first of the framework's weights records (``framework``; for files of
+    /// no known framework `model`, else `ema` when `model` is None (Ultralytics), else `state_dict`, ...) that is not
+    /// None, else the file itself.
     public func defaultRecord() -> (name: String?, node: NodeID) {
         let recs = records
-        func find(_ n: String) -> NodeID? { recs.first { $0.name == n }?.node }
-        for n in Self.weightsRecordNames {
-            if let s = find(n), graph[s] != .none { return (n, s) }
+        for n in conventions.weightsRecords {
+            if let s = recs.first(where: { $0.name == n })?.node, graph[s] != .none { return (n, s) }
         }
         return (nil, graph.root)
     }
-
-    /// The records that hold a checkpoint's weights, in the order ``defaultRecord()`` (and `strip`) looks for them.
-    public static let weightsRecordNames = ["model", "ema", "state_dict", "model_state_dict", "module", "net", "params"]
 
     /// A record by name; dotted names reach into nested dicts (`state_dict`, `meta.x`).
     public func record(named name: String) throws(CheckpointError) -> NodeID {

@@ -47,17 +47,21 @@ public struct CheckpointInfo: Sendable {
     public var metadata: [(key: String, value: String)] = []
     /// A TorchScript archive's records (code, constants, extra files, bytecode) and constants.
     public var torchScript: TorchScriptArchive? = nil
+    /// The training framework whose conventions apply (``Checkpoint/framework``), nil when none is recognised.
+    public var framework: DetectedFramework? = nil
 
     /// One line for stderr per record whose state_dict view leaves tensors out (see ``ViewCoverage/note(file:)``).
     public var notes: [String] { records.compactMap { $0.coverage?.note(file: file) } }
 
     /// The report as JSON.
     public var json: JSONValue {
-        .object([
+        let frameworkJSON: JSONValue = framework?.json ?? .null
+        return .object([
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
             ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
+            ("framework", frameworkJSON),
             ("records", .array(records.map(\.json))),
         ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
           + (torchScript.map { [("torchscript", $0.json)] } ?? []))
@@ -69,6 +73,7 @@ public struct CheckpointInfo: Sendable {
             + (root.isEmpty ? "\(recordCount) storages" : "root '\(root)', \(recordCount) records")
         if let v = formatVersion { head += ", format version \(v)" }
         head += "), top level: \(topKind)"
+        head += "\nframework: " + (framework?.text ?? "none recognised (generic conventions: --framework NAME names one)")
         var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]
         for r in records {
             var shown = r.className ?? ""
@@ -152,7 +157,7 @@ extension Checkpoint {
         }
         return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries, metadata: metadata, torchScript: torchScript)
+                              records: summaries, metadata: metadata, torchScript: torchScript, framework: framework)
     }
 }
 

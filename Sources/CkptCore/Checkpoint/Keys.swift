@@ -15,9 +15,17 @@ public struct KeyListing: Sendable {
     public var tensors: [NamedTensor]
     /// What the state_dict view covers of the record (see ``ViewCoverage``); complete for `--all`.
     public var coverage: ViewCoverage
+    /// The framework's EMA keys left out of a default listing (LitEma's `model_ema.*` inside `state_dict`), and their prefix.
+    public var emaLeftOut: (count: Int, prefix: String)? = nil
 
-    /// The note for stderr when the view leaves tensors out (see ``ViewCoverage/note(file:)``).
-    public func note(file: String) -> String? { coverage.note(file: file) }
+    /// The note for stderr when the view leaves tensors out (see ``ViewCoverage/note(file:)``), or when the framework's
+    /// EMA keys were left out.
+    public func note(file: String) -> String? {
+        let ema = emaLeftOut.map { "note: \($0.count) EMA tensors (\(record.map { "\($0)." } ?? "")\($0.prefix)*) are not "
+            + "the model's weights and are not listed; --record \(record ?? "state_dict") lists them" }
+        let notes = [coverage.note(file: file), ema].compactMap { $0 }
+        return notes.isEmpty ? nil : notes.joined(separator: "\n")
+    }
 
     /// `[{"name", "dtype", "shape"}]`.
     public var json: JSONValue {
@@ -49,8 +57,14 @@ extension Checkpoint {
         // A TorchScript archive's constants live in constants.pkl, a graph of their own (see constantsNote).
         if all, record == nil, let constants = torchScript?.constants { tensors += constants }
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
+        var emaLeftOut: (Int, String)? = nil
+        if record == nil, !all, case .dotless(let emaPrefix, _, _) = conventions.ema {
+            let kept = tensors.filter { !$0.name.hasPrefix(emaPrefix) }
+            if kept.count != tensors.count { emaLeftOut = (tensors.count - kept.count, emaPrefix) }
+            tensors = kept
+        }
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
-        return KeyListing(record: name, tensors: tensors, coverage: coverage)
+        return KeyListing(record: name, tensors: tensors, coverage: coverage, emaLeftOut: emaLeftOut)
     }
 }

@@ -122,8 +122,7 @@ extension Checkpoint {
             od.dictItems = tensors.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
             g.root = g.add(.object(od))
         }
-        try checkAll(g, againstRecords: true)
-        let (renumbered, storages, _) = try renumberStorages(g, conversions: [:])
+        let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(g)
         var surgery = SurgeryReport()
         surgery.weightsRecord = name
         let report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,

@@ -49,6 +49,7 @@ public struct StripSummary: Sendable {
         .object([
             ("input", .string(input)), ("output", .string(output)), ("dry_run", .bool(dryRun)),
             ("input_bytes", .int(inputBytes)), ("output_bytes", outputBytes.map { .int($0) } ?? .null),
+            ("framework", report.framework.map { .string($0) } ?? .null),
             ("weights_record", report.weightsRecord.map { .string($0) } ?? .null),
             ("parameters", .int(report.parameters)),
             ("dtype", report.weightsDType.map { .string($0.rawValue) } ?? .null),

@@ -123,8 +123,7 @@ extension Checkpoint {
                     + "nothing written (ckpt strip --rename renames keys first)")
             }
             report.casts = casts.values.sorted { $0.2 > $1.2 }.map { ($0.0, $0.1, $0.2) }
-            let (renumbered, storages, _) = try renumberStorages(g, conversions: [:], planned: planned)
-            try checkAll(renumbered)
+            let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(g, planned: planned)
             return (SurgeryPlan(graph: renumbered, storages: storages, report: SurgeryReport()), report)
         }
     }
