@@ -23,6 +23,7 @@ struct Convert: ParsableCommand, OptionTexts {
     @Argument(help: "The checkpoint to read (never modified).") var input: String
     @Argument(help: "Where to write; the extension picks the format.") var output: String
     @OptionGroup var recordOption: RecordOption<Self>
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
@@ -31,7 +32,7 @@ struct Convert: ParsableCommand, OptionTexts {
 
     func run() throws {
         let record = recordOption.record, dryRun = rewriteOptions.dryRun
-        let ckpt = try Phase.reading(input).run { try rewriteOptions.open(input) }
+        let ckpt = try Phase.reading(input).run { try frameworkOption.apply(to: rewriteOptions.open(input)) }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
         let format = try Phase.preparing(output).run { try OutputFormat(path: output) }
         let report: ConvertReport

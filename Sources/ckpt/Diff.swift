@@ -33,9 +33,12 @@ struct Diff: ParsableCommand, OptionTexts {
     @Option(help: ArgumentHelp("Rename B's tensors by prefix before pairing, OLD=NEW (repeatable; the longest OLD wins).",
                                valueName: "OLD=NEW"))
     var map: [RenamePair] = []
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
     static let record = "Compare only this record (a file without records is compared whole)."
+    static let framework =
+        "Follow this training framework's conventions in both files, not the detected ones (yolov5, ultralytics, ...)."
 
     func validate() throws {
         guard atol >= 0, rtol >= 0, atol.isFinite, rtol.isFinite else {
@@ -44,8 +47,8 @@ struct Diff: ParsableCommand, OptionTexts {
     }
 
     func run() throws {
-        let ca = try Phase.reading(a).run { try Checkpoint(path: a) }
-        let cb = try Phase.reading(b).run { try Checkpoint(path: b) }
+        let ca = try Phase.reading(a).run { try frameworkOption.apply(to: Checkpoint(path: a)) }
+        let cb = try Phase.reading(b).run { try frameworkOption.apply(to: Checkpoint(path: b)) }
         var o = DiffOptions()
         o.record = recordOption.record
         o.values = values || atol > 0 || rtol > 0

@@ -12,11 +12,12 @@ struct Info: ParsableCommand, OptionTexts {
         """)
 
     @Argument(help: "The checkpoint.") var file: String
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
     func run() throws {
         let report = try Phase.reading(file).run {
-            try keptUntilExit(Checkpoint(path: file)).info()
+            try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file))).info()
         }
         for n in report.notes { note(n) }
         emit(jsonOption.json ? report.json.rendered() : report.table)

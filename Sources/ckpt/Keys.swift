@@ -22,13 +22,14 @@ struct Keys: ParsableCommand, OptionTexts {
     @Option(help: "Only keys matching this glob (* and ?).") var match: String?
     @Flag(help: "Every tensor the record holds, by its path in the object graph (also those outside the state_dict view).")
     var all = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
     static let record = "Record to list (default: model, else ema, else state_dict, else the file itself)."
 
     func run() throws {
         let (ckpt, listing) = try Phase.reading(file).run {
-            let ckpt = try keptUntilExit(Checkpoint(path: file))
+            let ckpt = try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file)))
             return (ckpt, try ckpt.keys(record: recordOption.record, prefix: prefix, match: match, all: all))
         }
         if let n = listing.note(file: file) { note(n) }

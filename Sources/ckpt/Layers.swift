@@ -35,6 +35,7 @@ struct Layers: ParsableCommand, OptionTexts {
     var trainable: [String] = []
     @Option(help: "Module levels below the common prefix to show (1: features; 2: features.0). Not for YOLO tables.")
     var depth = 1
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
     func validate() throws {
@@ -45,7 +46,7 @@ struct Layers: ParsableCommand, OptionTexts {
     func run() throws {
         let table = try Phase.reading(file).run {
             let spec: FreezeSpec? = !trainable.isEmpty ? .trainable(trainable) : freeze.isEmpty ? nil : .freeze(freeze)
-            return try Checkpoint(path: file).layers(record: recordOption.record, freeze: spec, depth: depth)
+            return try frameworkOption.apply(to: Checkpoint(path: file)).layers(record: recordOption.record, freeze: spec, depth: depth)
         }
         emit(jsonOption.json ? table.json.rendered() : table.table)
     }

@@ -12,6 +12,7 @@ protocol OptionTexts {
     static var record: String { get }
     static var dryRun: String { get }
     static var allowUnsafe: String { get }
+    static var framework: String { get }
 }
 
 extension OptionTexts {
@@ -19,6 +20,9 @@ extension OptionTexts {
     static var record: String { "Record to read (default: model, else ema, else state_dict, else the file itself)." }
     static var dryRun: String { "Say what would be written; write nothing." }
     static var allowUnsafe: String { "Rewrite a file whose pickle names dangerous globals (see ckpt scan)." }
+    static var framework: String {
+        "Follow this training framework's conventions, not the detected ones (yolov5, ultralytics, lightning, timm, ...)."
+    }
 }
 
 /// `--json`: every command.
@@ -40,6 +44,18 @@ struct RewriteOptions<Texts: OptionTexts>: ParsableArguments {
     /// `--allow-unsafe`.
     func open(_ path: String) throws(CheckpointError) -> Checkpoint {
         try Checkpoint.openForRewriting(path: path, allowUnsafe: allowUnsafe)
+    }
+}
+
+/// `--framework NAME`: the commands that follow a framework's conventions (all but scan).
+struct FrameworkOption<Texts: OptionTexts>: ParsableArguments {
+    @Option(help: ArgumentHelp(Texts.framework, valueName: "name")) var framework: String?
+
+    /// `checkpoint`, told to follow the named framework's conventions when one is named (an unknown name throws).
+    @discardableResult
+    func apply(to checkpoint: Checkpoint) throws(CheckpointError) -> Checkpoint {
+        if let framework { try checkpoint.useFramework(framework) }
+        return checkpoint
     }
 }
 

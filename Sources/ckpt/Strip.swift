@@ -31,6 +31,10 @@ struct Strip: ParsableCommand, OptionTexts {
         A strip that would leave no tensors in the weights record of a file that holds tensors is refused, \
         unless --drop with --force asked for it.
 
+        --framework NAME follows that training framework's conventions (which records are training state, where \
+        the EMA is) instead of the detected ones. --drop-record NAME removes a top-level record and \
+        --keep-record NAME keeps one as it is, whatever the conventions say; a name cannot be in both.
+
         On a terminal, work longer than a second shows its progress on stderr (bytes, rate, time left); -q hides it.
         """)
 
@@ -47,16 +51,31 @@ struct Strip: ParsableCommand, OptionTexts {
     @Option(name: .customLong("rename-regex"),
             help: ArgumentHelp("Rename keys by regex, 'PATTERN=REPLACEMENT' ($1 for groups).", valueName: "PATTERN=REPLACEMENT"))
     var renameRegex: [RenamePair] = []
+    @Option(name: .customLong("drop-record"), help: ArgumentHelp(
+        "Remove this top-level record whatever the framework's conventions say (repeatable).", valueName: "name"))
+    var dropRecords: [String] = []
+    @Option(name: .customLong("keep-record"), help: ArgumentHelp(
+        "Keep this top-level record as it is whatever the framework's conventions say (repeatable).", valueName: "name"))
+    var keepRecords: [String] = []
     @OptionGroup var recordOption: RecordOption<Self>
     @Flag(help: "Allow --drop to remove every tensor.") var force = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
     @OptionGroup var progress: ProgressOptions
 
-    static let record = "The weights record --drop, --rename and --state-dict change, after the EMA step (default: model, ...)."
+    static let record =
+        "The weights record --drop, --rename and --state-dict change, after the EMA step (default: model, ...)."
     static let dryRun = "Say what would change; write nothing."
-    static let allowUnsafe = "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names)."
+    static let allowUnsafe =
+        "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names)."
     static let json = "Print the summary as JSON."
+
+    func validate() throws {
+        if let both = dropRecords.first(where: keepRecords.contains) {
+            throw ValidationError("--drop-record and --keep-record both name '\(both)'")
+        }
+    }
 
     func run() throws {
         var o = StripOptions()
@@ -68,9 +87,11 @@ struct Strip: ParsableCommand, OptionTexts {
         o.renameRegex = renameRegex.map { ($0.old, $0.new) }
         o.record = recordOption.record
         o.force = force
+        o.dropRecords = dropRecords
+        o.keepRecords = keepRecords
         let dryRun = rewriteOptions.dryRun
         let (ckpt, plan) = try Phase.reading(input).run { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = try keptUntilExit(rewriteOptions.open(input))
+            let c = try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))
             return (c, try c.planStrip(o))
         }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }

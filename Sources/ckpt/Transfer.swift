@@ -25,18 +25,22 @@ struct Transfer: ParsableCommand, OptionTexts {
     var fromRecord: String?
     @Option(name: .customLong("into-record"), help: "INTO's record to fill (default: model, else ema, ...).")
     var intoRecord: String?
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
 
     static let dryRun = "Report what would be transferred; write nothing."
-    static let allowUnsafe = "Rewrite even if FROM's or INTO's pickle names dangerous globals (INTO's are copied unchanged)."
+    static let allowUnsafe =
+        "Rewrite even if FROM's or INTO's pickle names dangerous globals (INTO's are copied unchanged)."
     static let json = "Print the report as JSON."
+    static let framework =
+        "Follow this training framework's conventions in FROM and INTO, not the detected ones (yolov5, ultralytics, ...)."
 
     var dryRun: Bool { rewriteOptions.dryRun }
 
     func run() throws {
-        let f = try Phase.reading(from).run { try rewriteOptions.open(from) }
-        let i = try Phase.reading(into).run { try rewriteOptions.open(into) }
+        let f = try Phase.reading(from).run { try frameworkOption.apply(to: rewriteOptions.open(from)) }
+        let i = try Phase.reading(into).run { try frameworkOption.apply(to: rewriteOptions.open(into)) }
         var o = TransferOptions()
         o.exclude = exclude
         o.fromRecord = fromRecord
