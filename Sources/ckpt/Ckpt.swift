@@ -40,29 +40,6 @@ struct Ckpt: ParsableCommand {
     }
 }
 
-/// An error already phrased for the user: `ckpt: <message>` and the exit code.
-struct Failure: Error {
-    var message: String
-    var code: Int32 = 2
-}
-
-/// Runs `body`, turning library errors into one line naming `file`.
-func reporting<T>(_ file: String, _ body: () throws -> T) throws -> T {
-    do {
-        return try body()
-    } catch let e as Failure {
-        throw e
-    } catch let e as CheckpointError {
-        if case .dangerousGlobals = e { throw Failure(message: "\(file): \(e.description)", code: 1) }
-        if case .ambiguousContainer = e { throw Failure(message: "\(file): \(e.description)", code: 1) }
-        throw Failure(message: "\(file): \(e.description)")
-    } catch let e as CustomStringConvertible {
-        throw Failure(message: "\(file): \(e.description)")
-    } catch {
-        throw Failure(message: "\(file): \(error)")
-    }
-}
-
 /// Objects left for the process exit to reclaim: freeing a decoded checkpoint (tens of thousands of graph nodes)
 /// takes longer than listing its keys, and the process ends right after the command anyway.
 nonisolated(unsafe) private var keptUntilExit: [AnyObject] = []

@@ -2,7 +2,7 @@ import ArgumentParser
 import CkptCore
 import Foundation
 
-struct Convert: ParsableCommand {
+struct Convert: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "convert",
         abstract: "Write a record's state dict in another format: .safetensors, or a weights-only torch file.",
@@ -22,41 +22,31 @@ struct Convert: ParsableCommand {
 
     @Argument(help: "The checkpoint to read (never modified).") var input: String
     @Argument(help: "Where to write; the extension picks the format.") var output: String
-    @Option(help: "Record to convert (default: model, else ema, else state_dict, else the file itself).")
-    var record: String?
-    @Flag(name: .customLong("dry-run"), help: "Say what would be written; write nothing.") var dryRun = false
-    @Flag(help: "Print the summary as JSON.") var json = false
-    @Flag(name: .customLong("allow-unsafe"),
-          help: "Rewrite a file whose pickle names dangerous globals (see ckpt scan).")
-    var allowUnsafe = false
+    @OptionGroup var recordOption: RecordOption<Self>
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var rewriteOptions: RewriteOptions<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
+
+    static let record = "Record to convert (default: model, else ema, else state_dict, else the file itself)."
+    static let json = "Print the summary as JSON."
 
     func run() throws {
-        let ckpt = try reporting(input) { try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe) }
-        let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
-        let format = try reporting(output) { try OutputFormat(path: output) }
+        let record = recordOption.record, dryRun = rewriteOptions.dryRun
+        let ckpt = try Phase.reading(input).run { try frameworkOption.apply(to: rewriteOptions.open(input)) }
+        let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
+        let format = try Phase.preparing(output).run { try OutputFormat(path: output) }
         let report: ConvertReport
         switch format {
         case .safetensors:
-            let plan = try reporting(input) { try ckpt.planSafetensors(record: record, output: output) }
+            let plan = try Phase.reading(input).run { try ckpt.planSafetensors(record: record, output: output) }
             report = plan.report
-            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
+            if !dryRun { try Phase.writing(output, from: input).run { try ckpt.write(plan, to: output) } }
         case .torch:
-            let (plan, r) = try reporting(input) { try ckpt.planTorchStateDict(record: record, output: output) }
+            let (plan, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output) }
             report = r
-            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
+            if !dryRun { try Phase.writing(output, from: input).run { try ckpt.write(plan, to: output) } }
         }
         for w in report.warnings { warn("\(input): \(w)") }
-        emit(json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
-    }
-
-    /// Runs a write: read faults belong to the input, the rest to the output.
-    private func writing(_ output: String, _ body: () throws -> Void) throws {
-        do {
-            try body()
-        } catch let e as CheckpointError {
-            throw Failure(message: "\(input): \(e.description)")
-        } catch {
-            try reporting(output) { throw error }
-        }
+        emit(jsonOption.json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
     }
 }

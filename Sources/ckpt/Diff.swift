@@ -2,7 +2,7 @@ import ArgumentParser
 import CkptCore
 import Foundation
 
-struct Diff: ParsableCommand {
+struct Diff: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "diff",
         abstract: "Show what differs between two checkpoints: records, tensors, and (--values) numbers.",
@@ -26,34 +26,38 @@ struct Diff: ParsableCommand {
 
     @Argument(help: "The first checkpoint (A).") var a: String
     @Argument(help: "The second checkpoint (B).") var b: String
-    @Option(help: "Compare only this record (a file without records is compared whole).") var record: String?
+    @OptionGroup var recordOption: RecordOption<Self>
     @Flag(help: "Compare tensor values too (streamed in chunks, in float64).") var values = false
     @Option(help: "Absolute tolerance for --values (default 0).") var atol: Double = 0
     @Option(help: "Relative tolerance for --values (default 0).") var rtol: Double = 0
-    @Option(help: "Rename B's tensors by prefix before pairing, OLD=NEW (repeatable; the longest OLD wins).")
-    var map: [String] = []
-    @Flag(help: "Print JSON.") var json = false
+    @Option(help: ArgumentHelp("Rename B's tensors by prefix before pairing, OLD=NEW (repeatable; the longest OLD wins).",
+                               valueName: "OLD=NEW"))
+    var map: [RenamePair] = []
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
+
+    static let record = "Compare only this record (a file without records is compared whole)."
+    static let framework =
+        "Follow this training framework's conventions in both files, not the detected ones (yolov5, ultralytics, ...)."
 
     func validate() throws {
         guard atol >= 0, rtol >= 0, atol.isFinite, rtol.isFinite else {
             throw ValidationError("--atol and --rtol must be finite and not negative")
         }
-        for m in map where !m.contains("=") { throw ValidationError("--map '\(m)' is not OLD=NEW") }
     }
 
     func run() throws {
-        let ca = try reporting(a) { try Checkpoint(path: a) }
-        let cb = try reporting(b) { try Checkpoint(path: b) }
+        let ca = try Phase.reading(a).run { try frameworkOption.apply(to: Checkpoint(path: a)) }
+        let cb = try Phase.reading(b).run { try frameworkOption.apply(to: Checkpoint(path: b)) }
         var o = DiffOptions()
-        o.record = record
+        o.record = recordOption.record
         o.values = values || atol > 0 || rtol > 0
         o.atol = atol
         o.rtol = rtol
-        o.map = map.map(splitPair)
-        let report: CheckpointDiff
-        do { report = try Checkpoint.diff(ca, cb, o) } catch { throw Failure(message: error.description) }
+        o.map = map.map { ($0.old, $0.new) }
+        let report = try Phase.reading(a).run { try Checkpoint.diff(ca, cb, o) }  // a FileError names A or B
         for n in report.viewNotes { note(n) }
-        emit(json ? report.json.rendered() : report.table)
+        emit(jsonOption.json ? report.json.rendered() : report.table)
         if !report.isEqual { Foundation.exit(1) }
     }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import CkptCore
 
-struct Info: ParsableCommand {
+struct Info: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "info",
         abstract: "Show a checkpoint's container and every top-level record.",
@@ -12,11 +12,14 @@ struct Info: ParsableCommand {
         """)
 
     @Argument(help: "The checkpoint.") var file: String
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
 
     func run() throws {
-        let report = try reporting(file) { try keptUntilExit(Checkpoint(path: file)).info() }
+        let report = try Phase.reading(file).run {
+            try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file))).info()
+        }
         for n in report.notes { note(n) }
-        emit(json ? report.json.rendered() : report.table)
+        emit(jsonOption.json ? report.json.rendered() : report.table)
     }
 }

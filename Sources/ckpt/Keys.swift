@@ -1,7 +1,7 @@
 import ArgumentParser
 import CkptCore
 
-struct Keys: ParsableCommand {
+struct Keys: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "keys",
         abstract: "List the state_dict view of a record: name, dtype, shape.",
@@ -17,19 +17,23 @@ struct Keys: ParsableCommand {
         """)
 
     @Argument(help: "The checkpoint.") var file: String
-    @Option(help: "Record to list (default: model, else ema, else state_dict, else the file itself).")
-    var record: String?
+    @OptionGroup var recordOption: RecordOption<Self>
     @Option(help: "Only keys starting with this prefix.") var prefix: String?
     @Option(help: "Only keys matching this glob (* and ?).") var match: String?
     @Flag(help: "Every tensor the record holds, by its path in the object graph (also those outside the state_dict view).")
     var all = false
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
+
+    static let record = "Record to list (default: model, else ema, else state_dict, else the file itself)."
 
     func run() throws {
-        let ckpt = try reporting(file) { try keptUntilExit(Checkpoint(path: file)) }
-        let listing = try reporting(file) { try ckpt.keys(record: record, prefix: prefix, match: match, all: all) }
+        let (ckpt, listing) = try Phase.reading(file).run {
+            let ckpt = try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file)))
+            return (ckpt, try ckpt.keys(record: recordOption.record, prefix: prefix, match: match, all: all))
+        }
         if let n = listing.note(file: file) { note(n) }
-        emit(json ? listing.json.rendered() : listing.table)
+        emit(jsonOption.json ? listing.json.rendered() : listing.table)
         if !all, let c = ckpt.torchScript?.constantsNote { note("note: \(c); see --all") }
     }
 }

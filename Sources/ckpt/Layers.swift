@@ -1,7 +1,7 @@
 import ArgumentParser
 import CkptCore
 
-struct Layers: ParsableCommand {
+struct Layers: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "layers",
         abstract: "Show a model's layers or module groups, and what a freeze would freeze.",
@@ -27,8 +27,7 @@ struct Layers: ParsableCommand {
         """)
 
     @Argument(help: "The checkpoint.") var file: String
-    @Option(help: "Record to read (default: model, else ema, else state_dict, else the file itself).")
-    var record: String?
+    @OptionGroup var recordOption: RecordOption<Self>
     @Option(parsing: .upToNextOption,
             help: "Integers: YOLOv5's --freeze (N: layers 0..N-1, or a list of layer indices); else key prefixes to freeze.")
     var freeze: [String] = []
@@ -36,7 +35,8 @@ struct Layers: ParsableCommand {
     var trainable: [String] = []
     @Option(help: "Module levels below the common prefix to show (1: features; 2: features.0). Not for YOLO tables.")
     var depth = 1
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
 
     func validate() throws {
         if !freeze.isEmpty && !trainable.isEmpty { throw ValidationError("--freeze and --trainable exclude each other.") }
@@ -44,10 +44,10 @@ struct Layers: ParsableCommand {
     }
 
     func run() throws {
-        let table = try reporting(file) {
+        let table = try Phase.reading(file).run {
             let spec: FreezeSpec? = !trainable.isEmpty ? .trainable(trainable) : freeze.isEmpty ? nil : .freeze(freeze)
-            return try Checkpoint(path: file).layers(record: record, freeze: spec, depth: depth)
+            return try frameworkOption.apply(to: Checkpoint(path: file)).layers(record: recordOption.record, freeze: spec, depth: depth)
         }
-        emit(json ? table.json.rendered() : table.table)
+        emit(jsonOption.json ? table.json.rendered() : table.table)
     }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import CkptCore
 
-struct Scan: ParsableCommand {
+struct Scan: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "scan",
         abstract: "List every global the file's pickles name, with how they use it, classed safe, needs-code or dangerous.",
@@ -26,11 +26,11 @@ struct Scan: ParsableCommand {
         """)
 
     @Argument(help: "The file to scan.") var file: String
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var jsonOption: JSONOption<Self>
     @Flag(help: "Exit 1 when the file needs any code beyond the allow-lists (a needs-code row) too.") var strict = false
 
     func run() throws {
-        let report = try reporting(file) { try Checkpoint.scan(path: file) }
+        let report = try Phase.reading(file).run { try Checkpoint.scan(path: file) }
         if !report.isDangerous, !report.isAmbiguous, let e = report.readError {
             // What torch.load(weights_only=True) decides before unpickling (a TorchScript zip) still holds.
             let prediction = report.weightsOnlyReason.flatMap { r in
@@ -38,7 +38,7 @@ struct Scan: ParsableCommand {
             } ?? ""
             throw Failure(message: "\(file): \(e.description)\(prediction)")
         }
-        emit(json ? report.json.rendered() : report.table)
+        emit(jsonOption.json ? report.json.rendered() : report.table)
         if report.isDangerous || report.isAmbiguous {
             throw Failure(message: "\(file): \(report.verdictLine)", code: 1)
         }

@@ -2,7 +2,7 @@ import ArgumentParser
 import CkptCore
 import Foundation
 
-struct Strip: ParsableCommand {
+struct Strip: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "strip",
         abstract: "Write a weights-only checkpoint: optimizer, EMA and counters out, epoch -1.",
@@ -31,6 +31,10 @@ struct Strip: ParsableCommand {
         A strip that would leave no tensors in the weights record of a file that holds tensors is refused, \
         unless --drop with --force asked for it.
 
+        --framework NAME follows that training framework's conventions (which records are training state, where \
+        the EMA is) instead of the detected ones. --drop-record NAME removes a top-level record and \
+        --keep-record NAME keeps one as it is, whatever the conventions say; a name cannot be in both.
+
         On a terminal, work longer than a second shows its progress on stderr (bytes, rate, time left); -q hides it.
         """)
 
@@ -41,23 +45,35 @@ struct Strip: ParsableCommand {
     @Flag(name: .customLong("state-dict"), help: "Write the weights as name -> tensor dicts (loads with weights_only=True).")
     var stateDict = false
     @Option(help: "Remove keys matching a glob or prefix (repeatable).") var drop: [String] = []
-    @Option(help: "Rename a key prefix, OLD=NEW (repeatable; --rename module.= strips DDP's prefix).")
-    var rename: [String] = []
-    @Option(name: .customLong("rename-regex"), help: "Rename keys by regex, 'PATTERN=REPLACEMENT' ($1 for groups).")
-    var renameRegex: [String] = []
-    @Option(help: "The weights record --drop, --rename and --state-dict change, after the EMA step (default: model, ...).")
-    var record: String?
+    @Option(help: ArgumentHelp("Rename a key prefix, OLD=NEW (repeatable; --rename module.= strips DDP's prefix).",
+                               valueName: "OLD=NEW"))
+    var rename: [RenamePair] = []
+    @Option(name: .customLong("rename-regex"),
+            help: ArgumentHelp("Rename keys by regex, 'PATTERN=REPLACEMENT' ($1 for groups).", valueName: "PATTERN=REPLACEMENT"))
+    var renameRegex: [RenamePair] = []
+    @Option(name: .customLong("drop-record"), help: ArgumentHelp(
+        "Remove this top-level record whatever the framework's conventions say (repeatable).", valueName: "name"))
+    var dropRecords: [String] = []
+    @Option(name: .customLong("keep-record"), help: ArgumentHelp(
+        "Keep this top-level record as it is whatever the framework's conventions say (repeatable).", valueName: "name"))
+    var keepRecords: [String] = []
+    @OptionGroup var recordOption: RecordOption<Self>
     @Flag(help: "Allow --drop to remove every tensor.") var force = false
-    @Flag(name: .customLong("dry-run"), help: "Say what would change; write nothing.") var dryRun = false
-    @Flag(name: .customLong("allow-unsafe"),
-          help: "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names).")
-    var allowUnsafe = false
-    @Flag(help: "Print the summary as JSON.") var json = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var rewriteOptions: RewriteOptions<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
     @OptionGroup var progress: ProgressOptions
 
+    static let record =
+        "The weights record --drop, --rename and --state-dict change, after the EMA step (default: model, ...)."
+    static let dryRun = "Say what would change; write nothing."
+    static let allowUnsafe =
+        "Rewrite a file whose pickle names dangerous globals (they are copied unchanged, as names)."
+    static let json = "Print the summary as JSON."
+
     func validate() throws {
-        for r in rename + renameRegex where !r.contains("=") {
-            throw ValidationError("'\(r)' is not OLD=NEW")
+        if let both = dropRecords.first(where: keepRecords.contains) {
+            throw ValidationError("--drop-record and --keep-record both name '\(both)'")
         }
     }
 
@@ -67,36 +83,30 @@ struct Strip: ParsableCommand {
         o.half = half
         o.stateDict = stateDict
         o.drop = drop
-        o.rename = rename.map(splitPair)
-        o.renameRegex = renameRegex.map(splitPair).map { ($0.0, $0.1) }
-        o.record = record
+        o.rename = rename.map { ($0.old, $0.new) }
+        o.renameRegex = renameRegex.map { ($0.old, $0.new) }
+        o.record = recordOption.record
         o.force = force
-        let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = keptUntilExit(try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe))
+        o.dropRecords = dropRecords
+        o.keepRecords = keepRecords
+        let dryRun = rewriteOptions.dryRun
+        let (ckpt, plan) = try Phase.reading(input).run { () throws -> (Checkpoint, SurgeryPlan) in
+            let c = try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))
             return (c, try c.planStrip(o))
         }
-        let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
-        try reporting(output) { try OutputFormat.requireTorch(path: output, command: "strip") }
+        let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
+        try Phase.preparing(output).run { try OutputFormat.requireTorch(path: output, command: "strip") }
         for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)
             defer { reporter?.finish() }
-            do {
+            try Phase.writing(output, from: input).run {
                 try ckpt.write(plan, to: output, progress: reporter.map { r in { r.update($0) } })
-            } catch let e as CheckpointError {
-                throw Failure(message: "\(input): \(e.description)")  // read faults belong to the input
-            } catch {
-                try reporting(output) { throw error }
             }
         }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.map { $0.int64Value }
         let summary = StripSummary(input: input, output: output, inputBytes: Int64(ckpt.fileSize),
                                    outputBytes: outSize ?? nil, dryRun: dryRun, report: plan.report)
-        emit(json ? summary.json.rendered() : summary.text)
+        emit(jsonOption.json ? summary.json.rendered() : summary.text)
     }
-}
-
-func splitPair(_ s: String) -> (String, String) {
-    let i = s.firstIndex(of: "=")!
-    return (String(s[..<i]), String(s[s.index(after: i)...]))
 }

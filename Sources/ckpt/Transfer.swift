@@ -2,7 +2,7 @@ import ArgumentParser
 import CkptCore
 import Foundation
 
-struct Transfer: ParsableCommand {
+struct Transfer: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "transfer",
         abstract: "Carry pretrained weights into a model: every tensor whose name and shape match is copied.",
@@ -25,35 +25,35 @@ struct Transfer: ParsableCommand {
     var fromRecord: String?
     @Option(name: .customLong("into-record"), help: "INTO's record to fill (default: model, else ema, ...).")
     var intoRecord: String?
-    @Flag(name: .customLong("dry-run"), help: "Report what would be transferred; write nothing.") var dryRun = false
-    @Flag(help: "Print the report as JSON.") var json = false
-    @Flag(name: .customLong("allow-unsafe"),
-          help: "Rewrite even if FROM's or INTO's pickle names dangerous globals (INTO's are copied unchanged).")
-    var allowUnsafe = false
+    @OptionGroup var frameworkOption: FrameworkOption<Self>
+    @OptionGroup var rewriteOptions: RewriteOptions<Self>
+    @OptionGroup var jsonOption: JSONOption<Self>
+
+    static let dryRun = "Report what would be transferred; write nothing."
+    static let allowUnsafe =
+        "Rewrite even if FROM's or INTO's pickle names dangerous globals (INTO's are copied unchanged)."
+    static let json = "Print the report as JSON."
+    static let framework =
+        "Follow this training framework's conventions in FROM and INTO, not the detected ones (yolov5, ultralytics, ...)."
+
+    var dryRun: Bool { rewriteOptions.dryRun }
 
     func run() throws {
-        let f = try reporting(from) { try Checkpoint.openForRewriting(path: from, allowUnsafe: allowUnsafe) }
-        let i = try reporting(into) { try Checkpoint.openForRewriting(path: into, allowUnsafe: allowUnsafe) }
+        let f = try Phase.reading(from).run { try frameworkOption.apply(to: rewriteOptions.open(from)) }
+        let i = try Phase.reading(into).run { try frameworkOption.apply(to: rewriteOptions.open(into)) }
         var o = TransferOptions()
         o.exclude = exclude
         o.fromRecord = fromRecord
         o.intoRecord = intoRecord
-        let out = try reporting(self.out) { try AtomicOutput.destination(for: self.out, input: into) }
-        try reporting(out) { try OutputFormat.requireTorch(path: out, command: "transfer") }
-        let (plan, report): (SurgeryPlan, TransferReport)
-        do { (plan, report) = try i.planTransfer(from: f, o) } catch { throw Failure(message: error.description) }
+        let out = try Phase.preparing(self.out).run { try AtomicOutput.destination(for: self.out, input: into) }
+        try Phase.preparing(out).run { try OutputFormat.requireTorch(path: out, command: "transfer") }
+        let (plan, report) = try Phase.reading(into).run { try i.planTransfer(from: f, o) }  // a FileError names FROM or INTO
         if !dryRun {
-            do {
+            try Phase.writing(out, from: into).run {  // a FileError names FROM or INTO; other read faults are INTO's
                 try Checkpoint.write(plan, sources: [i, f], to: out)
-            } catch let e as FileError {
-                throw Failure(message: e.description)
-            } catch let e as CheckpointError {
-                throw Failure(message: "\(into): \(e.description)")  // read faults of INTO or FROM
-            } catch {
-                try reporting(out) { throw error }
             }
         }
-        emit(json ? json(report, out: out) : text(report, out: out))
+        emit(jsonOption.json ? json(report, out: out) : text(report, out: out))
     }
 
     func text(_ r: TransferReport, out: String) -> String {

@@ -401,3 +401,93 @@ def test_a_torch_checkpoint_is_never_written_under_a_safetensors_name(args, tmp_
     reference = torch.load(GOOD, weights_only=True)
     loaded = load_file(str(out))
     assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+# ---- --framework, --drop-record, --keep-record (issue 13) -------------------------------------------------
+
+YOLO = FIXTURES / "yolov5s-train.pt"
+# The names `--framework` takes: one a convention of CkptCore's table (issue 13).
+KNOWN_FRAMEWORKS = ["yolov5", "ultralytics", "lightning", "ldm", "timm", "mmengine", "torchvision", "detectron2",
+                    "fairseq", "hf-trainer", "generic"]
+
+
+def framework_invocations(src, out):
+    """Every command that takes --framework, reading `src` (both inputs of diff and transfer), writing under `out`."""
+    return {
+        "info": ("info", src, "--json"), "keys": ("keys", src, "--json"), "layers": ("layers", src, "--json"),
+        "strip": ("strip", src, out / "o.pt", "--json"), "convert": ("convert", src, out / "o.safetensors", "--json"),
+        "diff": ("diff", src, src, "--json"), "transfer": ("transfer", src, src, out / "o.pt", "--json"),
+    }
+
+
+def test_an_unknown_framework_gets_one_line_naming_the_known_ones(tmp_path):
+    for command, args in framework_invocations(YOLO, tmp_path).items():
+        p = ckpt(*args, "--framework", "nosuch")
+        assert_clean_failure(p, YOLO)
+        assert "unknown framework 'nosuch'" in p.stderr, (command, p.stderr)
+        named = {n.strip() for n in p.stderr.split("known:", 1)[-1].split(",")}
+        assert set(KNOWN_FRAMEWORKS) <= named, (command, p.stderr)
+    assert list(tmp_path.iterdir()) == [] and temp_files(tmp_path) == []
+
+
+def zip_records(path):
+    """A torch zip's records by name, without the root folder (named after the file) and the times zip stores."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        return {n.split("/", 1)[1]: z.read(n) for n in z.namelist()}
+
+
+def without_framework(report):
+    """A JSON report without what says which framework's conventions were followed and why (the evidence differs
+    when the framework is named rather than detected: that is the only difference naming it may make)."""
+    return {k: v for k, v in report.items() if k != "framework"} if isinstance(report, dict) else report
+
+
+@pytest.mark.parametrize("command", list(framework_invocations(YOLO, Path())), ids=str)
+def test_naming_the_detected_framework_changes_nothing(command, tmp_path):
+    """`--framework yolov5` on a YOLOv5 training checkpoint: the report and the file written are those the
+    detection gives."""
+    detected, named = tmp_path / "detected", tmp_path / "named"
+    detected.mkdir()
+    named.mkdir()
+    a = ckpt(*framework_invocations(YOLO, detected)[command])
+    b = ckpt(*framework_invocations(YOLO, named)[command], "--framework", "yolov5")
+    assert a.returncode == 0, a.stderr
+    assert b.returncode == 0, b.stderr
+    assert b.stderr == a.stderr
+    assert without_framework(json.loads(b.stdout.replace(str(named), str(detected)))) == \
+        without_framework(json.loads(a.stdout))
+    written = sorted(x.name for x in detected.iterdir())
+    assert sorted(x.name for x in named.iterdir()) == written
+    for name in written:
+        if name.endswith(".pt"):
+            assert zip_records(named / name) == zip_records(detected / name), name
+        else:
+            assert (named / name).read_bytes() == (detected / name).read_bytes(), name
+
+
+def test_a_record_both_dropped_and_kept_is_refused(tmp_path):
+    out = tmp_path / "o.pt"
+    p = ckpt("strip", YOLO, out, "--drop-record", "date", "--keep-record", "opt", "--keep-record", "date")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("ckpt: ") and "--drop-record" in p.stderr and "'date'" in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drop_record_and_keep_record_reach_strip(tmp_path):
+    """--drop-record removes a record strip would keep (date); --keep-record keeps one it would set to None
+    (optimizer), as torch.load reads it in the input."""
+    out = tmp_path / "o.pt"
+    p = ckpt("strip", YOLO, out, "--drop-record", "date", "--keep-record", "optimizer")
+    assert p.returncode == 0, p.stderr
+    src = torch.load(YOLO, weights_only=False)
+    got = torch.load(out, weights_only=False)
+    assert "date" in src and "date" not in got
+    assert got["optimizer"]["param_groups"] == src["optimizer"]["param_groups"]
+    want, have = src["optimizer"]["state"], got["optimizer"]["state"]
+    assert want.keys() == have.keys()
+    for i in want:
+        assert want[i].keys() == have[i].keys()
+        for k in want[i]:
+            assert torch.equal(want[i][k], have[i][k]), (i, k)
+    assert got["ema"] is None and got["epoch"] == -1  # the rest of strip is unchanged

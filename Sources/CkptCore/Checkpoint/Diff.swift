@@ -36,8 +36,13 @@ public struct TensorDifference: Sendable {
     public var name: String
     public var a: (dtype: DType, shape: [Int64])?
     public var b: (dtype: DType, shape: [Int64])?
-    /// `only in A`, `only in B`, `dtype`, `shape`, `values`.
-    public var changes: [String]
+    /// What differs; the raw value is the text of the table's and the JSON's `changes`.
+    public enum Change: String, Sendable {
+        case onlyInA = "only in A"
+        case onlyInB = "only in B"
+        case dtype, shape, values
+    }
+    public var changes: [Change]
     /// With --values: elements compared, how many differ beyond the tolerance, the largest |a - b|
     /// (infinite when a NaN or an infinity meets another value; nil when compared as bytes).
     public var elements: Int64?
@@ -106,7 +111,7 @@ extension CheckpointDiff {
             if showRecordColumn { header.insert("record", at: 0) }
             var rows = [header]
             for t in tensors {
-                var row = [t.name, t.changes.joined(separator: ", "),
+                var row = [t.name, t.changes.map(\.rawValue).joined(separator: ", "),
                            t.a.map { "\($0.dtype.rawValue) \(shapeText($0.shape))" } ?? "",
                            t.b.map { "\($0.dtype.rawValue) \(shapeText($0.shape))" } ?? ""]
                 if options.values { row.append(valuesText(t)) }
@@ -173,7 +178,7 @@ extension CheckpointDiff {
             })),
             ("tensors", .array(tensors.map { t in
                 var o: [(String, JSONValue)] = [("record", t.record.map { .string($0) } ?? .null), ("name", .string(t.name)),
-                         ("changes", .array(t.changes.map { .string($0) })), ("a", side(t.a)), ("b", side(t.b))]
+                         ("changes", .array(t.changes.map { .string($0.rawValue) })), ("a", side(t.a)), ("b", side(t.b))]
                 if let e = t.elements { o.append(("elements", .int(e))) }
                 if let d = t.differing { o.append(("differing", .int(d))) }
                 if t.elements != nil { o.append(("max_abs_diff", t.maxAbsDiff.map { .double($0) } ?? .null)) }
@@ -227,7 +232,7 @@ extension Checkpoint {
                 report.valuesCompared += 1
                 if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }
             }
-            if let n = d.differing, n > 0 { d.changes.append("values") }
+            if let n = d.differing, n > 0 { d.changes.append(.values) }
         }
 
         // Tensors, pair by pair.
@@ -254,18 +259,18 @@ extension Checkpoint {
                 let x = t.tensor
                 guard let y = inB[t.name] else {
                     report.tensors.append(TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: nil,
-                                                           changes: ["only in A"]))
+                                                           changes: [.onlyInA]))
                     continue
                 }
                 var d = TensorDifference(record: name, name: t.name, a: (x.dtype, x.shape), b: (y.dtype, y.shape), changes: [])
-                if x.dtype != y.dtype { d.changes.append("dtype") }
-                if x.shape != y.shape { d.changes.append("shape") }
+                if x.dtype != y.dtype { d.changes.append(.dtype) }
+                if x.shape != y.shape { d.changes.append(.shape) }
                 if options.values && x.shape == y.shape { try compareTallied(x, y, name: t.name, into: &d) }
                 if !d.changes.isEmpty { report.tensors.append(d) }
             }
             for t in tb where !namesA.contains(t.name) {
                 report.tensors.append(TensorDifference(record: name, name: t.name, a: nil, b: (t.tensor.dtype, t.tensor.shape),
-                                                       changes: ["only in B"]))
+                                                       changes: [.onlyInB]))
             }
         }
 

@@ -1,8 +1,14 @@
+/// The kind of a value, as `ckpt info` names it in its `kind` column (the raw value).
+public enum RecordKind: String, Sendable {
+    case none, tensor, module
+    case stateDict = "state_dict"
+    case optimizer, scalar, array, string, dict, list, tuple, bytes, other
+}
+
 /// One top-level record of a checkpoint, as `ckpt info` reports it.
 public struct RecordSummary: Sendable {
     public var name: String
-    /// module, state_dict, optimizer, tensor, scalar, string, array, dict, list, tuple, none, other.
-    public var kind: String
+    public var kind: RecordKind
     /// The class of a module object (`models.yolo.DetectionModel`).
     public var className: String?
     /// The value of a scalar or string.
@@ -19,7 +25,7 @@ public struct RecordSummary: Sendable {
     public var coverage: ViewCoverage?
 
     var json: JSONValue {
-        var o: [(String, JSONValue)] = [("name", .string(name)), ("kind", .string(kind))]
+        var o: [(String, JSONValue)] = [("name", .string(name)), ("kind", .string(kind.rawValue))]
         if let c = className { o.append(("class", .string(c))) }
         if let v = value { o.append(("value", v)) }
         if let t = tensors {
@@ -41,7 +47,7 @@ public struct CheckpointInfo: Sendable {
     public var recordCount: Int
     public var formatVersion: String?
     /// Kind of the top-level object: dict, state_dict, module, ...
-    public var topKind: String
+    public var topKind: RecordKind
     public var records: [RecordSummary]
     /// The format's own metadata (safetensors `__metadata__`, ONNX producer and opsets, shard files).
     public var metadata: [(key: String, value: String)] = []
@@ -60,7 +66,7 @@ public struct CheckpointInfo: Sendable {
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
             ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
             ("format_version", formatVersion.map { .string($0) } ?? .null),
-            ("top_kind", .string(topKind)),
+            ("top_kind", .string(topKind.rawValue)),
             ("framework", frameworkJSON),
             ("records", .array(records.map(\.json))),
         ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
@@ -72,7 +78,7 @@ public struct CheckpointInfo: Sendable {
         var head = "\(file): \(Figures.bytes(Int64(fileSize))), \(format) ("
             + (root.isEmpty ? "\(recordCount) storages" : "root '\(root)', \(recordCount) records")
         if let v = formatVersion { head += ", format version \(v)" }
-        head += "), top level: \(topKind)"
+        head += "), top level: \(topKind.rawValue)"
         head += "\nframework: " + (framework?.text ?? "none recognised (generic conventions: --framework NAME names one)")
         var rows: [[String]] = [["record", "kind", "value / class", "tensors", "elements", "size", "dtypes"]]
         for r in records {
@@ -83,7 +89,7 @@ public struct CheckpointInfo: Sendable {
                 default: shown = v.rendered(indent: 0)
                 }
             }
-            rows.append([r.name, r.kind, shown, r.tensors.map(String.init) ?? "",
+            rows.append([r.name, r.kind.rawValue, shown, r.tensors.map(String.init) ?? "",
                          r.elements.map { Figures.count($0) } ?? "", r.storageBytes.map { Figures.bytes($0) } ?? "",
                          r.dtypes.map(\.rawValue).joined(separator: ",")])
         }
@@ -94,21 +100,21 @@ public struct CheckpointInfo: Sendable {
 
 extension Checkpoint {
     /// The kind of a value, as `info` names it.
-    public func kind(of id: NodeID) -> String {
-        if graph[id] == .none { return "none" }
-        if ((try? graph.tensor(id)) ?? nil) != nil { return "tensor" }
-        if graph.moduleState(id) != nil { return "module" }
-        if isStateDict(id) { return "state_dict" }
-        if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return "optimizer" }
-        if let (shape, _) = graph.numpyValue(id) { return shape.isEmpty ? "scalar" : "array" }
-        if graph.scalarJSON(id) != nil { return "scalar" }
-        if graph.string(id) != nil { return "string" }
-        if graph.dictEntries(id) != nil { return "dict" }
+    public func kind(of id: NodeID) -> RecordKind {
+        if graph[id] == .none { return .none }
+        if ((try? graph.tensor(id)) ?? nil) != nil { return .tensor }
+        if graph.moduleState(id) != nil { return .module }
+        if isStateDict(id) { return .stateDict }
+        if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return .optimizer }
+        if let (shape, _) = graph.numpyValue(id) { return shape.isEmpty ? .scalar : .array }
+        if graph.scalarJSON(id) != nil { return .scalar }
+        if graph.string(id) != nil { return .string }
+        if graph.dictEntries(id) != nil { return .dict }
         switch graph[id] {
-        case .list: return "list"
-        case .tuple: return "tuple"
-        case .bytes: return "bytes"
-        default: return "other"
+        case .list: return .list
+        case .tuple: return .tuple
+        case .bytes: return .bytes
+        default: return .other
         }
     }
 
@@ -117,14 +123,14 @@ extension Checkpoint {
         let k = kind(of: node)
         var s = RecordSummary(name: name, kind: k)
         switch k {
-        case "module": s.className = graph.className(node)
-        case "scalar", "array": s.value = graph.scalarJSON(node)
-        case "string": s.value = graph.string(node).map { .string($0) }
+        case .module: s.className = graph.className(node)
+        case .scalar, .array: s.value = graph.scalarJSON(node)
+        case .string: s.value = graph.string(node).map { .string($0) }
         default: break
         }
         let tensors = try graph.stateDictTensors(node)
         let coverage = graph.coverage(of: node, record: name.isEmpty ? nil : name, shown: tensors)
-        if coverage.built > 0 || ["module", "state_dict", "optimizer", "tensor"].contains(k) {
+        if coverage.built > 0 || [.module, .stateDict, .optimizer, .tensor].contains(k) {
             var elements: Int64 = 0, bytes: Int64 = 0, storageBytes: Int64 = 0
             var seen = Set<String>()
             var dtypes: [DType] = []
@@ -150,7 +156,7 @@ extension Checkpoint {
     public func info() throws(CheckpointError) -> CheckpointInfo {
         let top = kind(of: graph.root)
         var summaries: [RecordSummary] = []
-        if top == "dict" {
+        if top == .dict {
             for r in records { summaries.append(try summary(name: r.name, node: r.node)) }
         } else {
             summaries.append(try summary(name: "", node: graph.root))

@@ -36,21 +36,30 @@ public enum FreezeSpec: Sendable {
         return ints.count == values.count ? .yoloLayers(ints) : .prefixes(values)
     }
 
-    var mode: String {
+    var mode: FreezeMode {
         switch self {
-        case .yoloLayers: "yolo"
-        case .prefixes: "freeze"
-        case .trainable: "trainable"
+        case .yoloLayers: .yolo
+        case .prefixes: .freeze
+        case .trainable: .trainable
         }
     }
+}
+
+/// How a freeze is given; the raw value is the `mode` of `ckpt layers --json`.
+public enum FreezeMode: String, Sendable {
+    /// YOLOv5 layer indices (the patterns are substrings).
+    case yolo
+    /// Key prefixes to freeze.
+    case freeze
+    /// Key prefixes to leave trainable.
+    case trainable
 }
 
 /// What `ckpt layers --freeze`/`--trainable` reports: the parameters frozen and left trainable, in
 /// `model.named_parameters()` order. For YOLO indices, YOLOv5 train.py's `freeze = [f'model.{x}.' for x in ...]`.
 public struct FreezeReport: Sendable {
-    /// `yolo` (patterns are substrings), `freeze` (patterns are frozen prefixes) or `trainable` (patterns are the
-    /// prefixes left trainable).
-    public var mode: String
+    /// How the patterns are read.
+    public var mode: FreezeMode
     /// The substrings YOLOv5 tests (`model.0.` ... `model.9.`), or the key prefixes given (with their dot).
     public var patterns: [String]
     /// The parameters frozen and those left trainable, with their element counts, in named_parameters order.
@@ -60,13 +69,21 @@ public struct FreezeReport: Sendable {
     public var trainableParameters: Int64 { trainable.reduce(0) { $0 + $1.numel } }
 }
 
+/// How `ckpt layers` reads a record; the raw value is the `style` of its JSON.
+public enum LayerStyle: String, Sendable {
+    /// Layers read from a YOLO model's module objects.
+    case yolo
+    /// Other module objects, grouped by key prefix.
+    case modules
+    /// A plain state dict, grouped by key prefix; parameters told from buffers by name.
+    case stateDict = "state_dict"
+}
+
 /// The layer table of a checkpoint's weights.
 public struct LayerTable: Sendable {
     public var file: String
     public var record: String?
-    /// `yolo` (layers read from the module objects), `modules` (other module objects, grouped by prefix) or
-    /// `state_dict` (grouped by prefix; parameters told from buffers by name).
-    public var style: String
+    public var style: LayerStyle
     public var modelClass: String?
     public var rows: [LayerRow] = []
     public var parameters: Int64 = 0
@@ -79,37 +96,37 @@ public struct LayerTable: Sendable {
     /// The table for people, and under it the freeze summary and the frozen keys.
     public var table: String {
         var head = "\(file)" + (record.map { " (\($0)" + (modelClass.map { ": \($0)" } ?? "") + ")" } ?? "")
-        head += ": \(rows.count) \(style == "yolo" ? "layers" : "groups"), \(Figures.count(parameters)) parameters"
+        head += ": \(rows.count) \(style == .yolo ? "layers" : "groups"), \(Figures.count(parameters)) parameters"
         var header: [String]
-        if style == "yolo" {
+        if style == .yolo {
             header = ["#", "part", "from", "n", "params", "module", "arguments"]
         } else {
-            header = ["prefix", "tensors", "params"] + (style == "modules" ? ["module"] : [])
+            header = ["prefix", "tensors", "params"] + (style == .modules ? ["module"] : [])
         }
-        if freeze != nil { header.insert("frozen", at: header.count - (style == "state_dict" ? 0 : 1)) }
+        if freeze != nil { header.insert("frozen", at: header.count - (style == .stateDict ? 0 : 1)) }
         var rows: [[String]] = [header]
         for r in self.rows {
             var row: [String]
-            if style == "yolo" {
+            if style == .yolo {
                 row = [r.index.map(String.init) ?? "", r.part ?? "", r.from ?? "", r.repeats.map(String.init) ?? "",
                        String(r.parameters), r.module ?? "", r.arguments ?? ""]
             } else {
                 row = [String(r.prefix.dropLast()), String(r.tensors), String(r.parameters)]
-                    + (style == "modules" ? [r.module ?? ""] : [])
+                    + (style == .modules ? [r.module ?? ""] : [])
             }
             if freeze != nil {
                 let f = r.frozen == 0 ? "" : (r.frozen == r.parameters ? "yes" : "partly")
-                row.insert(f, at: row.count - (style == "state_dict" ? 0 : 1))
+                row.insert(f, at: row.count - (style == .stateDict ? 0 : 1))
             }
             rows.append(row)
         }
         var out = head + "\n\n" + Figures.table(rows)
         if let f = freeze {
             let total = f.frozenParameters + f.trainableParameters
-            let what = f.mode == "yolo"
+            let what = f.mode == .yolo
                 ? "\(f.patterns.first ?? "")\(f.patterns.count > 1 ? " ... \(f.patterns.last!)" : "")"
                 : f.patterns.joined(separator: " ")
-            out += "\n\n\(f.mode == "trainable" ? "trainable" : "freeze") \(what): "
+            out += "\n\n\(f.mode == .trainable ? "trainable" : "freeze") \(what): "
                 + "\(f.frozen.count) parameters frozen (\(Figures.count(f.frozenParameters)), \(Self.share(f.frozenParameters, total))), "
                 + "\(f.trainable.count) trainable (\(Figures.count(f.trainableParameters)), \(Self.share(f.trainableParameters, total)))"
             if !f.frozen.isEmpty {
@@ -121,7 +138,7 @@ public struct LayerTable: Sendable {
 
     public var json: JSONValue {
         var o: [(String, JSONValue)] = [
-            ("file", .string(file)), ("record", record.map { .string($0) } ?? .null), ("style", .string(style)),
+            ("file", .string(file)), ("record", record.map { .string($0) } ?? .null), ("style", .string(style.rawValue)),
             ("class", modelClass.map { .string($0) } ?? .null), ("parameters", .int(parameters)),
             ("layers", .array(rows.map { r in
                 var l: [(String, JSONValue)] = [("prefix", .string(r.prefix))]
@@ -139,7 +156,7 @@ public struct LayerTable: Sendable {
         if let f = freeze {
             let total = f.frozenParameters + f.trainableParameters
             o.append(("freeze", .object([
-                ("mode", .string(f.mode)),
+                ("mode", .string(f.mode.rawValue)),
                 ("patterns", .array(f.patterns.map { .string($0) })),
                 ("frozen", .array(f.frozen.map { .string($0.name) })),
                 ("trainable", .array(f.trainable.map { .string($0.name) })),
@@ -166,7 +183,7 @@ extension Checkpoint {
         let (name, node) = try weights(record)
         let view = try graph.stateDict(node)
         let isModule = graph.moduleState(node) != nil
-        var table = LayerTable(file: path, record: name, style: isModule ? "modules" : "state_dict")
+        var table = LayerTable(file: path, record: name, style: isModule ? .modules : .stateDict)
         if isModule { table.modelClass = graph.className(node) }
 
         // Parameters, each once, in named_parameters order. A TorchScript module's tensors are not wrapped as
@@ -190,7 +207,7 @@ extension Checkpoint {
         table.parameters = params.reduce(0) { $0 + $1.numel }
 
         if isModule, depth == 1, let rows = yoloLayers(node) {
-            table.style = "yolo"
+            table.style = .yolo
             table.rows = rows
         } else {
             table.rows = groups(view.map(\.name), depth: depth).map { LayerRow(prefix: $0) }
@@ -217,7 +234,7 @@ extension Checkpoint {
                 let patterns = given.map { $0.hasSuffix(".") ? $0 : $0 + "." }
                 let under = { (name: String) in patterns.contains { Self.isUnder(name, $0) } }
                 for (p, g) in zip(patterns, given) where !params.contains(where: { Self.isUnder($0.name, p) }) {
-                    throw .invalidOperation("no parameter is named \(p.dropLast()) or starts with \(p) (--\(freeze.mode) \(g))")
+                    throw .invalidOperation("no parameter is named \(p.dropLast()) or starts with \(p) (--\(freeze.mode.rawValue) \(g))")
                 }
                 f = FreezeReport(mode: freeze.mode, patterns: patterns)
                 if case .trainable = freeze { isFrozen = { !under($0) } } else { isFrozen = under }
