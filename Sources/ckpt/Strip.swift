@@ -13,6 +13,7 @@ struct Strip: ParsableCommand {
           ckpt strip ddp.pt clean.pt --state-dict --rename module.=
           ckpt strip best.pt nc3.pt --drop model.24.
           ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
+          ckpt strip checkpoint-500/ model/          (a Trainer folder: config and weights, no training state)
 
         --record R names the weights record of the output: the one record --drop, --rename and --state-dict \
         change and whose parameters the summary counts. It is looked up after the EMA step, which it never \
@@ -71,10 +72,9 @@ struct Strip: ParsableCommand {
         o.renameRegex = renameRegex.map(splitPair).map { ($0.0, $0.1) }
         o.record = record
         o.force = force
-        let (ckpt, plan) = try reporting(input) { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = keptUntilExit(try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe))
-            return (c, try c.planStrip(o))
-        }
+        let ckpt = try reporting(input) { keptUntilExit(try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe)) }
+        if ckpt.trainerFolder != nil { return try stripTrainerFolder(ckpt, o) }  // StripTrainer.swift
+        let plan = try reporting(input) { try ckpt.planStrip(o) }
         let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
         try reporting(output) { try OutputFormat.requireTorch(path: output, command: "strip") }
         for w in plan.report.warnings { warn("\(input): \(w)") }

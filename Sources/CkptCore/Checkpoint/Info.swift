@@ -47,20 +47,23 @@ public struct CheckpointInfo: Sendable {
     public var metadata: [(key: String, value: String)] = []
     /// A TorchScript archive's records (code, constants, extra files, bytecode) and constants.
     public var torchScript: TorchScriptArchive? = nil
+    /// A Hugging Face Trainer checkpoint folder's files by role (the records are its weights).
+    public var trainerFolder: TrainerFolder? = nil
 
     /// One line for stderr per record whose state_dict view leaves tensors out (see ``ViewCoverage/note(file:)``).
     public var notes: [String] { records.compactMap { $0.coverage?.note(file: file) } }
 
     /// The report as JSON.
     public var json: JSONValue {
-        .object([
+        let folder: [(String, JSONValue)] = trainerFolder.map { [("trainer_folder", $0.json)] } ?? []
+        return .object([
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
             ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
             ("format_version", formatVersion.map { .string($0) } ?? .null),
             ("top_kind", .string(topKind)),
             ("records", .array(records.map(\.json))),
         ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
-          + (torchScript.map { [("torchscript", $0.json)] } ?? []))
+          + (torchScript.map { [("torchscript", $0.json)] } ?? []) + folder)
     }
 
     /// The report as an aligned table.
@@ -84,6 +87,7 @@ public struct CheckpointInfo: Sendable {
         }
         let meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
         return head + meta + "\n\n" + Figures.table(rows) + (torchScript.map { "\n\n" + $0.table } ?? "")
+            + (trainerFolder.map { "\n\n" + $0.table } ?? "")
     }
 }
 
@@ -152,7 +156,8 @@ extension Checkpoint {
         }
         return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries, metadata: metadata, torchScript: torchScript)
+                              records: summaries, metadata: metadata, torchScript: torchScript,
+                              trainerFolder: trainerFolder)
     }
 }
 
