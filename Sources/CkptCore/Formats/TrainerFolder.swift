@@ -39,6 +39,10 @@ public struct TrainerFolder: Sendable {
     /// Every other entry (the tokenizer's files, a README); folders end with `/`.
     public let other: [File]
 
+    /// Whether the folder holds an entry of this name (a folder's name ends with `/`): the convention table's
+    /// `folderFile` clue.
+    public func holds(_ name: String) -> Bool { files.contains { $0.file.name == name } }
+
     /// Whether `trainer_state.json`, the file every `_save_checkpoint` writes last, is present.
     public var hasTrainerState: Bool { trainingState.contains { $0.name == "trainer_state.json" } }
 

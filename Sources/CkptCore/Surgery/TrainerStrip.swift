@@ -40,6 +40,7 @@ extension Checkpoint {
     /// not exist yet; no output may be inside the input folder (which is never modified).
     /// - Throws: a one-line error about the output.
     public static func trainerStripTarget(_ output: String, input: String) throws -> (kind: TrainerStripOutput, path: String) {
+        if output == "-" { try AtomicOutput.checkTarget(output) }  // standard output: refused as for any output
         var info = stat()
         var kind: TrainerStripOutput
         var path = output
