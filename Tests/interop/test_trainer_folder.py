@@ -373,3 +373,16 @@ def test_other_files_copied_subfolders_left_out(ckpt_dir, tmp_path):
     assert summary["records"]["notes/"]["after"].startswith("left out")
     assert summary["records"]["global_step4/"]["after"].startswith("left out")
     assert folder_hash(d) == before
+
+
+def test_killed_strip_leaves_no_folder_and_its_temp_is_removed(ckpt_dir, tmp_path, unchanged):
+    # A temp folder a killed strip left (its process id no longer runs) is removed by the next strip of that output;
+    # one of a running process (this one) is kept.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".published.ckpt-tmp-{int(dead.stdout)}-abc"
+    live = tmp_path / f".published.ckpt-tmp-{os.getpid()}-abc"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    run("strip", ckpt_dir, tmp_path / "published", check=0)
+    assert sorted(os.listdir(tmp_path)) == sorted(["published", live.name])

@@ -152,6 +152,7 @@ extension Checkpoint {
             return FolderFiles.fileBytes(plan.output)
         case .folder:
             let (parent, name) = AtomicOutput.split(plan.output)
+            FolderFiles.removeStaleTempFolders(in: parent, prefix: AtomicOutput.tempPrefix(for: name))
             var tmp = ""
             for _ in 0..<16 {
                 let random = String(UInt64.random(in: 0...UInt64(UInt32.max)), radix: 16)
@@ -206,6 +207,17 @@ extension Checkpoint {
 
 /// File copies and syncs for folder outputs.
 enum FolderFiles {
+    /// Deletes the temporary folders `<prefix><pid>-*` in `parent` whose process is no longer running (left by a
+    /// strip that was killed), as ``AtomicOutput/removeStaleTemps(for:)`` does for files.
+    static func removeStaleTempFolders(in parent: String, prefix: String) {
+        for entry in TrainerFolder.listing(parent) ?? [] where entry.hasPrefix(prefix) && entry.hasSuffix("/") {
+            let rest = entry.dropFirst(prefix.count)
+            guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0,
+                  !AtomicOutput.isAlive(pid) else { continue }
+            try? FileManager.default.removeItem(atPath: parent + "/" + entry.dropLast())
+        }
+    }
+
     static func fileBytes(_ path: String) -> Int64 {
         var info = stat()
         return stat(path, &info) == 0 ? Int64(info.st_size) : 0
