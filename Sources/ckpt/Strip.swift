@@ -13,6 +13,7 @@ struct Strip: ParsableCommand, OptionTexts {
           ckpt strip ddp.pt clean.pt --state-dict --rename module.=
           ckpt strip best.pt nc3.pt --drop model.24.
           ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
+          ckpt strip checkpoint-500/ model/          (a Trainer folder: config and weights, no training state)
 
         --record R names the weights record of the output: the one record --drop, --rename and --state-dict \
         change and whose parameters the summary counts. It is looked up after the EMA step, which it never \
@@ -90,10 +91,11 @@ struct Strip: ParsableCommand, OptionTexts {
         o.dropRecords = dropRecords
         o.keepRecords = keepRecords
         let dryRun = rewriteOptions.dryRun
-        let (ckpt, plan) = try Phase.reading(input).run { () throws -> (Checkpoint, SurgeryPlan) in
-            let c = try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))
-            return (c, try c.planStrip(o))
+        let ckpt = try Phase.reading(input).run {
+            try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))
         }
+        if ckpt.trainerFolder != nil { return try stripTrainerFolder(ckpt, o) }  // StripTrainer.swift
+        let plan = try Phase.reading(input).run { try ckpt.planStrip(o) }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
         try Phase.preparing(output).run { try OutputFormat.requireTorch(path: output, command: "strip") }
         for w in plan.report.warnings { warn("\(input): \(w)") }

@@ -31,6 +31,9 @@ public final class Checkpoint {
     /// For a TorchScript archive (`torch.jit.save`), its other records, class declarations and constants; the
     /// graph is its data.pkl, whose module objects the state_dict view reads through those declarations.
     public let torchScript: TorchScriptArchive?
+    /// For a Hugging Face Trainer `checkpoint-N/` folder, its files by role (weights, config, training state); nil for
+    /// a file or a model folder without training state. Evidence for framework `hf-trainer`.
+    public let trainerFolder: TrainerFolder?
     /// Serves storage bytes by the keys the graph's persistent ids name.
     let source: any StorageSource
     /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
@@ -77,6 +80,9 @@ public final class Checkpoint {
         metadata = c.metadata
         scanPickles = c.scanPickles
         torchScript = c.torchScript
+        trainerFolder = file == path ? nil
+            : TrainerFolder.read(folder: path, weightsFile: file,
+                                 shards: (c.source as? ShardedCheckpoint)?.shards.map(\.file) ?? [])
         try validate(limits: limits)
     }
 

@@ -55,6 +55,8 @@ public struct CheckpointInfo: Sendable {
     public var torchScript: TorchScriptArchive? = nil
     /// The training framework whose conventions apply (``Checkpoint/framework``), nil when none is recognised.
     public var framework: DetectedFramework? = nil
+    /// A Hugging Face Trainer checkpoint folder's files by role (the records are its weights).
+    public var trainerFolder: TrainerFolder? = nil
 
     /// One line for stderr per record whose state_dict view leaves tensors out (see ``ViewCoverage/note(file:)``).
     public var notes: [String] { records.compactMap { $0.coverage?.note(file: file) } }
@@ -62,6 +64,7 @@ public struct CheckpointInfo: Sendable {
     /// The report as JSON.
     public var json: JSONValue {
         let frameworkJSON: JSONValue = framework?.json ?? .null
+        let folder: [(String, JSONValue)] = trainerFolder.map { [("trainer_folder", $0.json)] } ?? []
         return .object([
             ("file", .string(file)), ("file_size", .int(Int64(fileSize))), ("format", .string(format)),
             ("root", root.isEmpty ? .null : .string(root)), ("record_count", .int(Int64(recordCount))),
@@ -70,7 +73,7 @@ public struct CheckpointInfo: Sendable {
             ("framework", frameworkJSON),
             ("records", .array(records.map(\.json))),
         ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
-          + (torchScript.map { [("torchscript", $0.json)] } ?? []))
+          + (torchScript.map { [("torchscript", $0.json)] } ?? []) + folder)
     }
 
     /// The report as an aligned table.
@@ -95,6 +98,7 @@ public struct CheckpointInfo: Sendable {
         }
         let meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
         return head + meta + "\n\n" + Figures.table(rows) + (torchScript.map { "\n\n" + $0.table } ?? "")
+            + (trainerFolder.map { "\n\n" + $0.table } ?? "")
     }
 }
 
@@ -163,7 +167,8 @@ extension Checkpoint {
         }
         return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
                               recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries, metadata: metadata, torchScript: torchScript, framework: framework)
+                              records: summaries, metadata: metadata, torchScript: torchScript, framework: framework,
+                              trainerFolder: trainerFolder)
     }
 }
 

@@ -1,5 +1,3 @@
-import Foundation
-
 /// Which training framework wrote a checkpoint, and the evidence for it (see ``FrameworkConvention``).
 public struct DetectedFramework: Sendable {
     public let convention: FrameworkConvention
@@ -110,11 +108,8 @@ extension FrameworkConvention {
                 }
                 return "\(record).\(key)"
             case .folderFile(let name, _):
-                // A folder input: the file beside the weights file the folder was opened by.
-                guard c.file != c.path else { return nil }
-                let folder = (c.file as NSString).deletingLastPathComponent
-                return FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent(name))
-                    ? "file \(name)" : nil
+                // A folder input: the files beside its weights (``TrainerFolder``).
+                return c.trainerFolder?.holds(name) == true ? "file \(name)" : nil
             }
         }
     }
