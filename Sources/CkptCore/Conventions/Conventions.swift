@@ -99,7 +99,7 @@ extension FrameworkConvention {
         ema: .record(["ema"], stripPrefix: nil, dropKeys: []),
         trainingState: generic.trainingState,
         clearing: .setNone, keepOnly: nil, resets: [Reset(record: "epoch", value: -1)],
-        loaderReads: ["model", "ema"], publish: [])
+        loaderReads: ["model"], publish: [])
 
     static let ultralytics = FrameworkConvention(
         id: "ultralytics", name: "Ultralytics",
@@ -112,7 +112,7 @@ extension FrameworkConvention {
         ema: .record(["ema"], stripPrefix: nil, dropKeys: []),
         trainingState: ["optimizer", "best_fitness", "stopper", "ema", "updates", "scaler"],
         clearing: .setNone, keepOnly: nil, resets: [Reset(record: "epoch", value: -1)],
-        loaderReads: ["model", "ema", "train_args"],
+        loaderReads: ["model", "train_args"],
         publish: [.ultralyticsModel(defaultConfigKeys: ultralyticsDefaultConfigKeys)])
 
     /// Stable Diffusion (CompVis latent diffusion): a Lightning checkpoint whose `state_dict` holds the EMA as LitEma
