@@ -477,7 +477,9 @@ public final class ZipReader {
     // MARK: - Errors
 
     private static func notAZipError(file: ZipFileHandle) throws(ZipError) -> ZipError {
-        if let magic = try file.readBytes(count: 4, at: 0), ZipBytes(bytes: magic).u32(0) == ZipCentralDirectory.localHeaderSignature {
+        if let magic = try file.readBytes(count: 4, at: 0),
+           ZipCentralDirectory.signature(magic, at: 0) == ZipCentralDirectory.localHeaderSignature
+        {
             return .truncatedArchive(path: file.path)
         }
         return .notAZip(path: file.path)
