@@ -1,3 +1,5 @@
+// libzip inflates and CRC-checks the records ckpt does not read itself: deflated ones (torch.save never writes
+// them, but TorchScript archives and zips other tools re-packed hold them). Stored records never go through it.
 internal import CLibzip
 
 #if canImport(Glibc)
