@@ -34,17 +34,16 @@ struct Convert: ParsableCommand {
         let ckpt = try reporting(input) { try Checkpoint.openForRewriting(path: input, allowUnsafe: allowUnsafe) }
         let output = try reporting(self.output) { try AtomicOutput.destination(for: self.output, input: input) }
         let format = try reporting(output) { try OutputFormat(path: output) }
-        let report: ConvertReport
+        let (plan, report): (OutputPlan, ConvertReport)
         switch format {
         case .safetensors:
-            let plan = try reporting(input) { try ckpt.planSafetensors(record: record, output: output) }
-            report = plan.report
-            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
+            let p = try reporting(input) { try ckpt.planSafetensors(record: record, output: output) }
+            (plan, report) = (.safetensors(p), p.report)
         case .torch:
-            let (plan, r) = try reporting(input) { try ckpt.planTorchStateDict(record: record, output: output) }
-            report = r
-            if !dryRun { try writing(output) { try ckpt.write(plan, to: output) } }
+            let (p, r) = try reporting(input) { try ckpt.planTorchStateDict(record: record, output: output) }
+            (plan, report) = (.torch(p), r)
         }
+        if !dryRun { try writing(output) { try Checkpoint.write(plan, sources: [ckpt], to: output) } }
         for w in report.warnings { warn("\(input): \(w)") }
         emit(json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
     }

@@ -82,7 +82,7 @@ struct Strip: ParsableCommand {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)
             defer { reporter?.finish() }
             do {
-                try ckpt.write(plan, to: output, progress: reporter.map { r in { r.update($0) } })
+                try Checkpoint.write(.torch(plan), sources: [ckpt], to: output, progress: reporter.map { r in { r.update($0) } })
             } catch let e as CheckpointError {
                 throw Failure(message: "\(input): \(e.description)")  // read faults belong to the input
             } catch {

@@ -44,7 +44,7 @@ struct Transfer: ParsableCommand {
         do { (plan, report) = try i.planTransfer(from: f, o) } catch { throw Failure(message: error.description) }
         if !dryRun {
             do {
-                try Checkpoint.write(plan, sources: [i, f], to: out)
+                try Checkpoint.write(.torch(plan), sources: [i, f], to: out)
             } catch let e as FileError {
                 throw Failure(message: e.description)
             } catch let e as CheckpointError {

@@ -182,22 +182,9 @@ public final class Checkpoint {
     /// Size in bytes of a storage's record, when it exists.
     public func storageRecordBytes(_ key: String) -> Int64? { source.storageBytes(key) }
 
-    /// Copies a storage's zip record unchanged into the record `writer` has open (begun with the CRC-32 that
-    /// ``storageChecksum(_:)`` gives) inside the kernel, checked against that CRC after the copy. Returns false
-    /// when this is not possible (another format, a compressed or unchecked record, no copy_file_range between the
-    /// two files); the caller then streams the bytes. A storage whose bytes do not match its CRC is this file's
-    /// fault (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the output's).
-    func copyStorageRecord(_ key: String, into writer: TorchZipWriter, progress: (Int) -> Void) throws -> Bool {
-        guard let zip = (source as? ZipStorageSource)?.zip, let e = zip.entry(named: "data/\(key)") else { return false }
-        do {
-            return try writer.copyStoredRecordData(e, from: zip, progress: progress)
-        } catch let z {
-            switch z {
-            case .crcMismatch, .truncated: throw CheckpointError.container(z)
-            default: throw z
-            }
-        }
-    }
+    /// The zip record holding a storage's bytes, when the source keeps storages so (a torch zip): what the torch
+    /// writer copies inside the kernel (``StorageSource/zipRecord(forStorage:)``).
+    func zipRecord(forStorage key: String) -> ZipRecordHandle? { source.zipRecord(forStorage: key) }
 
     /// Streams a storage's bytes in bounded chunks. Faults of this file are thrown as
     /// ``CheckpointError``; errors thrown by `body` pass through unchanged.
