@@ -23,7 +23,10 @@ public final class Checkpoint {
     public let version: String?
     /// Contents of `byteorder`, when present.
     public let byteOrder: String?
-    /// `torch zip`, `TorchScript`, `torch legacy`, `safetensors`, `onnx`, or `sharded <format> (N shards)`.
+    /// The container the checkpoint was read from.
+    public let containerFormat: ContainerFormat
+    /// ``containerFormat`` as text (`torch zip`, `TorchScript`, `torch legacy`, `safetensors`, `onnx`,
+    /// `sharded <format> (N shards)`, ...), followed by `, from FILE` when the path is a folder that FILE was read from.
     public let format: String
     /// Metadata the format carries besides tensors: safetensors' `__metadata__`, an ONNX model's producer and
     /// opsets, a sharded index's `metadata` and shard files. Empty for torch files.
@@ -67,7 +70,8 @@ public final class Checkpoint {
         }
         graph = c.graph
         source = c.source
-        format = file == path ? c.format : "\(c.format), from \((file as NSString).lastPathComponent)"
+        containerFormat = c.format
+        format = file == path ? c.format.description : "\(c.format), from \((file as NSString).lastPathComponent)"
         fileSize = c.fileSize
         root = c.root
         recordCount = c.recordCount
@@ -82,7 +86,7 @@ public final class Checkpoint {
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
-        return OpenedContainer(graph: l.graph, source: l.table, format: "torch legacy", fileSize: l.fileSize,
+        return OpenedContainer(graph: l.graph, source: l.table, format: .torchLegacy, fileSize: l.fileSize,
                                recordCount: l.table.order.count, scanPickles: { l.scans })
     }
 
@@ -117,7 +121,7 @@ public final class Checkpoint {
             [PickleScanner.scan(bytes, label: label, limits: limits)]
                 + others.map { PickleScanner.scan($0.bytes, label: $0.label, limits: limits) }
         }
-        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: script == nil ? "torch zip" : "TorchScript",
+        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: script == nil ? .torchZip : .torchScript,
                                fileSize: zip.fileSize, root: zip.root, recordCount: zip.entries.count,
                                formatVersion: small(".format_version"), version: small("version"),
                                byteOrder: byteOrder, scanPickles: scans, torchScript: script)

@@ -216,7 +216,7 @@ enum LegacyTarReader {
         main.weightsOnlyRefusal = "torch.load refuses the legacy .tar format with weights_only=True"
         let label = "storages and tensors records (\(small.count) pickles)"
         scans = [main, merged(small.map { PickleScanner.scan($0, label: label, limits: limits) }, label: label)]
-        return OpenedContainer(graph: graph, source: table, format: "torch legacy tar", fileSize: size,
+        return OpenedContainer(graph: graph, source: table, format: .torchLegacyTar, fileSize: size,
                                recordCount: order.count, byteOrder: nil, scanPickles: { [scans] in scans })
     }
 

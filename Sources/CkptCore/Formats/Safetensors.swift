@@ -57,7 +57,7 @@ final class SafetensorsReader: StorageSource {
         let r = try SafetensorsReader(path: path)
         var g = StateDictGraph()
         for (i, e) in r.entries.enumerated() { g.append(name: e.name, dtype: e.dtype, shape: e.shape, storageKey: String(i)) }
-        return OpenedContainer(graph: g.finished(), source: r, format: "safetensors", fileSize: r.fileSize,
+        return OpenedContainer(graph: g.finished(), source: r, format: .safetensors, fileSize: r.fileSize,
                                recordCount: r.entries.count, metadata: r.metadata)
     }
 
