@@ -16,6 +16,10 @@ import Testing
         var i64: [Int64]
         var varints: [[UInt8]]
         var varintValues: [UInt64]
+        /// For each width 1...8: values, and their bytes as `int.to_bytes` gives them in each order.
+        var widths: [[UInt64]]
+        var widthLittle: [[UInt8]]
+        var widthBig: [[UInt8]]
     }
 
     static func packed() throws -> Packed {
@@ -31,8 +35,12 @@ import Testing
         def pack(o):
             return list(b"".join(struct.pack(o + c, v) for c, vs in (("H", u16), ("I", u32), ("Q", u64), ("i", i32), ("q", i64)) for v in vs))
         vv = [0, 1, 127, 128, 300, 2**32, 2**63, 2**64 - 1] + [r.getrandbits(r.randrange(1, 65)) for _ in range(20)]
+        ws = [[0, 2**(8 * w) - 1] + [r.getrandbits(8 * w) for _ in range(4)] for w in range(1, 9)]
+        wl = [list(b"".join(v.to_bytes(w, "little") for v in vs)) for w, vs in enumerate(ws, 1)]
+        wb = [list(b"".join(v.to_bytes(w, "big") for v in vs)) for w, vs in enumerate(ws, 1)]
         print(json.dumps(dict(little=pack("<"), big=pack(">"), u16=u16, u32=u32, u64=u64, i32=i32, i64=i64,
-                              varints=[list(_VarintBytes(v)) for v in vv], varintValues=vv)))
+                              varints=[list(_VarintBytes(v)) for v in vv], varintValues=vv,
+                              widths=ws, widthLittle=wl, widthBig=wb)))
         """
         return try JSONDecoder().decode(Packed.self, from: Oracle.run(code))
     }
@@ -61,6 +69,21 @@ import Testing
             #expect(try be.integer(Int64.self, .big) == v)
         }
         #expect(le.isAtEnd && be.isAtEnd)
+    }
+
+    @Test func readsIntegersOfEveryWidthAsPythonToBytesWritesThem() throws {
+        let p = try Self.packed()
+        for (i, values) in p.widths.enumerated() {
+            var le = ByteCursor(p.widthLittle[i]), be = ByteCursor(p.widthBig[i])
+            for v in values {
+                #expect(try le.uint(width: i + 1, .little) == v)
+                #expect(try be.uint(width: i + 1, .big) == v)
+            }
+            #expect(le.isAtEnd && be.isAtEnd)
+        }
+        var c = ByteCursor([UInt8](repeating: 1, count: 16))
+        #expect(throws: ByteCursor.Failure.badLength(offset: 0, length: 9)) { try c.uint(width: 9, .little) }
+        #expect(throws: ByteCursor.Failure.badLength(offset: 0, length: 0)) { try c.uint(width: 0, .little) }
     }
 
     @Test func readsVarintsAsProtobufEncodesThem() throws {

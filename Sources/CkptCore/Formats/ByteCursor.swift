@@ -66,6 +66,18 @@ struct ByteCursor {
         return v
     }
 
+    /// An unsigned integer of `width` bytes (1 to 8) in the given byte order; other widths are a ``Failure/badLength(offset:length:)``.
+    mutating func uint(width: Int, _ order: Endianness) throws(Failure) -> UInt64 {
+        guard (1...8).contains(width) else { throw .badLength(offset: offset, length: width) }
+        let at = try start(of: width)
+        var v: UInt64 = 0
+        for i in 0..<width {
+            v |= UInt64(bytes[at + i]) << (8 * UInt64(order == .little ? i : width - 1 - i))
+        }
+        offset = at + width
+        return v
+    }
+
     mutating func u8() throws(Failure) -> UInt8 { try integer(UInt8.self, .little) }
     mutating func u16le() throws(Failure) -> UInt16 { try integer(UInt16.self, .little) }
     mutating func u32le() throws(Failure) -> UInt32 { try integer(UInt32.self, .little) }
