@@ -12,11 +12,15 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
+        // libzip: only for deflated records (torch.save never writes them; other tools' zips hold them), which it
+        // inflates and CRC-checks. Stored records are read by ckpt's own zip reader.
         .systemLibrary(
             name: "CLibzip",
             pkgConfig: "libzip",
             providers: [.apt(["libzip-dev"])]
         ),
+        // zlib's CRC-32, the x86-64 carry-less multiply CRC-32 and Linux syscall wrappers (header-only shims).
+        .systemLibrary(name: "CSys"),
         .systemLibrary(
             name: "CProtobufC",
             pkgConfig: "libprotobuf-c",
@@ -30,7 +34,7 @@ let package = Package(
         ),
         .target(
             name: "CkptCore",
-            dependencies: ["CLibzip", "COnnx", "CProtobufC"]
+            dependencies: ["CLibzip", "CSys", "COnnx", "CProtobufC"]
         ),
         .executableTarget(
             name: "ckpt",

@@ -35,17 +35,16 @@ struct Convert: ParsableCommand, OptionTexts {
         let ckpt = try Phase.reading(input).run { try frameworkOption.apply(to: rewriteOptions.open(input)) }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
         let format = try Phase.preparing(output).run { try OutputFormat(path: output) }
-        let report: ConvertReport
+        let (plan, report): (OutputPlan, ConvertReport)
         switch format {
         case .safetensors:
-            let plan = try Phase.reading(input).run { try ckpt.planSafetensors(record: record, output: output) }
-            report = plan.report
-            if !dryRun { try Phase.writing(output, from: input).run { try ckpt.write(plan, to: output) } }
+            let p = try Phase.reading(input).run { try ckpt.planSafetensors(record: record, output: output) }
+            (plan, report) = (.safetensors(p), p.report)
         case .torch:
-            let (plan, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output) }
-            report = r
-            if !dryRun { try Phase.writing(output, from: input).run { try ckpt.write(plan, to: output) } }
+            let (p, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output) }
+            (plan, report) = (.torch(p), r)
         }
+        if !dryRun { try Phase.writing(output, from: input).run { try Checkpoint.write(plan, sources: [ckpt], to: output) } }
         for w in report.warnings { warn("\(input): \(w)") }
         emit(jsonOption.json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
     }

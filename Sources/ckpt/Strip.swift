@@ -103,7 +103,7 @@ struct Strip: ParsableCommand, OptionTexts {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)
             defer { reporter?.finish() }
             try Phase.writing(output, from: input).run {
-                try ckpt.write(plan, to: output, progress: reporter.map { r in { r.update($0) } })
+                try Checkpoint.write(.torch(plan), sources: [ckpt], to: output, progress: reporter.map { r in { r.update($0) } })
             }
         }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.map { $0.int64Value }

@@ -50,7 +50,7 @@ struct Transfer: ParsableCommand, OptionTexts {
         let (plan, report) = try Phase.reading(into).run { try i.planTransfer(from: f, o) }  // a FileError names FROM or INTO
         if !dryRun {
             try Phase.writing(out, from: into).run {  // a FileError names FROM or INTO; other read faults are INTO's
-                try Checkpoint.write(plan, sources: [i, f], to: out)
+                try Checkpoint.write(.torch(plan), sources: [i, f], to: out)
             }
         }
         emit(jsonOption.json ? json(report, out: out) : text(report, out: out))

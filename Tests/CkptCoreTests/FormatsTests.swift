@@ -216,4 +216,31 @@ import Testing
         #expect(try c.keys().tensors.isEmpty)
         #expect(c.metadata.first { $0.key == "producer" }?.value == "x")
     }
+
+    // MARK: - Container format names
+
+    @Test func containerFormatOfShardsAndOfAFolderReadFromItsWeightsFile() throws {
+        // safetensors' own save_file writes the shards and a model folder's weights file.
+        let dir = try Oracle.tempDir()
+        try Oracle.run("""
+        import json, os, sys, torch
+        from safetensors.torch import save_file
+        d = sys.argv[1]
+        save_file({"a": torch.zeros(2)}, os.path.join(d, "model-00001-of-00002.safetensors"))
+        save_file({"b": torch.ones(3)}, os.path.join(d, "model-00002-of-00002.safetensors"))
+        json.dump({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                  "b": "model-00002-of-00002.safetensors"}},
+                  open(os.path.join(d, "model.safetensors.index.json"), "w"))
+        os.mkdir(os.path.join(d, "folder"))
+        save_file({"c": torch.ones(1)}, os.path.join(d, "folder", "model.safetensors"))
+        """, [dir.path])
+        let sharded = try Checkpoint(path: dir.appendingPathComponent("model.safetensors.index.json").path)
+        #expect(sharded.containerFormat == .sharded(shardFormats: [.safetensors], shards: 2))
+        #expect(sharded.format == "sharded safetensors (2 shards)")
+        let folder = try Checkpoint(path: dir.appendingPathComponent("folder").path)
+        #expect(folder.containerFormat == .safetensors)
+        #expect(folder.format == "safetensors, from model.safetensors")
+        #expect(ContainerFormat.index(over: [.torchZip, .safetensors, .torchZip], shards: 3).description
+                == "sharded safetensors + torch zip (3 shards)")
+    }
 }

@@ -23,7 +23,10 @@ public final class Checkpoint {
     public let version: String?
     /// Contents of `byteorder`, when present.
     public let byteOrder: String?
-    /// `torch zip`, `TorchScript`, `torch legacy`, `safetensors`, `onnx`, or `sharded <format> (N shards)`.
+    /// The container the checkpoint was read from.
+    public let containerFormat: ContainerFormat
+    /// ``containerFormat`` as text (`torch zip`, `TorchScript`, `torch legacy`, `safetensors`, `onnx`,
+    /// `sharded <format> (N shards)`, ...), followed by `, from FILE` when the path is a folder that FILE was read from.
     public let format: String
     /// Metadata the format carries besides tensors: safetensors' `__metadata__`, an ONNX model's producer and
     /// opsets, a sharded index's `metadata` and shard files. Empty for torch files.
@@ -70,7 +73,8 @@ public final class Checkpoint {
         }
         graph = c.graph
         source = c.source
-        format = file == path ? c.format : "\(c.format), from \((file as NSString).lastPathComponent)"
+        containerFormat = c.format
+        format = file == path ? c.format.description : "\(c.format), from \((file as NSString).lastPathComponent)"
         fileSize = c.fileSize
         root = c.root
         recordCount = c.recordCount
@@ -88,7 +92,7 @@ public final class Checkpoint {
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
         let l = try LegacyReader(path: path, limits: limits)
-        return OpenedContainer(graph: l.graph, source: l.table, format: "torch legacy", fileSize: l.fileSize,
+        return OpenedContainer(graph: l.graph, source: l.table, format: .torchLegacy, fileSize: l.fileSize,
                                recordCount: l.table.order.count, scanPickles: { l.scans })
     }
 
@@ -123,7 +127,7 @@ public final class Checkpoint {
             [PickleScanner.scan(bytes, label: label, limits: limits)]
                 + others.map { PickleScanner.scan($0.bytes, label: $0.label, limits: limits) }
         }
-        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: script == nil ? "torch zip" : "TorchScript",
+        return OpenedContainer(graph: graph, source: ZipStorageSource(zip), format: script == nil ? .torchZip : .torchScript,
                                fileSize: zip.fileSize, root: zip.root, recordCount: zip.entries.count,
                                formatVersion: small(".format_version"), version: small("version"),
                                byteOrder: byteOrder, scanPickles: scans, torchScript: script)
@@ -188,22 +192,9 @@ public final class Checkpoint {
     /// Size in bytes of a storage's record, when it exists.
     public func storageRecordBytes(_ key: String) -> Int64? { source.storageBytes(key) }
 
-    /// Copies a storage's zip record unchanged into the record `writer` has open (begun with the CRC-32 that
-    /// ``storageChecksum(_:)`` gives) inside the kernel, checked against that CRC after the copy. Returns false
-    /// when this is not possible (another format, a compressed or unchecked record, no copy_file_range between the
-    /// two files); the caller then streams the bytes. A storage whose bytes do not match its CRC is this file's
-    /// fault (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the output's).
-    func copyStorageRecord(_ key: String, into writer: TorchZipWriter, progress: (Int) -> Void) throws -> Bool {
-        guard let zip = (source as? ZipStorageSource)?.zip, let e = zip.entry(named: "data/\(key)") else { return false }
-        do {
-            return try writer.copyStoredRecordData(e, from: zip, progress: progress)
-        } catch let z {
-            switch z {
-            case .crcMismatch, .truncated: throw CheckpointError.container(z)
-            default: throw z
-            }
-        }
-    }
+    /// The zip record holding a storage's bytes, when the source keeps storages so (a torch zip): what the torch
+    /// writer copies inside the kernel (``StorageSource/zipRecord(forStorage:)``).
+    func zipRecord(forStorage key: String) -> ZipRecordHandle? { source.zipRecord(forStorage: key) }
 
     /// Streams a storage's bytes in bounded chunks. Faults of this file are thrown as
     /// ``CheckpointError``; errors thrown by `body` pass through unchanged.

@@ -79,10 +79,11 @@ final class LegacyReader {
                 var table: [String: (UInt64, UInt64)] = [:]
                 for key in keys {
                     try? h.seek(toOffset: offset)
-                    let countBytes = Array(h.readData(ofLength: 8))
-                    guard countBytes.count == 8 else { throw CheckpointError.notACheckpoint("storage \(key) is cut short") }
-                    var count: UInt64 = 0
-                    for (i, b) in countBytes.enumerated() { count |= UInt64(b) << (8 * UInt64(i)) }
+                    // Each storage: its element count (int64, little-endian), then its bytes.
+                    var countBytes = ByteCursor(Array(h.readData(ofLength: 8)))
+                    guard let count = try? countBytes.u64le() else {
+                        throw CheckpointError.notACheckpoint("storage \(key) is cut short")
+                    }
                     let item = UInt64(types[key]?.itemSize ?? 1)
                     let (bytes, o) = count.multipliedReportingOverflow(by: item)
                     guard !o, offset + 8 <= size, bytes <= size - offset - 8 else {

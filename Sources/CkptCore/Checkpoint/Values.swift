@@ -46,16 +46,14 @@ extension PickleGraph {
 
     /// Decodes little numbers of a numpy dtype from raw bytes.
     func numpyNumbers(_ raw: [UInt8], code: String, bigEndian: Bool) -> [Double]? {
-        guard let kind = code.first, let size = Int(code.dropFirst()), size > 0 else { return nil }
+        // Numbers of 1 to 8 bytes (numpy's longdouble and complex types are not read).
+        guard let kind = code.first, let size = Int(code.dropFirst()), (1...8).contains(size) else { return nil }
         guard raw.count % size == 0 else { return nil }
         var out: [Double] = []
         out.reserveCapacity(raw.count / size)
-        var i = 0
-        while i < raw.count {
-            var chunk = Array(raw[i..<(i + size)])
-            if bigEndian { chunk.reverse() }
-            var u: UInt64 = 0
-            for (j, b) in chunk.enumerated() where j < 8 { u |= UInt64(b) << (8 * UInt64(j)) }
+        var c = ByteCursor(raw)
+        while !c.isAtEnd {
+            guard let u = try? c.uint(width: size, bigEndian ? .big : .little) else { return nil }
             switch (kind, size) {
             case ("f", 8): out.append(Double(bitPattern: u))
             case ("f", 4): out.append(Double(Float(bitPattern: UInt32(u))))
@@ -66,7 +64,6 @@ extension PickleGraph {
             case ("u", _), ("b", 1): out.append(Double(u))
             default: return nil
             }
-            i += size
         }
         return out
     }

@@ -4,7 +4,7 @@ import Foundation
 struct OpenedContainer {
     var graph: PickleGraph
     var source: any StorageSource
-    var format: String
+    var format: ContainerFormat
     var fileSize: UInt64
     var root = ""
     /// Zip records; for the other formats, storages.
@@ -18,6 +18,48 @@ struct OpenedContainer {
     var scanPickles: () -> [PickleScan] = { [] }
     /// A TorchScript archive's records, class declarations and constants.
     var torchScript: TorchScriptArchive? = nil
+}
+
+/// The container a checkpoint was read from, as commands name it: ``description`` is the text `info`, `scan` and
+/// `convert` print (`torch zip`, `sharded safetensors (3 shards)`).
+public indirect enum ContainerFormat: Hashable, Sendable, CustomStringConvertible {
+    /// A `torch.save` zip archive.
+    case torchZip
+    /// A `torch.jit.save` zip archive (it holds `constants.pkl`).
+    case torchScript
+    /// The pickle stream of `_use_new_zipfile_serialization=False` (torch before 1.6).
+    case torchLegacy
+    /// The tar of torch 0.1.x.
+    case torchLegacyTar
+    case safetensors
+    case onnx
+    /// A sharded checkpoint's index: the distinct formats of its shards (in the order of their text) and how
+    /// many shards there are.
+    case sharded(shardFormats: [ContainerFormat], shards: Int)
+
+    /// A sharded index over shards of these formats (any order, repeats allowed).
+    static func index(over shardFormats: [ContainerFormat], shards: Int) -> ContainerFormat {
+        .sharded(shardFormats: Set(shardFormats).sorted { $0.description < $1.description }, shards: shards)
+    }
+
+    public var description: String {
+        switch self {
+        case .torchZip: "torch zip"
+        case .torchScript: "TorchScript"
+        case .torchLegacy: "torch legacy"
+        case .torchLegacyTar: "torch legacy tar"
+        case .safetensors: "safetensors"
+        case .onnx: "onnx"
+        case .sharded(let inner, let shards):
+            "sharded \(inner.map(\.description).joined(separator: " + ")) (\(shards) shard\(shards == 1 ? "" : "s"))"
+        }
+    }
+
+    /// Whether this is a sharded checkpoint's index.
+    public var isSharded: Bool {
+        if case .sharded = self { return true }
+        return false
+    }
 }
 
 /// The container formats ``Checkpoint`` reads, told apart by their first bytes (and, for the formats without

@@ -216,7 +216,7 @@ enum LegacyTarReader {
         main.weightsOnlyRefusal = "torch.load refuses the legacy .tar format with weights_only=True"
         let label = "storages and tensors records (\(small.count) pickles)"
         scans = [main, merged(small.map { PickleScanner.scan($0, label: label, limits: limits) }, label: label)]
-        return OpenedContainer(graph: graph, source: table, format: "torch legacy tar", fileSize: size,
+        return OpenedContainer(graph: graph, source: table, format: .torchLegacyTar, fileSize: size,
                                recordCount: order.count, byteOrder: nil, scanPickles: { [scans] in scans })
     }
 
@@ -262,18 +262,35 @@ enum LegacyTarReader {
     static func header(_ b: [UInt8]) throws(CheckpointError) -> Header? {
         guard b.count == 512 else { throw .notACheckpoint("tar header is cut short") }
         if b.allSatisfy({ $0 == 0 }) { return nil }
-        let stored = try number(b[148..<156])
+        // The ustar fields in order (POSIX pax "ustar Interchange Format"): name 100, mode 8, uid 8, gid 8, size 12,
+        // mtime 12, chksum 8, typeflag 1, linkname 100, magic 6, version 2, uname 32, gname 32, devmajor 8,
+        // devminor 8, prefix 155 (12 bytes of padding follow).
+        var c = ByteCursor(b)
+        let nameField: ArraySlice<UInt8>, sizeField: ArraySlice<UInt8>, checksumField: ArraySlice<UInt8>
+        let type: UInt8, prefixField: ArraySlice<UInt8>
+        do throws(ByteCursor.Failure) {
+            nameField = try c.bytes(100)
+            try c.skip(8 + 8 + 8)
+            sizeField = try c.bytes(12)
+            try c.skip(12)
+            checksumField = try c.bytes(8)
+            type = try c.u8()
+            try c.skip(100 + 6 + 2 + 32 + 32 + 8 + 8)
+            prefixField = try c.bytes(155)
+        } catch {
+            throw .notACheckpoint("tar header is cut short")
+        }
+        let stored = try number(checksumField)
         var unsigned = 256, signed = 256
-        for (i, x) in b.enumerated() where !(148..<156).contains(i) {
+        for (i, x) in b.enumerated() where !checksumField.indices.contains(i) {
             unsigned += Int(x)
             signed += Int(Int8(bitPattern: x))
         }
         guard stored == Int64(unsigned) || stored == Int64(signed) else { throw .notACheckpoint("tar header checksum is wrong") }
-        let size = try number(b[124..<136])
+        let size = try number(sizeField)
         guard size >= 0 else { throw .notACheckpoint("tar member size is negative") }
-        let type = b[156]
-        var name = text(b[0..<100])
-        let prefix = text(b[345..<500])
+        var name = text(nameField)
+        let prefix = text(prefixField)
         if !prefix.isEmpty && ![UInt8(ascii: "L"), UInt8(ascii: "K"), UInt8(ascii: "S")].contains(type) {
             name = prefix + "/" + name
         }
@@ -432,11 +449,9 @@ private struct PickleCursor {
 
     mutating func int64() throws(CheckpointError) -> Int64 {
         guard left >= 8 else { throw .notACheckpoint("torch tar member '\(member.name)' is cut short") }
-        let b = try FileRange.readBytes(file, at: position, count: 8, what: "torch tar member '\(member.name)'")
+        var b = ByteCursor(try FileRange.readBytes(file, at: position, count: 8, what: "torch tar member '\(member.name)'"))
         position += 8
-        var v: UInt64 = 0
-        for (i, x) in b.enumerated() { v |= UInt64(x) << (8 * UInt64(i)) }
-        return Int64(bitPattern: v)
+        do { return try b.i64le() } catch { throw .notACheckpoint("torch tar member '\(member.name)' is cut short") }
     }
 
     mutating func skip(_ n: UInt64) { position += n }

@@ -65,7 +65,7 @@ final class ONNXReader: StorageSource {
         for (i, t) in r.initializers.enumerated() {
             g.append(name: t.name, dtype: t.dtype, shape: t.shape, storageKey: String(i))
         }
-        return OpenedContainer(graph: g.finished(), source: r, format: "onnx", fileSize: r.fileSize,
+        return OpenedContainer(graph: g.finished(), source: r, format: .onnx, fileSize: r.fileSize,
                                recordCount: r.initializers.count, metadata: r.metadata)
     }
 

@@ -30,27 +30,26 @@ struct ProtoWireScanner {
         end = range.upperBound
     }
 
-    private mutating func byte() throws -> UInt8 {
-        guard position < end else { throw Failure(offset: position, reason: "a field runs past the end of its message") }
-        if position < bufferStart || position >= bufferStart + UInt64(buffer.count) {
+    /// A varint at ``position``, read from a window of the file that holds the next 10 bytes (or all up to the end
+    /// of the region): the window is refilled, 64 KiB at a time, when fewer are left in it.
+    private mutating func varint() throws -> UInt64 {
+        let windowEnd = bufferStart + UInt64(buffer.count)
+        if position < bufferStart || windowEnd - min(position, windowEnd) < min(10, end - position) {
             let n = Int(min(64 << 10, end - position))
             buffer = [UInt8](repeating: 0, count: n)
             try buffer.withUnsafeMutableBytes { try FileRange.read(file, at: position, into: $0, what: "the model") }
             bufferStart = position
         }
-        let b = buffer[Int(position - bufferStart)]
-        position += 1
-        return b
-    }
-
-    private mutating func varint() throws -> UInt64 {
-        var v: UInt64 = 0
-        for i in 0..<10 {
-            let b = try byte()
-            v |= UInt64(b & 0x7F) << (7 * UInt64(i))
-            if b & 0x80 == 0 { return v }
+        var c = ByteCursor(buffer, at: Int(position - bufferStart))
+        do {
+            let v = try c.varint()
+            position = bufferStart + UInt64(c.offset)
+            return v
+        } catch .varintTooLong(let at) {
+            throw Failure(offset: bufferStart + UInt64(at) + 10, reason: "a varint is longer than 10 bytes")
+        } catch {
+            throw Failure(offset: end, reason: "a field runs past the end of its message")
         }
-        throw Failure(offset: position, reason: "a varint is longer than 10 bytes")
     }
 
     /// The next field, or nil at the end of the region.

@@ -48,8 +48,8 @@ final class SafetensorsReader: StorageSource {
 
     /// Whether the first bytes look like a safetensors header: a length that fits the file, then `{`.
     static func looksLikeSafetensors(head: [UInt8], fileSize: UInt64) -> Bool {
-        guard head.count >= 9, head[8] == UInt8(ascii: "{") else { return false }
-        let n = head[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        var c = ByteCursor(head)
+        guard head.count >= 9, head[8] == UInt8(ascii: "{"), let n = try? c.u64le() else { return false }
         return n >= 2 && n <= Safetensors.maxHeaderBytes && n <= fileSize - 8
     }
 
@@ -57,7 +57,7 @@ final class SafetensorsReader: StorageSource {
         let r = try SafetensorsReader(path: path)
         var g = StateDictGraph()
         for (i, e) in r.entries.enumerated() { g.append(name: e.name, dtype: e.dtype, shape: e.shape, storageKey: String(i)) }
-        return OpenedContainer(graph: g.finished(), source: r, format: "safetensors", fileSize: r.fileSize,
+        return OpenedContainer(graph: g.finished(), source: r, format: .safetensors, fileSize: r.fileSize,
                                recordCount: r.entries.count, metadata: r.metadata)
     }
 
@@ -67,8 +67,9 @@ final class SafetensorsReader: StorageSource {
         file = try FileRange.open(path)
         fileSize = try FileRange.size(file)
         guard fileSize >= 8 else { throw bad("the file is \(fileSize) bytes, shorter than the 8-byte header length") }
-        let lengthBytes = try FileRange.readBytes(file, at: 0, count: 8, what: "the header length")
-        let n = lengthBytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        var length = ByteCursor(try FileRange.readBytes(file, at: 0, count: 8, what: "the header length"))
+        let n: UInt64
+        do { n = try length.u64le() } catch { throw bad("the header length: \(error)") }
         guard n <= Safetensors.maxHeaderBytes else {
             throw bad("the header is \(n) bytes (the limit is \(Safetensors.maxHeaderBytes))")
         }

@@ -48,7 +48,7 @@ final class ShardedCheckpoint: StorageSource {
         var keys: [String: (shard: Int, key: String)] = [:]
         var keyOrder: [String] = []
         var seen: [String: String] = [:]
-        var formats = Set<String>()
+        var formats: [ContainerFormat] = []
         var shardBytes: UInt64 = 0
         for (si, name) in shardNames.enumerated() {
             let shardPath = folder.isEmpty ? name : folder + "/" + name
@@ -59,7 +59,7 @@ final class ShardedCheckpoint: StorageSource {
             let shard: Checkpoint
             do { shard = try Checkpoint(path: shardPath, limits: limits) } catch { throw .io("shard \(name): \(error.description)") }
             shards.append(shard)
-            formats.insert(shard.format)
+            formats.append(shard.containerFormat)
             shardBytes += shard.fileSize
             let tensors: [NamedTensor]
             do { tensors = try shard.graph.stateDict(shard.graph.root, limits: limits) } catch {
@@ -91,7 +91,6 @@ final class ShardedCheckpoint: StorageSource {
                 if case .string(let s) = v { metadata.append((k, s)) } else { metadata.append((k, v.rendered(indent: 0))) }
             }
         }
-        let inner = formats.count == 1 ? formats.first! : formats.sorted().joined(separator: " + ")
         // Every shard's pickles: the merged graph keeps only tensors, but loading the shards would run them all.
         let scans = {
             zip(shardNames, shards).flatMap { name, shard in
@@ -99,7 +98,7 @@ final class ShardedCheckpoint: StorageSource {
             }
         }
         return OpenedContainer(graph: merged.finished(), source: source,
-                               format: "sharded \(inner) (\(shards.count) shard\(shards.count == 1 ? "" : "s"))",
+                               format: .index(over: formats, shards: shards.count),
                                fileSize: size + shardBytes, recordCount: keyOrder.count, metadata: metadata,
                                scanPickles: scans)
     }

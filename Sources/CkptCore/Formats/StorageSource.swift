@@ -21,10 +21,22 @@ protocol StorageSource: AnyObject {
     var recordNames: [String] { get }
     /// The CRC-32 the container declares for a whole storage, when it declares one (zip records).
     func checksum(_ key: String) -> (record: String, crc: UInt32)?
+    /// The zip record that holds a storage's bytes as they are, with the reader that has it open, when the source
+    /// keeps storages so (a torch zip): the torch writer can then copy a stored record inside the kernel
+    /// (``TorchZipWriter/copyStoredRecordData(_:from:progress:)``). Nil by default: the writer streams the bytes.
+    func zipRecord(forStorage key: String) -> ZipRecordHandle?
+}
+
+/// A zip record holding a storage's bytes, and the reader it is read through (see
+/// ``StorageSource/zipRecord(forStorage:)``).
+struct ZipRecordHandle {
+    let reader: ZipReader
+    let entry: ZipEntry
 }
 
 extension StorageSource {
     func checksum(_ key: String) -> (record: String, crc: UInt32)? { nil }
+    func zipRecord(forStorage key: String) -> ZipRecordHandle? { nil }
 
     /// Throws unless `[offset, offset + count)` lies inside the storage.
     func checkRange(_ key: String, _ offset: Int64, _ count: Int) throws {
@@ -70,6 +82,10 @@ final class ZipStorageSource: StorageSource {
     func checksum(_ key: String) -> (record: String, crc: UInt32)? {
         guard let e = zip.entry(fullName: dataPrefix + key), e.hasChecksum else { return nil }
         return (e.name, e.crc32)
+    }
+
+    func zipRecord(forStorage key: String) -> ZipRecordHandle? {
+        zip.entry(fullName: dataPrefix + key).map { ZipRecordHandle(reader: zip, entry: $0) }
     }
 }
 

@@ -288,15 +288,18 @@ extension Checkpoint {
         let readError: CheckpointError
         do {
             let c = try Checkpoint(path: path, limits: limits)
+            // The format of a file named directly; a folder's weights file (read `from` it) is judged only when
+            // it is a sharded index.
+            let direct = c.file == path ? c.containerFormat : nil
             let verdict: (Bool, String)?
             if c.torchScript != nil {
                 verdict = (false, Self.torchScriptRefusal)
-            } else if c.format == "safetensors" && file.hasSuffix(".safetensors") {
+            } else if direct == .safetensors && file.hasSuffix(".safetensors") {
                 verdict = (true, "torch.load hands a path ending in .safetensors to safetensors.torch.load_file, "
                     + "when the safetensors package is installed")
-            } else if c.format == "safetensors" || c.format == "onnx" || c.format.hasPrefix("sharded") {
+            } else if direct == .safetensors || direct == .onnx || c.containerFormat.isSharded {
                 verdict = (false, "torch.load cannot open a \(c.format) file: it unpickles its bytes and fails"
-                    + (c.format == "safetensors" ? " (it reads safetensors only by a path ending in .safetensors)" : ""))
+                    + (direct == .safetensors ? " (it reads safetensors only by a path ending in .safetensors)" : ""))
             } else {
                 verdict = nil
             }

@@ -1,34 +1,5 @@
 import Foundation
 
-/// The formats `ckpt convert` writes.
-public enum OutputFormat: String, Sendable {
-    /// A torch zip checkpoint holding the state dict (loads with `torch.load(weights_only=True)`).
-    case torch
-    /// A `.safetensors` file.
-    case safetensors
-
-    /// The format a path's extension asks for: `.safetensors`, else torch. ONNX and sharded indexes are read-only.
-    public init(path: String) throws(CheckpointError) {
-        switch (path as NSString).pathExtension.lowercased() {
-        case "safetensors": self = .safetensors
-        case "onnx": throw .invalidOperation("writing ONNX is not supported (convert to .pt or .safetensors)")
-        case "json": throw .invalidOperation("writing sharded checkpoints is not supported (convert to one .pt or .safetensors)")
-        default: self = .torch
-        }
-    }
-}
-
-extension OutputFormat {
-    /// Refuses an output path whose extension names another format than the torch checkpoint `command` writes
-    /// (`strip`, `transfer`): a torch zip under a `.safetensors` name is a file no safetensors loader opens.
-    public static func requireTorch(path: String, command: String) throws(CheckpointError) {
-        guard try OutputFormat(path: path) == .torch else {
-            throw .invalidOperation("\(command) writes a torch checkpoint, not safetensors: name the output .pt "
-                + "(ckpt convert writes safetensors)")
-        }
-    }
-}
-
 /// What `ckpt convert` wrote or would write.
 public struct ConvertReport: Sendable {
     public var input: String
@@ -227,32 +198,5 @@ extension Checkpoint {
         report.dataBytes = offset
         report.removedAliases = removed.keys.sorted(by: less).map { ($0, removed[$0]!) }
         return SafetensorsPlan(tensors: tensors, metadata: metadata, header: header, dataBytes: offset, report: report)
-    }
-
-    /// Writes a safetensors plan at `outPath`, atomically; each tensor's row-major bytes stream from this checkpoint
-    /// in bounded chunks (``TensorElementReader``: views are gathered, whole storages CRC-checked).
-    public func write(_ plan: SafetensorsPlan, to outPath: String, chunkSize: Int = 4 << 20) throws {
-        _ = try? AtomicOutput.removeStaleTemps(for: outPath)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
-        defer { buffer.deallocate() }
-        try AtomicOutput.write(to: outPath) { tmp in
-            let out = try ZipFileHandle.openForWriting(tmp)
-            try plan.header.withUnsafeBytes { try out.writeAll($0) }
-            for t in plan.tensors {
-                let reader = try TensorElementReader(self, storageKey: t.tensor.storage.key, itemSize: t.tensor.dtype.itemSize,
-                                                     view: StorageView(t.tensor))
-                var written: Int64 = 0
-                while true {
-                    let n = try reader.read(into: buffer)
-                    if n == 0 { break }
-                    try out.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                    written += Int64(n)
-                }
-                guard written == t.tensor.byteCount else {
-                    throw CheckpointError.io("tensor \(t.name): \(written) bytes read, \(t.tensor.byteCount ?? 0) expected")
-                }
-            }
-            try out.close()
-        }
     }
 }

@@ -145,7 +145,7 @@ extension Checkpoint {
         let base = folder.folder.hasSuffix("/") ? folder.folder : folder.folder + "/"
         switch plan.kind {
         case .torch:
-            try write(plan.strip, to: plan.output, progress: progress)
+            try Checkpoint.write(.torch(plan.strip), sources: [self], to: plan.output, progress: progress)
             return FolderFiles.fileBytes(plan.output)
         case .safetensors:
             try writeSafetensors(plan, to: plan.output, folder: folder)
@@ -191,7 +191,7 @@ extension Checkpoint {
             if folder.weights.count == 1, folder.weights[0].name.hasSuffix(".safetensors") {
                 try AtomicOutput.write(to: path) { tmp in try FolderFiles.copyFile(base + folder.weights[0].name, to: tmp) }
             } else {
-                try write(try planSafetensors(output: path), to: path)
+                try Checkpoint.write(.safetensors(try planSafetensors(output: path)), sources: [self], to: path)
             }
             return
         }
@@ -199,9 +199,9 @@ extension Checkpoint {
         let (parent, name) = AtomicOutput.split(path)
         let staged = parent + "/" + AtomicOutput.tempPrefix(for: name) + "\(getpid())-staged.pt"
         defer { _ = unlink(staged) }
-        try write(plan.strip, to: staged)
+        try Checkpoint.write(.torch(plan.strip), sources: [self], to: staged)
         let stripped = try Checkpoint(path: staged)
-        try stripped.write(try stripped.planSafetensors(output: path), to: path)
+        try Checkpoint.write(.safetensors(try stripped.planSafetensors(output: path)), sources: [stripped], to: path)
     }
 }
 

@@ -44,7 +44,7 @@ extension Checkpoint {
     /// operation: each matched tensor of INTO gets a new storage (offset 0, contiguous strides) whose bytes
     /// come from FROM (``OutputStorage/source`` 1; a view or slice of a larger storage is compacted). INTO's
     /// tensor metadata (Parameter-ness, requires_grad, dtype, device) stays. Every tensor is checked before
-    /// the plan is returned. Write it with `Checkpoint.write(plan, sources: [into, from], to:)`.
+    /// the plan is returned. Write it with `Checkpoint.write(.torch(plan), sources: [into, from], to:)`.
     public func planTransfer(from: Checkpoint, _ options: TransferOptions) throws(FileError)
         -> (SurgeryPlan, TransferReport)
     {

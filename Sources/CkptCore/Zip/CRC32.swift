@@ -1,4 +1,4 @@
-internal import CLibzip
+internal import CSys
 
 /// CRC-32 (the zip/zlib polynomial): carry-less multiplication (PCLMULQDQ, ~4x zlib here) for runs of 64 bytes
 /// and more on x86-64 CPUs that have it, zlib's `crc32_z` for the rest. Every storage byte ckpt reads or copies is

@@ -1,36 +1,13 @@
-/// Little-endian reads from a byte array with bounds checks.
-struct ZipBytes {
-    let bytes: [UInt8]
-
-    func u16(_ at: Int) -> UInt16? {
-        guard at >= 0, at + 2 <= bytes.count else { return nil }
-        return UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8
-    }
-
-    func u32(_ at: Int) -> UInt32? {
-        guard at >= 0, at + 4 <= bytes.count else { return nil }
-        var value: UInt32 = 0
-        for i in 0..<4 { value |= UInt32(bytes[at + i]) << (8 * UInt32(i)) }
-        return value
-    }
-
-    /// The data of the zip64 extended-information field (header id 0x0001) among the extra fields in
-    /// `start..<end`, or nil when there is none (a field whose length runs past `end` ends the search).
-    func zip64Field(in start: Int, _ end: Int) -> Range<Int>? {
-        var q = start
-        while q + 4 <= end, let id = u16(q), let length = u16(q + 2).map(Int.init) {
-            guard q + 4 + length <= end else { return nil }
-            if id == 0x0001 { return (q + 4)..<(q + 4 + length) }
-            q += 4 + length
+extension ByteCursor {
+    /// The zip64 extended-information field (header id 0x0001) among the extra fields this cursor spans, as a
+    /// cursor over its data; nil when there is none (a field whose length runs past the end ends the search).
+    func zip64Field() -> ByteCursor? {
+        var c = self
+        while c.remaining >= 4, let id = try? c.u16le(), let length = try? c.u16le() {
+            guard let field = try? c.sub(Int(length)) else { return nil }
+            if id == 0x0001 { return field }
         }
         return nil
-    }
-
-    func u64(_ at: Int) -> UInt64? {
-        guard at >= 0, at + 8 <= bytes.count else { return nil }
-        var value: UInt64 = 0
-        for i in 0..<8 { value |= UInt64(bytes[at + i]) << (8 * UInt64(i)) }
-        return value
     }
 }
 
@@ -68,6 +45,12 @@ struct ZipCentralDirectory {
     /// picks end records otherwise reads another archive.
     var otherEndRecords: [UInt64] = []
 
+    /// The 4-byte little-endian signature at `position` of `bytes`, if there are 4 bytes there.
+    static func signature(_ bytes: [UInt8], at position: Int) -> UInt32? {
+        var c = ByteCursor(bytes, at: position)
+        return try? c.u32le()
+    }
+
     /// Where miniz's backward search for the end record stops (`mz_zip_reader_locate_header_sig`): it reads
     /// 4096-byte blocks from the end, each starting 4093 bytes before the previous one, and gives up after the
     /// block that starts 65,535 + 22 bytes or more before the end of the file (or at byte 0).
@@ -93,11 +76,10 @@ struct ZipCentralDirectory {
         guard let tailBytes = try file.readBytes(count: tailLength, at: tailStart) else {
             throw damaged("file shrank while reading")
         }
-        let tail = ZipBytes(bytes: tailBytes)
         var eocd = -1
         var position = tailLength - 22
         while position >= 0 {
-            if tail.u32(position) == Self.eocdSignature {
+            if Self.signature(tailBytes, at: position) == Self.eocdSignature {
                 eocd = position
                 break
             }
@@ -109,9 +91,11 @@ struct ZipCentralDirectory {
         var other: [UInt64] = []
         position = eocd - 1
         while position >= 0 {
-            if tail.u32(position) == Self.eocdSignature, let size = tail.u32(position + 12), let at = tail.u32(position + 16),
-               UInt64(at) + UInt64(size) <= fileSize,
-               (try? file.readBytes(count: 4, at: UInt64(at))).flatMap({ $0 }).map({ ZipBytes(bytes: $0).u32(0) == Self.centralHeaderSignature }) ?? false
+            var fields = ByteCursor(tailBytes, at: position + 12)
+            if Self.signature(tailBytes, at: position) == Self.eocdSignature, let size = try? fields.u32le(),
+               let at = try? fields.u32le(), UInt64(at) + UInt64(size) <= fileSize,
+               let head = (try? file.readBytes(count: 4, at: UInt64(at))).flatMap({ $0 }),
+               Self.signature(head, at: 0) == Self.centralHeaderSignature
             {
                 other.append(tailStart + UInt64(position))
             }
@@ -120,22 +104,39 @@ struct ZipCentralDirectory {
         endRecordOffset = tailStart + UInt64(eocd)
         otherEndRecords = other
 
-        var count = UInt64(tail.u16(eocd + 10)!)
-        var directorySize = UInt64(tail.u32(eocd + 12)!)
-        var directoryOffset = UInt64(tail.u32(eocd + 16)!)
+        // The end record (22 bytes, all in the tail): signature, disk numbers and this disk's count (8 bytes), then
+        // the record count, the directory's size and offset.
+        var count: UInt64, directorySize: UInt64, directoryOffset: UInt64
+        do throws(ByteCursor.Failure) {
+            var end = ByteCursor(tailBytes, at: eocd + 10)
+            count = UInt64(try end.u16le())
+            directorySize = UInt64(try end.u32le())
+            directoryOffset = UInt64(try end.u32le())
+        } catch {
+            throw damaged("end-of-central-directory record: \(error)")
+        }
 
-        if eocd >= 20, tail.u32(eocd - 20) == Self.zip64LocatorSignature {
-            let zip64Offset = tail.u64(eocd - 20 + 8)!
+        // The zip64 locator (20 bytes) right before it: signature, disk, then the zip64 end record's offset.
+        var locator = ByteCursor(tailBytes, at: eocd - 20, end: eocd)
+        if eocd >= 20, (try? locator.u32le()) == Self.zip64LocatorSignature, (try? locator.skip(4)) != nil,
+           let zip64Offset = try? locator.u64le()
+        {
             guard zip64Offset <= fileSize, let raw = try file.readBytes(count: 56, at: zip64Offset) else {
                 throw damaged("zip64 end-of-central-directory record at byte \(zip64Offset) is past the end of the file")
             }
-            let zip64 = ZipBytes(bytes: raw)
-            guard zip64.u32(0) == Self.zip64EOCDSignature else {
+            var zip64 = ByteCursor(raw)
+            guard (try? zip64.u32le()) == Self.zip64EOCDSignature else {
                 throw damaged("no zip64 end-of-central-directory record at byte \(zip64Offset)")
             }
-            count = zip64.u64(32)!
-            directorySize = zip64.u64(40)!
-            directoryOffset = zip64.u64(48)!
+            // Record size (8), versions (4), disk numbers (8), this disk's count (8); then the count, size, offset.
+            do throws(ByteCursor.Failure) {
+                try zip64.skip(28)
+                count = try zip64.u64le()
+                directorySize = try zip64.u64le()
+                directoryOffset = try zip64.u64le()
+            } catch {
+                throw damaged("zip64 end-of-central-directory record: \(error)")
+            }
         }
 
         guard count <= UInt64(maxRecords) else { throw ZipError.tooManyRecords(count: count, limit: maxRecords) }
@@ -147,7 +148,6 @@ struct ZipCentralDirectory {
         guard let directoryBytes = try file.readBytes(count: Int(directorySize), at: directoryOffset) else {
             throw damaged("file shrank while reading")
         }
-        let directory = ZipBytes(bytes: directoryBytes)
         // Every entry takes at least 46 bytes, which bounds the count by the directory's real size.
         guard count <= directorySize / 46 else {
             throw damaged("\(count) records cannot fit in a \(directorySize)-byte central directory")
@@ -155,47 +155,52 @@ struct ZipCentralDirectory {
 
         var records: [Record] = []
         records.reserveCapacity(Int(count))
-        var p = 0
+        var directory = ByteCursor(directoryBytes)
         for index in 0..<Int(count) {
-            guard directory.u32(p) == Self.centralHeaderSignature, let nameLength = directory.u16(p + 28),
-                let extraLength = directory.u16(p + 30), let commentLength = directory.u16(p + 32)
-            else {
-                throw damaged("central directory entry \(index) at byte \(directoryOffset + UInt64(p)) is malformed")
+            // A central header (46 bytes): signature, version made by, version needed, flags, method, time, date,
+            // CRC, sizes, the three lengths, disk, attributes, local header offset; then name, extra, comment.
+            let entryStart = directory.offset
+            var record: Record
+            let nameLength: UInt16, extraLength: UInt16, commentLength: UInt16
+            do throws(ByteCursor.Failure) {
+                guard try directory.u32le() == Self.centralHeaderSignature else { throw .badLength(offset: entryStart, length: 0) }
+                try directory.skip(2)
+                let versionNeeded = try directory.u16le(), flags = try directory.u16le(), method = try directory.u16le()
+                let modTime = try directory.u16le(), modDate = try directory.u16le(), crc32 = try directory.u32le()
+                let compressedSize = try directory.u32le(), size = try directory.u32le()
+                (nameLength, extraLength, commentLength) = (try directory.u16le(), try directory.u16le(), try directory.u16le())
+                record = Record(name: [], method: method, flags: flags, crc32: crc32, compressedSize: UInt64(compressedSize),
+                                size: UInt64(size), headerOffset: 0, versionNeeded: versionNeeded, modTime: modTime,
+                                modDate: modDate)
+            } catch {
+                throw damaged("central directory entry \(index) at byte \(directoryOffset + UInt64(entryStart)) is malformed")
             }
-            let nameStart = p + 46
-            let extraStart = nameStart + Int(nameLength)
-            let end = extraStart + Int(extraLength) + Int(commentLength)
-            guard end <= directoryBytes.count else {
+            let extra: ByteCursor
+            do throws(ByteCursor.Failure) {
+                guard directory.remaining >= 12 + Int(nameLength) + Int(extraLength) + Int(commentLength) else {
+                    throw .outOfBytes(offset: directory.offset, wanted: 0, available: directory.remaining)
+                }
+                try directory.skip(8)
+                record.headerOffset = UInt64(try directory.u32le())
+                record.name = Array(try directory.bytes(Int(nameLength)))
+                extra = try directory.sub(Int(extraLength))
+                try directory.skip(Int(commentLength))
+            } catch {
                 throw damaged("central directory entry \(index) runs past the directory")
             }
-            var record = Record(
-                name: Array(directoryBytes[nameStart..<extraStart]),
-                method: directory.u16(p + 10)!,
-                flags: directory.u16(p + 8)!,
-                crc32: directory.u32(p + 16)!,
-                compressedSize: UInt64(directory.u32(p + 20)!),
-                size: UInt64(directory.u32(p + 24)!),
-                headerOffset: UInt64(directory.u32(p + 42)!),
-                versionNeeded: directory.u16(p + 6)!,
-                modTime: directory.u16(p + 12)!,
-                modDate: directory.u16(p + 14)!)
             // Zip64 extended information: the 64-bit values present are exactly those whose 32-bit field is all ones.
             if record.size == 0xFFFF_FFFF || record.compressedSize == 0xFFFF_FFFF || record.headerOffset == 0xFFFF_FFFF {
-                guard let field = directory.zip64Field(in: extraStart, extraStart + Int(extraLength)) else {
+                guard var field = extra.zip64Field() else {
                     throw damaged("entry \(index) needs a zip64 extra field but has none")
                 }
-                var r = field.lowerBound
                 func next() throws(ZipError) -> UInt64 {
-                    guard r + 8 <= field.upperBound else { throw damaged("zip64 extra field of entry \(index) is too short") }
-                    defer { r += 8 }
-                    return directory.u64(r)!
+                    do { return try field.u64le() } catch { throw damaged("zip64 extra field of entry \(index) is too short") }
                 }
                 if record.size == 0xFFFF_FFFF { record.size = try next() }
                 if record.compressedSize == 0xFFFF_FFFF { record.compressedSize = try next() }
                 if record.headerOffset == 0xFFFF_FFFF { record.headerOffset = try next() }
             }
             records.append(record)
-            p = end
         }
         self.records = records
         self.directoryOffset = directoryOffset
@@ -220,8 +225,19 @@ struct ZipCentralDirectory {
             throw damaged("no local header for '\(name)' at byte \(record.headerOffset)")
         }
         var raw = try file.readBytes(count: Int(min(want, fileSize - record.headerOffset)), at: record.headerOffset) ?? []
-        var h = ZipBytes(bytes: raw)
-        guard h.u32(0) == localHeaderSignature, let nameLength = h.u16(26), let extraLength = h.u16(28) else {
+        // The fixed part (30 bytes): signature, version needed, flags, method, time, date, CRC, compressed and
+        // uncompressed size, name and extra lengths.
+        var h = ByteCursor(raw)
+        let version: UInt16, flags: UInt16, method: UInt16, modTime: UInt16, modDate: UInt16, crc: UInt32
+        var compressed: UInt64, size: UInt64
+        let nameLength: UInt16, extraLength: UInt16
+        do throws(ByteCursor.Failure) {
+            guard try h.u32le() == localHeaderSignature else { throw .badLength(offset: 0, length: 0) }
+            (version, flags, method, modTime, modDate) = (try h.u16le(), try h.u16le(), try h.u16le(), try h.u16le(), try h.u16le())
+            crc = try h.u32le()
+            (compressed, size) = (UInt64(try h.u32le()), UInt64(try h.u32le()))
+            (nameLength, extraLength) = (try h.u16le(), try h.u16le())
+        } catch {
             throw damaged("no local header for '\(name)' at byte \(record.headerOffset)")
         }
         let headerLength = 30 + Int(nameLength) + Int(extraLength)
@@ -231,31 +247,34 @@ struct ZipCentralDirectory {
                 throw damaged("local header of '\(name)' runs past the end of the file")
             }
             raw = more
-            h = ZipBytes(bytes: raw)
+            h = ByteCursor(raw, at: 30)
         }
-        let flags = h.u16(6)!
-        let localName = raw[30..<(30 + Int(nameLength))]
+        let localName: ArraySlice<UInt8>, extra: ByteCursor
+        do throws(ByteCursor.Failure) {
+            localName = try h.bytes(Int(nameLength))
+            extra = try h.sub(Int(extraLength))
+        } catch {
+            throw damaged("local header of '\(name)' runs past the end of the file")
+        }
         var disagreement: String? = nil
         if !localName.elementsEqual(record.name) {
             disagreement = "the local header of '\(name)' names it '\(String(decoding: localName, as: UTF8.self))'"
-        } else if h.u16(4)! > record.versionNeeded || h.u16(8)! != record.method || h.u16(10)! != record.modTime
-                    || h.u16(12)! != record.modDate {
+        } else if version > record.versionNeeded || method != record.method || modTime != record.modTime
+                    || modDate != record.modDate {
             disagreement = "the local header of '\(name)' disagrees with its central directory entry"
         }
         if disagreement != nil, !lenient { throw damaged("local and central header of '\(name)' do not agree") }
-        var compressed = UInt64(h.u32(18)!), size = UInt64(h.u32(22)!)
         if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF {
             // Zip64 local extra field: both sizes, uncompressed first.
-            guard let field = h.zip64Field(in: 30 + Int(nameLength), headerLength), field.count >= 16 else {
+            guard var field = extra.zip64Field(), let u = try? field.u64le(), let c = try? field.u64le() else {
                 throw damaged("local header of '\(name)' needs a zip64 extra field but has none")
             }
-            size = h.u64(field.lowerBound)!
-            compressed = h.u64(field.lowerBound + 8)!
+            (size, compressed) = (u, c)
         }
         // Without a data descriptor the values must match; with one (bit 3), a local value is zero or matches.
         let descriptor = flags & 0x0008 != 0
         func agrees<T: BinaryInteger>(_ local: T, _ central: T) -> Bool { local == central || (descriptor && local == 0) }
-        if !(agrees(h.u32(14)!, record.crc32) && agrees(compressed, record.compressedSize) && agrees(size, record.size)) {
+        if !(agrees(crc, record.crc32) && agrees(compressed, record.compressedSize) && agrees(size, record.size)) {
             guard lenient else { throw damaged("local and central header of '\(name)' do not agree") }
             disagreement = disagreement ?? "the local header of '\(name)' declares other sizes or another CRC than its central directory entry"
         }

@@ -1,4 +1,4 @@
-internal import CLibzip
+internal import CSys
 
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,5 @@
+// libzip inflates and CRC-checks the records ckpt does not read itself: deflated ones (torch.save never writes
+// them, but TorchScript archives and zips other tools re-packed hold them). Stored records never go through it.
 internal import CLibzip
 
 #if canImport(Glibc)
@@ -477,7 +479,9 @@ public final class ZipReader {
     // MARK: - Errors
 
     private static func notAZipError(file: ZipFileHandle) throws(ZipError) -> ZipError {
-        if let magic = try file.readBytes(count: 4, at: 0), ZipBytes(bytes: magic).u32(0) == ZipCentralDirectory.localHeaderSignature {
+        if let magic = try file.readBytes(count: 4, at: 0),
+           ZipCentralDirectory.signature(magic, at: 0) == ZipCentralDirectory.localHeaderSignature
+        {
             return .truncatedArchive(path: file.path)
         }
         return .notAZip(path: file.path)

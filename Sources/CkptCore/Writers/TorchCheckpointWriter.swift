@@ -1,0 +1,131 @@
+import Foundation
+
+/// The torch zip writer's glue: a ``SurgeryPlan`` (strip, transfer, convert to a torch file) written as a torch
+/// checkpoint through ``TorchZipWriter``. Reached through ``Checkpoint/write(_:sources:to:chunkSize:progress:)``.
+enum TorchCheckpointWriter {
+    /// Writes a plan as a torch zip checkpoint at `outPath`, atomically (temp file in the same folder,
+    /// fsync, rename). Storage bytes stream from the sources' records in bounded chunks (each
+    /// ``OutputStorage/source`` indexes `sources`), converted where the plan says. The layout is
+    /// torch's own, so torch may compute offsets. With several sources, a fault reading one of them is thrown as
+    /// a ``FileError`` naming it.
+    static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String, chunkSize: Int,
+                      progress: ((Int64) -> Void)?) throws
+    {
+        let pickle: [UInt8]
+        do { pickle = try PickleEncoder.encode(plan.graph) } catch { throw CheckpointError.pickle(record: "data.pkl", error) }
+        let root = Checkpoint.recordRoot(for: outPath)
+        _ = try? AtomicOutput.removeStaleTemps(for: outPath)
+        try AtomicOutput.write(to: outPath) { tmp in
+            let w = try TorchZipWriter(path: tmp, root: root)
+            var hash = FNV64()
+            hash.add(pickle)
+            try w.addRecord("data.pkl", bytes: pickle)
+            try w.addRecord(".format_version", bytes: Array("1".utf8))
+            try w.addRecord(".storage_alignment", bytes: Array("64".utf8))
+            try w.addRecord("byteorder", bytes: Array("little".utf8))
+            var done: Int64 = 0
+            for s in plan.storages {
+                hash.add(Array(s.key.utf8))
+                do {
+                    try copyStorage(s, from: sources[s.source], to: w, chunkSize: chunkSize) { n in
+                        done += n
+                        progress?(done)
+                    }
+                } catch let e as CheckpointError where sources.count > 1 {
+                    throw FileError(path: sources[s.source].path, error: e)
+                }
+            }
+            try w.addRecord("version", bytes: Array("3\n".utf8))
+            let id = String(hash.value)
+            let id2 = String(hash.value ^ 0x9E37_79B9_7F4A_7C15)
+            let serial = String(repeating: "0", count: 20 - id.count) + id + String(repeating: "0", count: 20 - id2.count) + id2
+            try w.addRecord(".data/serialization_id", bytes: Array(serial.utf8))
+            try w.finish()
+        }
+    }
+
+    /// Writes one output storage as a record: the source's record as it is, converted, or a view of it compacted.
+    private static func copyStorage(_ s: OutputStorage, from source: Checkpoint, to w: TorchZipWriter, chunkSize: Int,
+                                    progressed: (Int64) -> Void) throws
+    {
+        // A record copied unchanged keeps its checksum, which the read verifies as it streams: no second CRC pass.
+        let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageChecksum(s.sourceKey)?.crc : nil
+        try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
+        if let view = s.view {
+            // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
+            let reader = try TensorElementReader(source, storageKey: s.sourceKey,
+                                                 itemSize: s.sourceDType.itemSize, view: view)
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(chunkSize, 64), alignment: 64)
+            defer { buffer.deallocate() }
+            while true {
+                let n = try reader.read(into: buffer)
+                if n == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                if s.sourceDType == s.dtype { try w.write(chunk) } else {
+                    try converter.convert(chunk) { out in try w.write(out) }
+                }
+                progressed(Int64(n))
+            }
+            try converter.finish()
+        } else if s.sourceDType == s.dtype {
+            // Unchanged: copied inside the kernel and checked by reading the output back, where that works; the
+            // bytes pass through this process once instead of twice (cp's speed on big files).
+            var copied = false
+            if knownCRC != nil { copied = try copyRecord(s.sourceKey, of: source, into: w) { progressed(Int64($0)) } }
+            if !copied {
+                try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                    try w.write(chunk)
+                    progressed(Int64(chunk.count))
+                }
+            }
+        } else {
+            var converter = try DTypeConverter(from: s.sourceDType, to: s.dtype, chunkSize: chunkSize)
+            try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
+                try converter.convert(chunk) { out in try w.write(out) }
+                progressed(Int64(chunk.count))
+            }
+            try converter.finish()
+        }
+        try w.endRecord()
+    }
+
+    /// Copies a storage's zip record unchanged into the record `writer` has open (begun with the CRC-32 that
+    /// ``Checkpoint/storageChecksum(_:)`` gives) inside the kernel, checked against that CRC after the copy, when
+    /// the source offers its storages as zip records (``StorageSource/zipRecord(forStorage:)``). Returns false
+    /// when this is not possible (another format, a compressed or unchecked record, no copy_file_range between the
+    /// two files); the caller then streams the bytes. A storage whose bytes do not match its CRC is the source
+    /// file's fault (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the
+    /// output's).
+    private static func copyRecord(_ key: String, of source: Checkpoint, into writer: TorchZipWriter,
+                                   progress: (Int) -> Void) throws -> Bool
+    {
+        guard let record = source.zipRecord(forStorage: key) else { return false }
+        do {
+            return try writer.copyStoredRecordData(record.entry, from: record.reader, progress: progress)
+        } catch let z {
+            switch z {
+            case .crcMismatch, .truncated: throw CheckpointError.container(z)
+            default: throw z
+            }
+        }
+    }
+}
+
+extension Checkpoint {
+    /// The zip root folder torch would use when saving to `path`: its file name without extension.
+    public static func recordRoot(for path: String) -> String {
+        let base = (path as NSString).lastPathComponent
+        let stem = (base as NSString).deletingPathExtension
+        return stem.isEmpty ? "archive" : stem
+    }
+}
+
+/// FNV-1a, 64 bit: a stable id for the output's `.data/serialization_id`.
+struct FNV64 {
+    var value: UInt64 = 0xCBF2_9CE4_8422_2325
+    mutating func add(_ bytes: [UInt8]) {
+        for b in bytes { value = (value ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    }
+}
+
