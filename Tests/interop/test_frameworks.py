@@ -29,7 +29,10 @@ warnings.filterwarnings("ignore")
 # docs/frameworks.md as a table. Per fixture:
 #   id        the framework id `ckpt info` names and `--framework` takes
 #   weights   the weights record (`keys` lists it; strip keeps it)
-#   removed   the records strip removes ("a.b": key b inside record a); absent ones are simply not there
+#   removed   the records strip removes ("a.b": key b inside record a, "a.p*": keys starting p inside record a);
+#             absent ones are simply not there
+#   bare      True: the output is the weights record's state dict alone, `module.`/`_orig_mod.` stripped (timm's
+#             clean_checkpoint.py); removed and --drop-record/--keep-record then have nothing to act on
 #   ema       how --use-ema finds the EMA: None (no EMA), "in-weights" (the framework already saved the EMA in the
 #             weights record: output weights = input weights), ("record", R) (R holds the EMA under the model's
 #             names), ("averaged", R) (torch AveragedModel state dict: `module.` + names, plus n_averaged),
@@ -40,9 +43,9 @@ FRAMEWORKS = {
     "lightning.pt": dict(id="lightning", weights="state_dict", removed=LIGHTNING_STATE, ema=None),
     "lightning-ema.pt": dict(id="lightning", weights="state_dict", removed=LIGHTNING_STATE, ema="in-weights"),
     "lightning-amp.pt": dict(id="lightning", weights="state_dict", removed=LIGHTNING_STATE, ema=None),
-    "ldm.pt": dict(id="ldm", weights="state_dict", removed=LIGHTNING_STATE, ema=("ldm", None)),
-    "timm.pt": dict(id="timm", weights="state_dict", removed=["optimizer", "amp_scaler", "saver", "state_dict_ema"],
-                    ema=("record", "state_dict_ema")),
+    "ldm.pt": dict(id="ldm", weights="state_dict", removed=LIGHTNING_STATE + ["state_dict.model_ema.*"],
+                   ema=("ldm", None)),
+    "timm.pt": dict(id="timm", weights="state_dict", removed=[], bare=True, ema=("record", "state_dict_ema")),
     "mmengine-ema.pt": dict(id="mmengine", weights="state_dict",
                             removed=["optimizer", "param_schedulers", "message_hub", "ema_state_dict"],
                             ema="in-weights"),
@@ -112,10 +115,23 @@ def remove(x, dotted):
     if not rest:
         return {k: v for k, v in x.items() if k != head}
     inner = x[head]
-    if isinstance(inner, dict) and rest in inner:
+    if isinstance(inner, dict):
         x = dict(x)
-        x[head] = {k: v for k, v in inner.items() if k != rest}
+        if rest.endswith("*"):
+            x[head] = {k: v for k, v in inner.items() if not k.startswith(rest[:-1])}
+        else:
+            x[head] = {k: v for k, v in inner.items() if k != rest}
     return x
+
+
+def clean_state_dict(sd):
+    """timm/models/_helpers.py clean_state_dict: `module.` and `_orig_mod.` prefixes off."""
+    out = {}
+    for k, v in sd.items():
+        k = k[7:] if k.startswith("module.") else k
+        k = k[10:] if k.startswith("_orig_mod.") else k
+        out[k] = v
+    return out
 
 
 def expected_strip(name, use_ema=False, drop=(), keep=()):
@@ -124,6 +140,8 @@ def expected_strip(name, use_ema=False, drop=(), keep=()):
     x = dict(source(name))
     if use_ema and fw["ema"] is not None:
         x[fw["weights"]] = ema_weights(x, name)
+    if fw.get("bare"):
+        return clean_state_dict(x[fw["weights"]])
     for r in fw["removed"] + list(drop):
         if r not in keep:
             x = remove(x, r)
@@ -199,15 +217,28 @@ def strip(tmp_path, name, *opts, out="out.pt"):
     return dst
 
 
+def weights_of(name, x):
+    """The weights record of a strip output (the output itself when the framework publishes a bare state dict)."""
+    return x if FRAMEWORKS[name].get("bare") else x[FRAMEWORKS[name]["weights"]]
+
+
 def check_output(name, out, want, tmp_path):
     weights = FRAMEWORKS[name]["weights"]
-    same_checkpoint(want, load(out), weights)
-    same_checkpoint(want, load(out, mmap=True), weights)
+
+    def same(got):
+        if FRAMEWORKS[name].get("bare"):
+            same_weights(want, got, "state dict")
+        else:
+            same_checkpoint(want, got, weights)
+
+    same(load(out))
+    same(load(out, mmap=True))
     assert weights_only_loads(out) == torch_verdict_weights_only(want, tmp_path), \
         "weights_only=True verdict differs from torch's on the expected dict"
     if weights_only_loads(out):
-        same_checkpoint(want, load(out, mmap=True, weights_only=True), weights)
-    assert storage_groups(load(out)[weights]) == storage_groups(want[weights]), "tied weights no longer share"
+        same(load(out, mmap=True, weights_only=True))
+    assert storage_groups(weights_of(name, load(out))) == storage_groups(weights_of(name, want)), \
+        "tied weights no longer share"
 
 
 # ---- info -------------------------------------------------------------------------------------------------------
@@ -258,8 +289,12 @@ def test_strip_removes_exactly_the_training_state(tmp_path, name):
     out = strip(tmp_path, name)
     want = expected_strip(name)
     check_output(name, out, want, tmp_path)
-    # the weights are the input's, bit for bit
-    same_weights(source(name)[FRAMEWORKS[name]["weights"]], load(out)[FRAMEWORKS[name]["weights"]], "weights")
+    # the weights are the input's, bit for bit, under the same names
+    src = clean_state_dict(source(name)[FRAMEWORKS[name]["weights"]])
+    got = weights_of(name, load(out))
+    assert got and set(got) <= set(src)
+    for k, v in got.items():
+        same_tensor(src[k], v, k)
 
 
 @pytest.mark.parametrize("name", WITH_EMA)
@@ -267,7 +302,7 @@ def test_strip_use_ema_gives_the_ema_under_the_model_names(tmp_path, name):
     out = strip(tmp_path, name, "--use-ema")
     want = expected_strip(name, use_ema=True)
     check_output(name, out, want, tmp_path)
-    got = load(out)[FRAMEWORKS[name]["weights"]]
+    got = weights_of(name, load(out))
     same_weights(ema_weights(source(name), name), got, "EMA weights")
     if FRAMEWORKS[name]["ema"] == "in-weights":  # mmengine, Lightning EMAWeightAveraging: already the EMA
         same_weights(source(name)[FRAMEWORKS[name]["weights"]], got, "weights")
@@ -295,10 +330,10 @@ def test_strip_state_dict_loads_weights_only(tmp_path, name):
     check_output(name, out, want, tmp_path)
     if torch_verdict_weights_only(want, tmp_path):
         got = load(out, weights_only=True)
-        same_weights(want[FRAMEWORKS[name]["weights"]], got[FRAMEWORKS[name]["weights"]], "weights")
+        same_weights(weights_of(name, want), weights_of(name, got), "weights")
     else:
-        # a kept record holds a class weights_only refuses: timm's and torchvision's args (argparse.Namespace)
-        assert name in ("timm.pt", "torchvision-ref.pt"), f"{name}: torch refuses weights_only on the expected dict"
+        # a kept record holds a class weights_only refuses: torchvision's args (argparse.Namespace)
+        assert name == "torchvision-ref.pt", f"{name}: torch refuses weights_only on the expected dict"
 
 
 def test_stripped_fairseq_keeps_the_tied_embedding_shared(tmp_path):
@@ -340,7 +375,7 @@ def test_unknown_framework_is_refused(tmp_path):
     assert "no-such-framework" in p.stderr and not (tmp_path / "o.pt").exists()
 
 
-@pytest.mark.parametrize("name,record", [("lightning.pt", "optimizer_states"), ("timm.pt", "state_dict_ema"),
+@pytest.mark.parametrize("name,record", [("lightning.pt", "optimizer_states"), ("torchvision-ref.pt", "model_ema"),
                                          ("mmengine-ema.pt", "message_hub"), ("fairseq.pt", "last_optimizer_state")])
 def test_keep_record_keeps_a_training_record(tmp_path, name, record):
     out = strip(tmp_path, name, "--keep-record", record)
@@ -349,7 +384,7 @@ def test_keep_record_keeps_a_training_record(tmp_path, name, record):
     same_checkpoint(want, load(out), FRAMEWORKS[name]["weights"])
 
 
-@pytest.mark.parametrize("name,record", [("lightning.pt", "hyper_parameters"), ("timm.pt", "args"),
+@pytest.mark.parametrize("name,record", [("lightning.pt", "hyper_parameters"), ("torchvision-ref.pt", "args"),
                                          ("detectron2.pt", "iteration"), ("ldm.pt", "global_step"),
                                          ("mmengine-ema.pt", "meta")])
 def test_drop_record_removes_any_record(tmp_path, name, record):
@@ -401,10 +436,25 @@ def test_timm_create_model_takes_the_output(tmp_path, opts):
                               **TIMM_KWARGS)
     want = source("timm.pt")["state_dict_ema" if opts else "state_dict"]
     same_weights(want, model.state_dict(), "model")
-    # timm's load_checkpoint prefers state_dict_ema when present: strip must not leave it for a plain strip
+    # timm's load_checkpoint prefers state_dict_ema when present: a plain strip must not leave it
     m2 = timm.create_model(TIMM_ARCH, **TIMM_KWARGS)
-    timm.models.load_checkpoint(m2, str(out), weights_only=False)
+    timm.models.load_checkpoint(m2, str(out))
     same_weights(want, m2.state_dict(), "load_checkpoint")
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_timm_strip_drops_the_wrapper_prefixes(tmp_path, prefix):
+    """A CheckpointSaver file from a DDP or torch.compile model saved without unwrapping (older timm, or
+    unwrap_fn=None): clean_checkpoint.py / clean_state_dict strip `module.` and `_orig_mod.`."""
+    src = dict(source("timm.pt"))
+    src["state_dict"] = {prefix + k: v for k, v in src["state_dict"].items()}
+    src["state_dict_ema"] = {prefix + k: v for k, v in src["state_dict_ema"].items()}
+    p = tmp_path / "in.pt"
+    torch.save(src, p)
+    for opts, record in (([], "state_dict"), (["--use-ema"], "state_dict_ema")):
+        out = strip(tmp_path, p, *opts)
+        got = load(out, weights_only=True)
+        same_weights(source("timm.pt")[record], got, record)
 
 
 @pytest.mark.parametrize("opts", [[], ["--use-ema"]], ids=lambda o: " ".join(o) or "plain")
