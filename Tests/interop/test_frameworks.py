@@ -435,6 +435,21 @@ def test_lightning_load_from_checkpoint_takes_the_output(tmp_path, name, opts):
     same_weights(expected_strip(name, use_ema="--use-ema" in opts)["state_dict"], model.state_dict(), "model")
 
 
+@pytest.mark.parametrize("name", ["ldm.pt", "lightning.pt"])
+def test_lightning_migrations_take_the_output(tmp_path, name):
+    """load_from_checkpoint first runs Lightning's checkpoint migrations (utilities/migration/utils.py
+    _pl_migrate_checkpoint); for a Lightning 1.4 file (LDM) those of 1.6.0 and 1.6.5 read `global_step` and `epoch`,
+    which strip therefore keeps."""
+    pytest.importorskip("lightning")
+    from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+    out = strip(tmp_path, name)
+    migrated = _pl_migrate_checkpoint(load(out))
+    if name == "ldm.pt":  # the 1.6.0 migration rebuilt the loop state from epoch
+        assert migrated["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == source(name)["epoch"]
+    same_weights(expected_strip(name)["state_dict"], migrated["state_dict"], "state_dict")
+
+
 @pytest.mark.parametrize("opts", [[], ["--use-ema"]], ids=lambda o: " ".join(o) or "plain")
 def test_timm_create_model_takes_the_output(tmp_path, opts):
     timm = pytest.importorskip("timm")
