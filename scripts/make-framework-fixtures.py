@@ -19,12 +19,10 @@ What each file holds and what `ckpt strip` does to it: docs/frameworks.md.
 
 import argparse
 import collections
-import json
 import math
 import os
 import shutil
 import sys
-import types
 import warnings
 from copy import deepcopy
 

@@ -7,9 +7,7 @@ table, and every expectation in this file is derived from it applied by torch to
 import argparse
 import json
 import os
-import shutil
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torchvision_ops  # noqa: E402
 
 torchvision_ops.declare()  # timm, lightning and transformers import torchvision (PyPI's CUDA build)
-warnings.filterwarnings("ignore")
+pytestmark = pytest.mark.filterwarnings("ignore")  # the frameworks' deprecation chatter
 
 # docs/frameworks.md as a table. Per fixture:
 #   id        the framework id `ckpt info` names and `--framework` takes
