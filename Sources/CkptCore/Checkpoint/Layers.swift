@@ -181,7 +181,7 @@ extension Checkpoint {
     public func layers(record: String? = nil, freeze: FreezeSpec? = nil, depth: Int = 1) throws(CheckpointError) -> LayerTable {
         guard depth >= 1 else { throw .invalidOperation("--depth must be 1 or more, not \(depth)") }
         let (name, node) = try weights(record)
-        let view = try graph.stateDict(node)
+        let view = modelWeights(try graph.stateDict(node), recordNamed: record != nil).kept
         let isModule = graph.moduleState(node) != nil
         var table = LayerTable(file: path, record: name, style: isModule ? .modules : .stateDict)
         if isModule { table.modelClass = graph.className(node) }
