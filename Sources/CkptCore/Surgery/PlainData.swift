@@ -75,10 +75,11 @@ struct PlainData: SurgeryStep {
     }
 }
 
-/// The walk behind ``PlainData``, usable on any value of a graph (a step that gathers a module's description converts
-/// what it gathers with ``convert(from:path:)``, then ``finish(context:)``). It reads the graph as it was when the
-/// converter was made and writes converted values in place, so a class read from a global is never a global already
-/// converted to its name.
+/// The walk behind ``PlainData``, usable on any value of a graph: a step that gathers a module's description converts
+/// what it gathers with ``convert(from:path:)``, then ``finish(context:)``; a reading command that predicts what
+/// `strip --state-dict` would do converts a copy of the graph and reads ``conversions`` and ``unconvertible`` without
+/// finishing. It reads the graph as it was when the converter was made and writes converted values in place, so a
+/// class read from a global is never a global already converted to its name.
 struct PlainDataConverter {
     private(set) var graph: PickleGraph
     /// The graph as it was: every decision reads it.
