@@ -84,9 +84,14 @@ struct PromoteEMA: SurgeryStep {
         case nil:
             if asked { s.report.warnings.append("--use-ema: this framework keeps no EMA; the model is kept") }
         case .inWeights(let marker, let note):
+            if asked && !s.hasRecord(marker) && hasRecords {
+                // No averaging of the framework's own: an EMA record by a common name (a user's on_save_checkpoint).
+                var generic = self
+                generic.ema = FrameworkConvention.generic.ema
+                return try generic.apply(s, catalogue)
+            }
             if asked {
-                s.report.warnings.append(s.hasRecord(marker) ? "--use-ema: \(note)"
-                                         : "--use-ema: no EMA in this checkpoint; the model is kept")
+                s.report.warnings.append("--use-ema: \(note)")
             } else if clearing && hasRecords && s.hasRecord(marker) {
                 s.report.warnings.append("note: the weights written are the averaged ones: \(note)")
             }
@@ -277,18 +282,25 @@ struct ClearTrainingState: SurgeryStep {
         return s
     }
 
-    /// Why a record no convention names looks like training state: an optimizer's state, or a name that says
-    /// optimizer, scheduler, scaler, rng, loop, callback or state (but not a state dict).
+    /// Why a record no convention names looks like training state: it holds an optimizer's state (at its top or one
+    /// level down: a list of them, a trainer's dict), or its name says optimizer, scheduler, scaler, rng, loop,
+    /// callback, trainer, EMA or state (a name ending in `state_dict` says state only with one of the others).
     func looksLikeTrainingState(_ name: String, _ node: NodeID, _ g: PickleGraph) -> String? {
-        if g.lookup(node, "state") != nil && g.lookup(node, "param_groups") != nil { return "an optimizer state" }
+        func isOptimizer(_ id: NodeID) -> Bool { g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil }
+        if isOptimizer(node) { return "an optimizer state" }
+        let children = (g.dictEntries(node)?.map(\.value) ?? []) + (g.sequence(node) ?? [])
+        if children.prefix(64).contains(where: isOptimizer) { return "it holds an optimizer state" }
         let n = name.lowercased()
-        guard !n.hasSuffix("state_dict") else { return nil }
+        let words = Set(n.split { !$0.isLetter && !$0.isNumber }.map(String.init))
         for (token, what) in [("optim", "optimizer"), ("schedul", "scheduler"), ("scaler", "grad scaler"),
-                              ("rng", "random state"), ("loop", "loop state"), ("callback", "callback state"),
-                              ("_state", "state"), ("state_", "state")]
+                              ("rng", "random state"), ("random_state", "random state"), ("loop", "loop state"),
+                              ("callback", "callback state"), ("trainer", "trainer state")]
             where n.contains(token) {
             return "its name says \(what)"
         }
+        if words.contains("ema") { return "its name says EMA" }
+        guard !n.hasSuffix("state_dict") else { return nil }
+        if n.contains("_state") || n.contains("state_") { return "its name says state" }
         return nil
     }
 }
