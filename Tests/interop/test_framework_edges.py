@@ -184,3 +184,20 @@ def test_accelerate_save_state_folder_strips_to_the_weights(tmp_path):
     want = load_file(state / "model.safetensors")
     got = load_file(out / "model.safetensors")
     assert list(got) == list(want) and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_scan_of_a_trainer_folder_reads_every_pickle_resuming_loads(tmp_path):
+    """Resuming from a Trainer folder unpickles optimizer.pt, rng_state.pth, training_args.bin (transformers
+    trainer.py _load_from_checkpoint, _load_rng_state); scan of the folder reads each, and a dangerous one makes the
+    folder dangerous (exit 1). The payload is written, never loaded."""
+    folder = tmp_path / "checkpoint-3"
+    shutil.copytree(FIXTURES / "frameworks" / "hf-trainer" / "checkpoint-3", folder)
+    clean = run("scan", folder)
+    each = {name: run("scan", folder / name) for name in ("optimizer.pt", "rng_state.pth", "training_args.bin")}
+    for name, p in each.items():
+        assert f"== {folder / name}\n{p.stdout}" in clean.stdout, name  # the file's own report, in the folder's
+    # the folder's verdict is its worst file's (transformers' TrainingArguments pickles enum calls: not allow-listed)
+    assert clean.returncode == max(p.returncode for p in each.values())
+    (folder / "training_args.bin").write_bytes(b"cbuiltins\nexec\n(Vprint(1)\ntR.")
+    p = run("scan", folder)
+    assert p.returncode == 1 and "training_args.bin" in p.stderr and "builtins.exec" in p.stdout

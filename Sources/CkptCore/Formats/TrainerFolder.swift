@@ -88,6 +88,14 @@ public struct TrainerFolder: Sendable {
         return false
     }
 
+    /// Whether a file of the folder may be a pickle that resuming unpickles (`optimizer.pt`, `rng_state.pth`,
+    /// `training_args.bin`, accelerate's `.pkl` files), so that `scan` of the folder reads it: not JSON, text,
+    /// safetensors or Python source.
+    public static func mayHoldPickles(_ name: String) -> Bool {
+        let text = [".json", ".txt", ".md", ".safetensors", ".py", ".model", ".vocab", ".merges", ".jinja"]
+        return !text.contains { name.hasSuffix($0) } && name != "latest"
+    }
+
     /// What `save_pretrained` writes beside the weights and `strip` copies into a folder output byte for byte.
     public static let configNames = ["config.json", "generation_config.json"]
 
