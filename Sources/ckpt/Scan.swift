@@ -30,7 +30,7 @@ struct Scan: ParsableCommand, OptionTexts {
     @Flag(help: "Exit 1 when the file needs any code beyond the allow-lists (a needs-code row) too.") var strict = false
 
     func run() throws {
-        let report = try Phase.reading(file).run { try Checkpoint.scan(path: file) }
+        let report = try Phase.reading(file).run { try ScanBuilder(path: file).build() }
         if !report.isDangerous, !report.isAmbiguous, let e = report.readError {
             // What torch.load(weights_only=True) decides before unpickling (a TorchScript zip) still holds.
             let prediction = report.weightsOnlyReason.flatMap { r in
