@@ -5,7 +5,7 @@ import Foundation
 struct Strip: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
         commandName: "strip",
-        abstract: "Write a weights-only checkpoint: optimizer, EMA and counters out, epoch -1.",
+        abstract: "Write a weights-only checkpoint: the training state out, as the framework's own strip script does.",
         discussion: """
         Examples:
           ckpt strip best.pt best-stripped.pt
@@ -15,12 +15,22 @@ struct Strip: ParsableCommand, OptionTexts {
           ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
           ckpt strip checkpoint-500/ model/          (a Trainer folder: config and weights, no training state)
 
+        What goes follows the conventions of the framework that wrote the file (ckpt info names it): YOLOv5 and \
+        Ultralytics set optimizer, ema, updates (...) to None and epoch to -1 as their strip_optimizer does; \
+        Lightning loses optimizer_states, lr_schedulers, loops, callbacks and precision state; mmengine keeps \
+        meta and state_dict (publish_model.py); timm writes the bare state dict (clean_checkpoint.py); \
+        torchvision's reference scripts, detectron2, fairseq and latent diffusion lose their optimizer, \
+        scheduler, scaler and EMA records. A file of no known framework loses optimizer, ema, updates, scaler, \
+        optimizer_state_dict, scheduler, lr_scheduler, amp and message_hub (set to None) and epoch becomes -1. \
+        A record that looks like training state but no convention names is kept, with a warning.
+
         --record R names the weights record of the output: the one record --drop, --rename and --state-dict \
         change and whose parameters the summary counts. It is looked up after the EMA step, which it never \
         turns off: with --use-ema (or when model is None, as Ultralytics saves it) the EMA is the model, so \
-        --use-ema --record model drops from the EMA's weights. Default: the first of model, ema, state_dict, \
-        model_state_dict, module, net, params that is not None, else the file itself; a dotted name reaches \
-        into a dict (--record model.state_dict). A record that is not a weights record (a module object, or \
+        --use-ema --record model drops from the EMA's weights. Default: the framework's weights record (for \
+        files of no known framework, the first of model, ema, state_dict, model_state_dict, module, net, params) \
+        that is not None, else the file itself; a dotted name reaches into a dict (--record model.state_dict). \
+        A record that is not a weights record (a module object, or \
         a dict holding a state dict or a module), or that strip sets to None (ema, optimizer), is refused; \
         nothing is written.
 

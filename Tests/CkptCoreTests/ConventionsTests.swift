@@ -69,3 +69,28 @@ import Testing
         #expect(generic.recordsOf(generic.root).count == c.records.count)
     }
 }
+
+extension ConventionsTests {
+    /// The README's frameworks table lists every entry, in order, with how it clears and every record it clears.
+    @Test func readmeTableIsTheTable() throws {
+        let readme = try String(contentsOfFile: Oracle.repoRoot.appendingPathComponent("README.md").path, encoding: .utf8)
+        let marker = "<!-- frameworks table:"
+        let lines = readme.components(separatedBy: "\n")
+        let start = try #require(lines.firstIndex { $0.hasPrefix(marker) })
+        let rows = lines[(start + 3)...].prefix { $0.hasPrefix("|") }.map { line in
+            line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        #expect(rows.map { $0[1].split(separator: "`")[0] }.map(String.init) == FrameworkConvention.all.map(\.id))
+        for (row, entry) in zip(rows, FrameworkConvention.all) where !entry.trainingState.isEmpty {
+            let cleared = row[4]
+            let words = Set(cleared.split { !($0.isLetter || $0.isNumber || $0 == "_" || $0 == ".") }.map(String.init))
+            let lightningRow = rows.first { $0[1] == "`lightning`" }?[4] ?? ""
+            let lightningWords = Set(lightningRow.split { !($0.isLetter || $0.isNumber || $0 == "_" || $0 == ".") }.map(String.init))
+            for name in entry.trainingState {
+                #expect(words.contains(name) || (cleared.contains("as `lightning`") && lightningWords.contains(name)),
+                        "README row \(entry.id) does not name \(name)")
+            }
+            #expect(cleared.hasPrefix(entry.clearing == .setNone ? "set to None" : "removed"), "\(entry.id)")
+        }
+    }
+}

@@ -140,7 +140,7 @@ extension FrameworkConvention {
         ema: .inWeights(marker: "current_model_state",
                         note: "state_dict already holds the averaged weights (Lightning's WeightAveraging callback "
                             + "saves them there and the live ones in current_model_state)"),
-        trainingState: ["optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state",
+        trainingState: ["optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state", "averaging_state",
                         "MixedPrecision", "MixedPrecisionPlugin", "native_amp_scaling_state", "amp_scaling_state",
                         "DoublePrecision", "HalfPrecision", "FSDPPrecision", "DeepSpeedPrecision"],
         clearing: .remove, keepOnly: nil, resets: [],
@@ -204,15 +204,15 @@ extension FrameworkConvention {
 
     static let fairseq = FrameworkConvention(
         id: "fairseq", name: "fairseq",
-        sources: ["facebookresearch/fairseq: fairseq/trainer.py (state_dict: last_optimizer_state)",
+        sources: ["facebookresearch/fairseq: fairseq/trainer.py (state_dict: last_optimizer_state, extra_state.ema)",
                   "facebookresearch/fairseq: fairseq/checkpoint_utils.py (load_checkpoint_to_cpu, _upgrade_state_dict)"],
         clues: [.record("model", required: true), .record("last_optimizer_state"), .record("optimizer_history"),
                 .record("extra_state"), .record("cfg")],
         weightsRecords: ["model"],
-        ema: nil,
-        trainingState: ["last_optimizer_state"],
+        ema: .record(["extra_state.ema"], stripPrefix: nil, dropKeys: []),
+        trainingState: ["last_optimizer_state", "extra_state.ema", "extra_state.ema_fp32_params"],
         clearing: .remove, keepOnly: nil, resets: [],
-        loaderReads: ["model", "cfg", "args", "optimizer_history", "extra_state"], publish: [])
+        loaderReads: ["model", "cfg", "args", "optimizer_history", "extra_state", "task_state", "criterion"], publish: [])
 
     static let hfTrainer = FrameworkConvention(
         id: "hf-trainer", name: "Hugging Face Trainer checkpoint folder",

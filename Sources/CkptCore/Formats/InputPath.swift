@@ -103,23 +103,11 @@ enum InputPath {
                 return base + name
             }
         }
-        guard let dir = opendir(folder) else {
+        guard let names = TrainerFolder.listing(folder) else {
             let code = errno
             throw .wrongKind(code == EACCES ? "a folder that cannot be listed (permission denied)"
                                             : "a folder that cannot be listed: \(String(cString: strerror(code)).lowercased())")
         }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name == "." || name == ".." { continue }
-            var info = stat()
-            let isFolder = stat(base + name, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
-            names.append(isFolder ? name + "/" : name)
-        }
-        names.sort()
         guard !names.isEmpty else { throw .wrongKind("an empty folder, not a checkpoint") }
         let shown = names.prefix(6).joined(separator: ", ") + (names.count > 6 ? ", ..." : "")
         let holds = "holds \(names.count) \(names.count == 1 ? "entry" : "entries"): \(shown)"

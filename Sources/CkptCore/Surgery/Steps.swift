@@ -93,12 +93,13 @@ struct PromoteEMA: SurgeryStep {
                 if asked { s.report.warnings.append("--use-ema: no EMA in this checkpoint; the model is kept") }
                 return s
             }
-            let emaName = names.first { n in s.recordNode(n).map { s.graph[$0] != .none } ?? false }
+            // A dotted name is an entry of a record (fairseq's `extra_state.ema`).
+            let emaName = names.first { n in s.valueAt(n).map { s.graph[$0] != .none } ?? false }
             let targetName = weightsRecords.first { !names.contains($0) && s.hasRecord($0) }
                 ?? weightsRecords.first { !names.contains($0) }
             let model = targetName.flatMap(s.recordNode)
             let modelIsNone = model.map { s.graph[$0] == .none } ?? false
-            guard let emaName, let emaNode = s.recordNode(emaName), asked || modelIsNone else {
+            guard let emaName, let emaNode = s.valueAt(emaName), asked || modelIsNone else {
                 if asked { s.report.warnings.append("--use-ema: no EMA in this checkpoint; the model is kept") }
                 return s
             }
@@ -248,6 +249,20 @@ struct ClearTrainingState: SurgeryStep {
                 s.report.warnings.append("kept: `\(name)` looks like training state (\(why)); "
                     + "--drop-record \(name) removes it")
             }
+        }
+        // Training state inside a record the loader reads (fairseq's `extra_state.ema`): that entry alone goes.
+        for path in convention.trainingState where path.contains(".") && !keepTrainingState && !keepRecords.contains(path) {
+            let parts = path.split(separator: ".").map(String.init)
+            guard let parent = try? s.graph.nodeAtPath(parts.dropLast().joined(separator: ".")),
+                  let e = s.graph.dictEntries(parent)?.first(where: { s.graph.keyText($0.key) == parts.last }) else { continue }
+            if convention.clearing == .remove {
+                s.report.recordChanges.append((path, s.describe(e.value), "removed"))
+                s.graph.removeDictEntry(parent, key: e.key)
+            } else if s.graph[e.value] != .none, let i = s.graph.dictEntries(parent)?.firstIndex(where: { $0.key == e.key }) {
+                s.report.recordChanges.append((path, s.describe(e.value), "None"))
+                s.graph.setDictEntryValue(parent, index: i, value: s.graph.add(.none))
+            }
+            s.cleared.insert(path)
         }
         if !keepTrainingState {
             for r in convention.resets where !keepRecords.contains(r.record) {
