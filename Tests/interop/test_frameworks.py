@@ -288,6 +288,32 @@ def test_keys_lists_the_model_weights(name):
     assert run_json("keys", FW / name, "--record", record) == listing(weights)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_convert_layers_and_transfer_read_the_same_weights(tmp_path, name):
+    """convert, layers and transfer take the model's weights as keys lists them (the same table): convert writes exactly
+    those tensors, layers counts exactly their parameters, transfer of the file into itself fills exactly them."""
+    from safetensors.torch import load_file
+
+    record = FRAMEWORKS[name]["weights"]
+    want = source(name)[record] if FRAMEWORKS[name].get("bare") else expected_strip(name)[record]
+    out = tmp_path / "w.safetensors"
+    run("convert", FW / name, out, check=0)
+    got = load_file(out)
+    assert set(got) <= set(want) and set(want) - set(got) <= aliases(want), sorted(set(want) ^ set(got))
+    for k in got:
+        same_tensor(want[k], got[k], k)
+    report = run_json("transfer", FW / name, FW / name, tmp_path / "t.pt")
+    assert sorted(report["transferred_keys"]) == sorted(want) and report["unused_from"] == []
+    layers = run_json("layers", FW / name)
+    assert layers["record"] == record
+
+
+def aliases(sd):
+    """Names safetensors' convert leaves out as aliases of another name viewing the same storage (tied weights)."""
+    groups = storage_groups(sd)
+    return {k for g in groups for k in g[1:]}
+
+
 # ---- strip, --use-ema, --state-dict ------------------------------------------------------------------------------
 
 

@@ -114,3 +114,14 @@ extension FrameworkConvention {
         }
     }
 }
+
+extension Checkpoint {
+    /// The model's weights among a default record's state_dict view, as the framework's conventions see them: LitEma's
+    /// `model_ema.*` buffers (latent diffusion) live in `state_dict` but are not the model's, so `keys`, `convert`,
+    /// `layers` and `transfer` leave them out unless a record is named. Returns the view kept and what was left out.
+    func modelWeights(_ view: [NamedTensor], recordNamed: Bool) -> (kept: [NamedTensor], leftOut: (count: Int, prefix: String)?) {
+        guard !recordNamed, case .dotless(let emaPrefix, _, _) = conventions.ema else { return (view, nil) }
+        let kept = view.filter { !$0.name.hasPrefix(emaPrefix) }
+        return (kept, kept.count == view.count ? nil : (view.count - kept.count, emaPrefix))
+    }
+}

@@ -68,12 +68,8 @@ public struct KeysBuilder {
         // A TorchScript archive's constants live in constants.pkl, a graph of their own (see constantsNote).
         if all, record == nil, let constants = c.torchScript?.constants { tensors += constants }
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
-        var emaLeftOut: (Int, String)? = nil
-        if record == nil, !all, case .dotless(let emaPrefix, _, _) = c.conventions.ema {
-            let kept = tensors.filter { !$0.name.hasPrefix(emaPrefix) }
-            if kept.count != tensors.count { emaLeftOut = (tensors.count - kept.count, emaPrefix) }
-            tensors = kept
-        }
+        let (kept, emaLeftOut) = c.modelWeights(tensors, recordNamed: record != nil || all)
+        tensors = kept
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
         return KeyListing(record: name, tensors: tensors, coverage: coverage, emaLeftOut: emaLeftOut)

@@ -200,7 +200,7 @@ public struct LayersBuilder {
     public func build() throws(CheckpointError) -> LayerTable {
         guard depth >= 1 else { throw .invalidOperation("--depth must be 1 or more, not \(depth)") }
         let (name, node) = try checkpoint.weights(record)
-        let view = try graph.stateDict(node)
+        let view = checkpoint.modelWeights(try graph.stateDict(node), recordNamed: record != nil).kept
         let isModule = graph.moduleState(node) != nil
         var table = LayerTable(file: checkpoint.path, record: name, style: isModule ? .modules : .stateDict)
         if isModule { table.modelClass = graph.className(node) }

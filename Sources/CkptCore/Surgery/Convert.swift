@@ -57,16 +57,21 @@ extension Checkpoint {
     {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
-        var tensors = try graph.stateDict(node)
+        let (view, leftOut) = modelWeights(try graph.stateDict(node), recordNamed: record != nil)
+        var tensors = view
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
         let coverage = try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
         guard !tensors.isEmpty else {
             if let note = torchScript?.constantsNote { throw .invalidOperation("the state_dict view is empty: " + note) }
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
         }
-        let warning = coverage.isComplete ? nil
+        var warning = coverage.isComplete ? nil
             : "\(coverage.missing.count) tensors of \(name.map { "'\($0)'" } ?? "the file") are not in its state_dict view "
                 + "and are not written (ckpt keys --all lists them)"
+        if let l = leftOut {
+            warning = [warning, "\(l.count) EMA tensors (\(name.map { "\($0)." } ?? "")\(l.prefix)*) are not the model's "
+                + "weights and are not written (--record \(name ?? "state_dict") writes them)"].compactMap { $0 }.joined(separator: "; ")
+        }
         for t in tensors {
             do { try t.tensor.check(name: t.name, recordBytes: storageRecordBytes(t.tensor.storage.key)) } catch {
                 throw .tensor(error)
@@ -85,7 +90,7 @@ extension Checkpoint {
         // Kept as it is only when weights_only=True loads its class: a dict or an OrderedDict (not Python 2's
         // `__builtin__.dict(...)` call, nor a defaultdict).
         let loadableClass = graph.objectCallable(node).map { $0 == "collections.OrderedDict" } ?? (graph[node] != .none)
-        if isStateDict(node), loadableClass, graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
+        if isStateDict(node), loadableClass, tensors.count == graph.dictEntries(node)!.count, graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
             g.root = node
         } else {
             var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),

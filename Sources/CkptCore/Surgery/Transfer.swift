@@ -51,7 +51,7 @@ extension Checkpoint {
         // FROM: its state_dict view, every tensor checked against its record.
         let (fromName, source) = try from.attributing { () throws(CheckpointError) -> (String?, [NamedTensor]) in
             let (name, node) = try from.weights(options.fromRecord)
-            let view = try from.graph.stateDict(node)
+            let view = from.modelWeights(try from.graph.stateDict(node), recordNamed: options.fromRecord != nil).kept
             try from.requireView(view.map(\.tensor), of: node, record: name, doing: "transfer copies from")
             for t in view {
                 do throws(TensorCheckError) {
@@ -67,7 +67,7 @@ extension Checkpoint {
             try refuseTorchScriptRewrite("transfer")
             let (intoName, node) = try weights(options.intoRecord)
             var g = graph
-            let target = try g.stateDict(node)
+            let target = modelWeights(try g.stateDict(node), recordNamed: options.intoRecord != nil).kept
             try requireView(target.map(\.tensor), of: node, record: intoName, doing: "transfer fills")
             var report = TransferReport(from: from.path, into: path, fromRecord: fromName, intoRecord: intoName)
             report.total = target.count
