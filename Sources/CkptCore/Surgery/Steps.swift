@@ -87,6 +87,8 @@ struct PromoteEMA: SurgeryStep {
             if asked {
                 s.report.warnings.append(s.hasRecord(marker) ? "--use-ema: \(note)"
                                          : "--use-ema: no EMA in this checkpoint; the model is kept")
+            } else if clearing && hasRecords && s.hasRecord(marker) {
+                s.report.warnings.append("note: the weights written are the averaged ones: \(note)")
             }
         case .record(let names, let prefix, let dropKeys):
             guard isDict else {

@@ -31,6 +31,7 @@ public struct StripSummary: Sendable {
         } else {
             lines.append("stripped \(input): \(Figures.bytes(inputBytes)) -> \(Figures.bytes(outputBytes ?? 0)) (\(weights))")
         }
+        if let f = report.framework { lines.append("  conventions: \(f) (ckpt info says why; --framework NAME overrides)") }
         for c in report.recordChanges { lines.append("  \(c.record): \(c.before) -> \(c.after)") }
         if report.convertedStorages > 0 {
             lines.append("  float16: \(report.convertedTensors) tensors in \(report.convertedStorages) storages converted")
