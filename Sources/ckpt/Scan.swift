@@ -57,7 +57,7 @@ struct Scan: ParsableCommand, OptionTexts {
     }
 
     private func scanOne(_ file: String) throws {
-        let report = try Phase.reading(file).run { try Checkpoint.scan(path: file) }
+        let report = try Phase.reading(file).run { try ScanBuilder(path: file).build() }
         if !report.isDangerous, !report.isAmbiguous, let e = report.readError {
             // What torch.load(weights_only=True) decides before unpickling (a TorchScript zip) still holds.
             let prediction = report.weightsOnlyReason.flatMap { r in
