@@ -52,7 +52,7 @@ import Testing
         #expect(g.lookup(g.root, "optimizer").map { g[$0] != .none } == true)
         #expect(g.lookup(g.root, "updates").map { g[$0] == .none } == true)  // YOLOv5 sets training state to None
 
-        let step = ClearTrainingState(convention: .generic, dropRecords: [], keepRecords: [], keepTrainingState: false,
+        let step = ClearTrainingState(convention: .generic, dropRecords: [], keepRecords: [],
                                       hasRecords: true)
         let model = try #require(g.lookup(g.root, "model")), date = try #require(g.lookup(g.root, "date"))
         #expect(step.looksLikeTrainingState("foo_optimizer_state", date, g) != nil)

@@ -72,8 +72,6 @@ struct PromoteEMA: SurgeryStep {
     var ema: EMAConvention?
     var weightsRecords: [String]
     var asked: Bool
-    /// Strip also clears the EMA (``EMAConvention/dotless`` keys live in the weights record itself).
-    var clearing: Bool
     /// The file is a dict of records (not a state dict, whose entries are tensors).
     var hasRecords: Bool
 
@@ -92,7 +90,7 @@ struct PromoteEMA: SurgeryStep {
             }
             if asked {
                 s.report.warnings.append("--use-ema: \(note)")
-            } else if clearing && hasRecords && s.hasRecord(marker) {
+            } else if hasRecords && s.hasRecord(marker) {
                 s.report.warnings.append("note: the weights written are the averaged ones: \(note)")
             }
         case .record(let names, let prefix, let dropKeys):
@@ -135,7 +133,6 @@ struct PromoteEMA: SurgeryStep {
                 if asked { s.report.warnings.append("--use-ema: no \(emaPrefix)* keys in this checkpoint; the model is kept") }
                 return s
             }
-            guard asked || clearing else { return s }
             var emaByName: [String: NodeID] = [:]
             for e in entries {
                 if let k = s.graph.keyText(e.key), k.hasPrefix(emaPrefix) { emaByName[String(k.dropFirst(emaPrefix.count))] = e.value }
@@ -212,7 +209,6 @@ struct ClearTrainingState: SurgeryStep {
     var convention: FrameworkConvention
     var dropRecords: [String]
     var keepRecords: [String]
-    var keepTrainingState: Bool
     /// The file is a dict of records (not a state dict, whose entries are tensors).
     var hasRecords: Bool
 
@@ -238,8 +234,8 @@ struct ClearTrainingState: SurgeryStep {
         for name in names where !keepRecords.contains(name) {
             guard let node = s.recordNode(name) else { continue }
             let dropped = dropRecords.contains(name)
-            var training = !keepTrainingState && convention.trainingState.contains(name)
-            if let keep = convention.keepOnly, !keepTrainingState, !keep.contains(name), name != weightsTarget {
+            var training = convention.trainingState.contains(name)
+            if let keep = convention.keepOnly, !keep.contains(name), name != weightsTarget {
                 training = true
             }
             if dropped || (training && convention.clearing == .remove) {
@@ -258,7 +254,7 @@ struct ClearTrainingState: SurgeryStep {
             }
         }
         // Training state inside a record the loader reads (fairseq's `extra_state.ema`): that entry alone goes.
-        for path in convention.trainingState where path.contains(".") && !keepTrainingState && !keepRecords.contains(path) {
+        for path in convention.trainingState where path.contains(".") && !keepRecords.contains(path) {
             let parts = path.split(separator: ".").map(String.init)
             guard let parent = try? s.graph.nodeAtPath(parts.dropLast().joined(separator: ".")),
                   let e = s.graph.dictEntries(parent)?.first(where: { s.graph.keyText($0.key) == parts.last }) else { continue }
@@ -271,12 +267,10 @@ struct ClearTrainingState: SurgeryStep {
             }
             s.cleared.insert(path)
         }
-        if !keepTrainingState {
-            for r in convention.resets where !keepRecords.contains(r.record) {
-                if let e = s.recordNode(r.record), case .int(let v) = s.graph[e], v != r.value {
-                    s.report.recordChanges.append((r.record, String(v), String(r.value)))
-                    s.setRecord(r.record, s.graph.add(.int(r.value)))
-                }
+        for r in convention.resets where !keepRecords.contains(r.record) {
+            if let e = s.recordNode(r.record), case .int(let v) = s.graph[e], v != r.value {
+                s.report.recordChanges.append((r.record, String(v), String(r.value)))
+                s.setRecord(r.record, s.graph.add(.int(r.value)))
             }
         }
         return s
