@@ -55,7 +55,7 @@ struct Diff: ParsableCommand, OptionTexts {
         o.atol = atol
         o.rtol = rtol
         o.map = map.map { ($0.old, $0.new) }
-        let report = try Phase.reading(a).run { try Checkpoint.diff(ca, cb, o) }  // a FileError names A or B
+        let report = try Phase.reading(a).run { try DiffBuilder(a: ca, b: cb, options: o).build() }  // a FileError names A or B
         for n in report.viewNotes { note(n) }
         emit(jsonOption.json ? report.json.rendered() : report.table)
         if !report.isEqual { Foundation.exit(1) }

@@ -17,7 +17,7 @@ struct Info: ParsableCommand, OptionTexts {
 
     func run() throws {
         let report = try Phase.reading(file).run {
-            try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file))).info()
+            try InfoBuilder(checkpoint: frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file)))).build()
         }
         for n in report.notes { note(n) }
         emit(jsonOption.json ? report.json.rendered() : report.table)

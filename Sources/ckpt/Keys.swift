@@ -30,7 +30,8 @@ struct Keys: ParsableCommand, OptionTexts {
     func run() throws {
         let (ckpt, listing) = try Phase.reading(file).run {
             let ckpt = try frameworkOption.apply(to: keptUntilExit(Checkpoint(path: file)))
-            return (ckpt, try ckpt.keys(record: recordOption.record, prefix: prefix, match: match, all: all))
+            let listing = KeysBuilder(checkpoint: ckpt, record: recordOption.record, prefix: prefix, match: match, all: all)
+            return (ckpt, try listing.build())
         }
         if let n = listing.note(file: file) { note(n) }
         emit(jsonOption.json ? listing.json.rendered() : listing.table)

@@ -46,7 +46,8 @@ struct Layers: ParsableCommand, OptionTexts {
     func run() throws {
         let table = try Phase.reading(file).run {
             let spec: FreezeSpec? = !trainable.isEmpty ? .trainable(trainable) : freeze.isEmpty ? nil : .freeze(freeze)
-            return try frameworkOption.apply(to: Checkpoint(path: file)).layers(record: recordOption.record, freeze: spec, depth: depth)
+            let c = try frameworkOption.apply(to: Checkpoint(path: file))
+            return try LayersBuilder(checkpoint: c, record: recordOption.record, freeze: spec, depth: depth).build()
         }
         emit(jsonOption.json ? table.json.rendered() : table.table)
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CkptCore
+import Foundation
 
 struct Scan: ParsableCommand, OptionTexts {
     static let configuration = CommandConfiguration(
@@ -30,7 +31,33 @@ struct Scan: ParsableCommand, OptionTexts {
     @Flag(help: "Exit 1 when the file needs any code beyond the allow-lists (a needs-code row) too.") var strict = false
 
     func run() throws {
-        let report = try Phase.reading(file).run { try Checkpoint.scan(path: file) }
+        // A Trainer checkpoint folder is read through its weights, but resuming from it unpickles its other files too
+        // (optimizer.pt, rng_state.pth, training_args.bin, ...): each is scanned, and a folder inside it is named as
+        // not scanned, so that no verdict covers what was not read.
+        let folder = isFolder(file) ? (try? Checkpoint(path: file))?.trainerFolder : nil
+        guard let folder else { return try scanOne(file) }
+        let base = folder.folder.hasSuffix("/") ? folder.folder : folder.folder + "/"
+        var failure: Failure?
+        let others = (folder.trainingState + folder.other).map(\.name)
+        for (i, f) in ([file] + others.filter { !$0.hasSuffix("/") && TrainerFolder.mayHoldPickles($0) }.map { base + $0 }).enumerated() {
+            if i > 0 { emit("") }
+            if !jsonOption.json { emit("== \(f)") }
+            do { try scanOne(f) } catch let e as Failure {
+                FileHandle.standardError.write(Data("ckpt: \(e.message)\n".utf8))
+                if failure == nil || e.code == 1 && failure!.code != 1 { failure = e }
+            }
+        }
+        for sub in others where sub.hasSuffix("/") { note("note: \(base + sub) (a folder of training state) was not scanned") }
+        if let failure { throw Failure(message: "\(file): a file in the folder: \(failure.message)", code: failure.code) }
+    }
+
+    private func isFolder(_ path: String) -> Bool {
+        var d: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &d) && d.boolValue
+    }
+
+    private func scanOne(_ file: String) throws {
+        let report = try Phase.reading(file).run { try ScanBuilder(path: file).build() }
         if !report.isDangerous, !report.isAmbiguous, let e = report.readError {
             // What torch.load(weights_only=True) decides before unpickling (a TorchScript zip) still holds.
             let prediction = report.weightsOnlyReason.flatMap { r in

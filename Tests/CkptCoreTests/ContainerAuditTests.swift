@@ -17,7 +17,7 @@ import Testing
     func containerFixtureIsAmbiguousAsTheFactsSay(name: String) throws {
         let audit = ContainerAudit(file: Oracle.fixture("containers/\(name)"))
         #expect(audit.isAmbiguous == Self.facts[name]!.ambiguous, "\(audit.ambiguities)")
-        let report = try Checkpoint.scan(path: Oracle.fixture("containers/\(name)"))
+        let report = try ScanBuilder(path: Oracle.fixture("containers/\(name)")).build()
         #expect(report.isAmbiguous || report.isDangerous)
         if Self.facts[name]!.payload {
             #expect(report.dangerous.map(\.name).contains("builtins.exec"))

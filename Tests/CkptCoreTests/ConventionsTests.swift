@@ -52,11 +52,14 @@ import Testing
         #expect(g.lookup(g.root, "optimizer").map { g[$0] != .none } == true)
         #expect(g.lookup(g.root, "updates").map { g[$0] == .none } == true)  // YOLOv5 sets training state to None
 
-        let step = ClearTrainingState(convention: .generic, dropRecords: [], keepRecords: [], keepTrainingState: false,
+        let step = ClearTrainingState(convention: .generic, dropRecords: [], keepRecords: [],
                                       hasRecords: true)
-        #expect(step.looksLikeTrainingState("foo_optimizer_state", g.root, g) != nil)
-        #expect(step.looksLikeTrainingState("model_state_dict", g.root, g) == nil)
-        #expect(step.looksLikeTrainingState("date", g.root, g) == nil)
+        let model = try #require(g.lookup(g.root, "model")), date = try #require(g.lookup(g.root, "date"))
+        #expect(step.looksLikeTrainingState("foo_optimizer_state", date, g) != nil)
+        #expect(step.looksLikeTrainingState("model_state_dict", model, g) == nil)
+        #expect(step.looksLikeTrainingState("date", date, g) == nil)
+        #expect(step.looksLikeTrainingState("solver", try #require(g.lookup(g.root, "optimizer")), g) != nil)
+        #expect(step.looksLikeTrainingState("solver", g.root, g) != nil)  // an optimizer state one level down
     }
 
     /// mmengine's publish keeps meta and state_dict alone (removed, not None); the generic table sets None.

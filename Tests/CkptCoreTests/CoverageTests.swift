@@ -21,7 +21,7 @@ import Testing
             #expect(Set(all.map(\.tensor.tensorNode)).count == all.count, "each tensor once")
             #expect(c.shown + c.missing.count == c.built)
             #expect(Set(c.missing).isDisjoint(with: view.map(\.tensor.tensorNode)))
-            let listing = try ckpt.keys(record: record, all: true)
+            let listing = try KeysBuilder(checkpoint: ckpt, record: record, all: true).build()
             #expect(listing.tensors.count == c.built && listing.coverage.isComplete)
         }
     }
@@ -36,11 +36,11 @@ import Testing
 
     @Test func yolov5PlainTensorAttributesAreOutsideTheView() throws {
         let ckpt = try Checkpoint(path: Oracle.fixture("yolov5s-train.pt"))
-        let listing = try ckpt.keys()
+        let listing = try KeysBuilder(checkpoint: ckpt).build()
         #expect(listing.record == "model" && listing.coverage.missing.count > 0)
-        let all = try ckpt.keys(all: true).tensors.map(\.name)
+        let all = try KeysBuilder(checkpoint: ckpt, all: true).build().tensors.map(\.name)
         #expect(all.contains("model.24.stride") && all.contains("stride") && all.contains("model.24.grid.0"))
-        let info = try ckpt.info()
+        let info = try InfoBuilder(checkpoint: ckpt).build()
         #expect(info.notes.count == 2)  // model and ema
     }
 

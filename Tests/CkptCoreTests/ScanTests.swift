@@ -245,7 +245,7 @@ private enum P {
     @Test func computedStackGlobalIsReportedByScan() throws {
         let path = Oracle.fixture("malicious/stack-global-computed.pt")
         #expect(throws: CheckpointError.self) { try Checkpoint(path: path) }
-        let r = try Checkpoint.scan(path: path)
+        let r = try ScanBuilder(path: path).build()
         #expect(r.isDangerous)
         #expect(r.readError != nil)
         #expect(!r.weightsOnlyLoads)
@@ -268,7 +268,7 @@ private enum P {
             } catch {
                 failures += 1
             }
-            if n % 97 == 0, let r = try? Checkpoint.scan(path: path) {
+            if n % 97 == 0, let r = try? ScanBuilder(path: path).build() {
                 // What is left of the pickles may still be listed; the file stays unreadable (the CLI exits 2).
                 #expect(r.readError != nil && !r.isDangerous)
             }

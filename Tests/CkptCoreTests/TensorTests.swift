@@ -31,7 +31,7 @@ import Testing
         let expected = try #require(facts?["state_dicts"] as? [String: [[String: Any]]])
         let ckpt = try Checkpoint(path: Oracle.fixture("\(name).pt"))
         for (record, list) in expected {
-            let listing = try ckpt.keys(record: record.isEmpty ? nil : record)
+            let listing = try KeysBuilder(checkpoint: ckpt, record: record.isEmpty ? nil : record).build()
             #expect(listing.tensors.map(\.name) == list.map { $0["name"] as! String }, "\(name) \(record)")
             #expect(listing.tensors.map(\.tensor.dtype.rawValue) == list.map { $0["dtype"] as! String })
             #expect(listing.tensors.map { $0.tensor.shape.map(Int.init) } == list.map { $0["shape"] as! [Int] })

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from viewlib import bits, same_tensor
 from conftest import FIXTURES, ROOT, assert_clean_failure, run, run_json, weights_only_loads
 from plainlib import python_plain
 
@@ -147,15 +148,6 @@ def expected_strip(name, use_ema=False, drop=(), keep=()):
     return x
 
 
-def bits(t):
-    return t.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()
-
-
-def same_tensor(a, b, where):
-    assert torch.is_tensor(b), f"{where}: expected a tensor, got {type(b).__name__}"
-    assert a.dtype == b.dtype, f"{where}: dtype {b.dtype} != {a.dtype}"
-    assert a.shape == b.shape, f"{where}: shape {tuple(b.shape)} != {tuple(a.shape)}"
-    assert bits(a) == bits(b), f"{where}: values differ"
 
 
 def same_weights(want, got, where):

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 from torch.utils.serialization import config
 
+import viewlib
+from viewlib import bits
 from conftest import FIXTURES, ROOT, assert_clean_failure, fixture_files, run, run_json
 
 TRAINING_STATE = ["optimizer", "ema", "updates", "scaler", "optimizer_state_dict", "scheduler", "lr_scheduler",
@@ -35,17 +37,8 @@ def load(path, mode="default", weights_only=False):
             os.environ["TORCH_SERIALIZATION_DEBUG"] = old_env
 
 
-def bits(t):
-    return t.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()
-
-
 def same_tensor(a, b, where):
-    assert torch.is_tensor(b), f"{where}: expected a tensor, got {type(b)}"
-    assert a.dtype == b.dtype, f"{where}: dtype {b.dtype} != {a.dtype}"
-    assert a.shape == b.shape, f"{where}: shape {tuple(b.shape)} != {tuple(a.shape)}"
-    assert bits(a) == bits(b), f"{where}: values differ"
-    assert a.requires_grad == b.requires_grad, f"{where}: requires_grad {b.requires_grad} != {a.requires_grad}"
-    assert isinstance(a, nn.Parameter) == isinstance(b, nn.Parameter), f"{where}: Parameter-ness differs"
+    viewlib.same_tensor(a, b, where, requires_grad=True)
 
 
 def same_value(a, b, where="", half=False):

@@ -85,3 +85,14 @@ def bits(t):
     if t.is_quantized:
         return t.int_repr().contiguous().flatten().view(torch.uint8).numpy().tobytes()
     return t.contiguous().flatten().view(torch.uint8).numpy().tobytes()
+
+
+def same_tensor(a, b, where, requires_grad=False):
+    """b is a, bit for bit: dtype, shape and bytes; with requires_grad, also its requires_grad and Parameter-ness."""
+    assert torch.is_tensor(b), f"{where}: expected a tensor, got {type(b).__name__}"
+    assert a.dtype == b.dtype, f"{where}: dtype {b.dtype} != {a.dtype}"
+    assert a.shape == b.shape, f"{where}: shape {tuple(b.shape)} != {tuple(a.shape)}"
+    assert bits(a) == bits(b), f"{where}: values differ"
+    if requires_grad:
+        assert a.requires_grad == b.requires_grad, f"{where}: requires_grad {b.requires_grad} != {a.requires_grad}"
+        assert isinstance(a, nn.Parameter) == isinstance(b, nn.Parameter), f"{where}: Parameter-ness differs"

@@ -41,7 +41,7 @@ public final class Checkpoint {
     let source: any StorageSource
     /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
     /// record) of a zip, the five pickles of a legacy file, every shard's for a sharded checkpoint; none for
-    /// safetensors and ONNX. See ``Checkpoint/scan(path:limits:)``.
+    /// safetensors and ONNX. See ``ScanBuilder``.
     public private(set) lazy var pickleScans: [PickleScan] = scanPickles()
     /// The framework detected from the records, classes and folder files (``FrameworkConvention/detect(in:)``).
     public private(set) lazy var detectedFramework: DetectedFramework? = FrameworkConvention.detect(in: self)

@@ -86,7 +86,7 @@ extension FrameworkConvention {
         weightsRecords: ["model", "ema", "state_dict", "model_state_dict", "module", "net", "params"],
         ema: .record(["ema", "state_dict_ema", "model_ema", "ema_state_dict"], stripPrefix: nil, dropKeys: []),
         trainingState: ["optimizer", "ema", "updates", "scaler", "optimizer_state_dict", "scheduler", "lr_scheduler",
-                        "amp", "message_hub"],
+                        "amp", "message_hub", "scheduler_state_dict", "lr_scheduler_state_dict", "scaler_state_dict"],
         clearing: .setNone, keepOnly: nil, resets: [Reset(record: "epoch", value: -1)], loaderReads: [], publish: [])
 
     static let yolov5 = FrameworkConvention(
@@ -135,7 +135,8 @@ extension FrameworkConvention {
                   "Lightning-AI/pytorch-lightning: src/lightning/pytorch/core/saving.py (_load_from_checkpoint)",
                   "Lightning-AI/pytorch-lightning: src/lightning/pytorch/callbacks/weight_averaging.py (current_model_state)"],
         clues: [.record("pytorch-lightning_version", required: true), .record("optimizer_states"), .record("loops"),
-                .record("lr_schedulers"), .record("callbacks")],
+                .record("lr_schedulers"), .record("callbacks"), .record("state_dict"), .record("global_step"),
+                .record("hyper_parameters"), .record("hparams_name")],
         weightsRecords: ["state_dict"],
         ema: .inWeights(marker: "current_model_state",
                         note: "state_dict already holds the averaged weights (Lightning's WeightAveraging callback "
@@ -164,12 +165,14 @@ extension FrameworkConvention {
         publish: [.stripKeyPrefixes(["module.", "_orig_mod."]), .bareWeights])
 
     static let mmengine = FrameworkConvention(
-        id: "mmengine", name: "OpenMMLab mmengine (Runner)",
+        id: "mmengine", name: "OpenMMLab mmengine Runner / mmcv 1.x",
         sources: ["open-mmlab/mmengine: mmengine/runner/runner.py (save_checkpoint)",
                   "open-mmlab/mmengine: mmengine/hooks/ema_hook.py (before_save_checkpoint swaps the EMA into state_dict)",
-                  "open-mmlab/mmdetection: tools/model_converters/publish_model.py (keeps meta and state_dict)"],
+                  "open-mmlab/mmdetection: tools/model_converters/publish_model.py (keeps meta and state_dict)",
+                  "open-mmlab/mmcv 1.x: mmcv/runner/checkpoint.py (save_checkpoint: meta.mmcv_version, optimizer)"],
         clues: [.record("meta", required: true), .record("message_hub"), .record("param_schedulers"),
-                .nestedKey(record: "meta", key: "mmengine_version"), .record("ema_state_dict")],
+                .nestedKey(record: "meta", key: "mmengine_version"), .nestedKey(record: "meta", key: "mmcv_version"),
+                .record("ema_state_dict")],
         weightsRecords: ["state_dict"],
         ema: .inWeights(marker: "ema_state_dict",
                         note: "state_dict already holds the EMA (mmengine's EMAHook swaps it in before saving; "
@@ -182,7 +185,7 @@ extension FrameworkConvention {
         id: "torchvision", name: "torchvision reference scripts",
         sources: ["pytorch/vision: references/classification/train.py (checkpoint dict, model_ema)",
                   "pytorch/vision: references/classification/utils.py (ExponentialMovingAverage: AveragedModel)"],
-        clues: [.record("model", required: true), .record("lr_scheduler", required: true), .record("args"),
+        clues: [.record("model", required: true), .record("lr_scheduler", required: true), .record("args", required: true),
                 .record("model_ema"), .record("epoch"), .record("optimizer")],
         weightsRecords: ["model"],
         ema: .record(["model_ema"], stripPrefix: "module.", dropKeys: ["n_averaged"]),
@@ -193,12 +196,13 @@ extension FrameworkConvention {
     static let detectron2 = FrameworkConvention(
         id: "detectron2", name: "detectron2 (Checkpointer)",
         sources: ["facebookresearch/fvcore: fvcore/common/checkpoint.py (Checkpointer.save)",
-                  "facebookresearch/detectron2: detectron2/engine/hooks.py (PeriodicCheckpointer: iteration)"],
+                  "facebookresearch/detectron2: detectron2/engine/hooks.py (PeriodicCheckpointer: iteration)",
+                  "facebookresearch/detectron2: detectron2/engine/defaults.py (DefaultTrainer: the `trainer` record)"],
         clues: [.record("model", required: true), .record("iteration", required: true), .record("scheduler"),
                 .record("optimizer")],
         weightsRecords: ["model"],
         ema: .record(["ema_state"], stripPrefix: nil, dropKeys: []),
-        trainingState: ["optimizer", "scheduler", "grad_scaler", "ema_state"],
+        trainingState: ["optimizer", "scheduler", "grad_scaler", "ema_state", "trainer"],
         clearing: .remove, keepOnly: nil, resets: [],
         loaderReads: ["model", "__author__", "matching_heuristics"], publish: [])
 
@@ -206,7 +210,7 @@ extension FrameworkConvention {
         id: "fairseq", name: "fairseq",
         sources: ["facebookresearch/fairseq: fairseq/trainer.py (state_dict: last_optimizer_state, extra_state.ema)",
                   "facebookresearch/fairseq: fairseq/checkpoint_utils.py (load_checkpoint_to_cpu, _upgrade_state_dict)"],
-        clues: [.record("model", required: true), .record("last_optimizer_state"), .record("optimizer_history"),
+        clues: [.record("model", required: true), .record("last_optimizer_state"), .record("optimizer_history", required: true),
                 .record("extra_state"), .record("cfg")],
         weightsRecords: ["model"],
         ema: .record(["extra_state.ema"], stripPrefix: nil, dropKeys: []),

@@ -125,3 +125,20 @@ extension Checkpoint {
         return (kept, kept.count == view.count ? nil : (view.count - kept.count, emaPrefix))
     }
 }
+
+extension Checkpoint {
+    /// The names the framework's publish script gives the weights (timm's `clean_state_dict`: `module.` and
+    /// `_orig_mod.` off), so that `convert` writes what `strip` writes. A name that would collide keeps its own.
+    func publishedNames(_ view: [NamedTensor]) -> [NamedTensor] {
+        var prefixes: [String] = []
+        for case .stripKeyPrefixes(let p) in conventions.publish { prefixes += p }
+        guard !prefixes.isEmpty else { return view }
+        var renamed = view.map { t -> NamedTensor in
+            var t = t
+            for p in prefixes where t.name.hasPrefix(p) { t.name = String(t.name.dropFirst(p.count)) }
+            return t
+        }
+        if Set(renamed.map(\.name)).count != renamed.count { renamed = view }
+        return renamed
+    }
+}

@@ -66,6 +66,19 @@ public struct TrainerFolder: Sendable {
             return digits(name.dropFirst("rng_state_".count).dropLast(".pth".count))
         }
         if name.hasPrefix("rank"), name.hasSuffix("-optimizer.pt") { return true }
+        // accelerate's save_state (accelerate/utils/constants.py, checkpointing.py save_accelerator_state):
+        // optimizer/scheduler/sampler/dataloader state as `<name>.bin` or `<name>_<i>.bin`, `random_states_<i>.pkl`,
+        // `custom_checkpoint_<i>.pkl`; FSDP's full model copy for resuming (save_fsdp_model):
+        // `pytorch_model_fsdp.bin`, `pytorch_model_fsdp_<i>.bin`, `pytorch_model_fsdp_rank<r>.bin`.
+        for (prefix, suffix) in [("optimizer", ".bin"), ("scheduler", ".bin"), ("sampler", ".bin"),
+                                 ("dl_state_dict", ".bin"), ("random_states", ".pkl"), ("custom_checkpoint", ".pkl"),
+                                 ("pytorch_model_fsdp", ".bin")]
+            where name.hasPrefix(prefix) && name.hasSuffix(suffix) && name.count >= prefix.count + suffix.count {
+            let middle = name.dropFirst(prefix.count).dropLast(suffix.count)
+            if middle.isEmpty { return true }
+            if middle.hasPrefix("_rank"), digits(middle.dropFirst(5)) { return true }
+            if middle.hasPrefix("_"), digits(middle.dropFirst()) { return true }
+        }
         if name.hasSuffix("/") {
             let n = name.dropLast()
             for prefix in ["global_step", "pytorch_model_fsdp_", "optimizer_"] where n.hasPrefix(prefix) {
@@ -73,6 +86,14 @@ public struct TrainerFolder: Sendable {
             }
         }
         return false
+    }
+
+    /// Whether a file of the folder may be a pickle that resuming unpickles (`optimizer.pt`, `rng_state.pth`,
+    /// `training_args.bin`, accelerate's `.pkl` files), so that `scan` of the folder reads it: not JSON, text,
+    /// safetensors or Python source.
+    public static func mayHoldPickles(_ name: String) -> Bool {
+        let text = [".json", ".txt", ".md", ".safetensors", ".py", ".model", ".vocab", ".merges", ".jinja"]
+        return !text.contains { name.hasSuffix($0) } && name != "latest"
     }
 
     /// What `save_pretrained` writes beside the weights and `strip` copies into a folder output byte for byte.

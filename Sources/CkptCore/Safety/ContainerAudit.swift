@@ -157,7 +157,7 @@ extension Checkpoint {
         do {
             c = try Checkpoint(path: path, limits: limits)
         } catch {
-            if audit != nil, let report = try? Checkpoint.scan(path: path, limits: limits) {
+            if audit != nil, let report = try? ScanBuilder(path: path, limits: limits).build() {
                 let bad = report.dangerous.map(\.name)
                 if !bad.isEmpty { throw .dangerousGlobals(bad) }
             }
@@ -165,5 +165,20 @@ extension Checkpoint {
         }
         try c.refuseDangerousGlobals(allowUnsafe: allowUnsafe)
         return c
+    }
+
+    /// The globals of this checkpoint's pickles that can run code when unpickled (empty for a clean file).
+    /// Every rewriting command checks this before writing.
+    public func dangerousGlobals() -> [GlobalReport] {
+        ScanReport.merge(pickleScans).filter { $0.verdict.globalClass == .dangerous }
+    }
+
+    /// Throws ``CheckpointError/dangerousGlobals(_:)`` when the checkpoint names dangerous globals,
+    /// unless `allowUnsafe`. Rewriting commands call it before planning.
+    /// (TorchScript's list type tags, `torch.jit._pickle.build_intlist` and friends, are on the scan's allow-list.)
+    public func refuseDangerousGlobals(allowUnsafe: Bool) throws(CheckpointError) {
+        guard !allowUnsafe else { return }
+        let bad = dangerousGlobals()
+        if !bad.isEmpty { throw .dangerousGlobals(bad.map(\.name)) }
     }
 }

@@ -39,13 +39,13 @@ public enum FuzzEntryPoints {
     /// The checkpoint reader on an arbitrary file: scan, open (zip or legacy), describe, plan a strip and
     /// stream the storages it would copy.
     public static func checkpoint(path: String) {
-        if let report = try? Checkpoint.scan(path: path, limits: limits) {
+        if let report = try? ScanBuilder(path: path, limits: limits).build() {
             _ = report.table
             _ = report.json.rendered()
         }
         guard let c = try? Checkpoint(path: path, limits: limits) else { return }
-        _ = try? c.info()
-        _ = try? c.keys()
+        _ = try? InfoBuilder(checkpoint: c).build()
+        _ = try? KeysBuilder(checkpoint: c).build()
         _ = c.dangerousGlobals()
         for r in c.records.prefix(100) { _ = try? c.record(named: r.name) }
         var o = StripOptions()

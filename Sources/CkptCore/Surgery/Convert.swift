@@ -65,7 +65,7 @@ extension Checkpoint {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
         let (view, leftOut) = modelWeights(try graph.stateDict(node), recordNamed: record != nil)
-        var tensors = view
+        var tensors = record == nil ? publishedNames(view) : view
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
         let coverage = try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
         guard !tensors.isEmpty else {
@@ -99,7 +99,7 @@ extension Checkpoint {
         // Kept as it is only when weights_only=True loads its class: a dict or an OrderedDict (not Python 2's
         // `__builtin__.dict(...)` call, nor a defaultdict).
         let loadableClass = graph.objectCallable(node).map { $0 == "collections.OrderedDict" } ?? (graph[node] != .none)
-        if isStateDict(node), loadableClass, tensors.count == graph.dictEntries(node)!.count, graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
+        if isStateDict(node), loadableClass, tensors.map(\.name) == graph.dictEntries(node)!.map({ graph.keyText($0.key) }), graph.dictEntries(node)!.allSatisfy({ graph.string($0.key) != nil }) {
             g.root = node
         } else {
             var od = PickleObject(construction: .reduce, callable: g.add(.global(module: "collections", name: "OrderedDict")),

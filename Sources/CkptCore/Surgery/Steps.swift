@@ -72,8 +72,6 @@ struct PromoteEMA: SurgeryStep {
     var ema: EMAConvention?
     var weightsRecords: [String]
     var asked: Bool
-    /// Strip also clears the EMA (``EMAConvention/dotless`` keys live in the weights record itself).
-    var clearing: Bool
     /// The file is a dict of records (not a state dict, whose entries are tensors).
     var hasRecords: Bool
 
@@ -84,10 +82,15 @@ struct PromoteEMA: SurgeryStep {
         case nil:
             if asked { s.report.warnings.append("--use-ema: this framework keeps no EMA; the model is kept") }
         case .inWeights(let marker, let note):
+            if asked && !s.hasRecord(marker) && hasRecords {
+                // No averaging of the framework's own: an EMA record by a common name (a user's on_save_checkpoint).
+                var generic = self
+                generic.ema = FrameworkConvention.generic.ema
+                return try generic.apply(s, catalogue)
+            }
             if asked {
-                s.report.warnings.append(s.hasRecord(marker) ? "--use-ema: \(note)"
-                                         : "--use-ema: no EMA in this checkpoint; the model is kept")
-            } else if clearing && hasRecords && s.hasRecord(marker) {
+                s.report.warnings.append("--use-ema: \(note)")
+            } else if hasRecords && s.hasRecord(marker) {
                 s.report.warnings.append("note: the weights written are the averaged ones: \(note)")
             }
         case .record(let names, let prefix, let dropKeys):
@@ -130,7 +133,6 @@ struct PromoteEMA: SurgeryStep {
                 if asked { s.report.warnings.append("--use-ema: no \(emaPrefix)* keys in this checkpoint; the model is kept") }
                 return s
             }
-            guard asked || clearing else { return s }
             var emaByName: [String: NodeID] = [:]
             for e in entries {
                 if let k = s.graph.keyText(e.key), k.hasPrefix(emaPrefix) { emaByName[String(k.dropFirst(emaPrefix.count))] = e.value }
@@ -207,7 +209,6 @@ struct ClearTrainingState: SurgeryStep {
     var convention: FrameworkConvention
     var dropRecords: [String]
     var keepRecords: [String]
-    var keepTrainingState: Bool
     /// The file is a dict of records (not a state dict, whose entries are tensors).
     var hasRecords: Bool
 
@@ -233,8 +234,8 @@ struct ClearTrainingState: SurgeryStep {
         for name in names where !keepRecords.contains(name) {
             guard let node = s.recordNode(name) else { continue }
             let dropped = dropRecords.contains(name)
-            var training = !keepTrainingState && convention.trainingState.contains(name)
-            if let keep = convention.keepOnly, !keepTrainingState, !keep.contains(name), name != weightsTarget {
+            var training = convention.trainingState.contains(name)
+            if let keep = convention.keepOnly, !keep.contains(name), name != weightsTarget {
                 training = true
             }
             if dropped || (training && convention.clearing == .remove) {
@@ -253,7 +254,7 @@ struct ClearTrainingState: SurgeryStep {
             }
         }
         // Training state inside a record the loader reads (fairseq's `extra_state.ema`): that entry alone goes.
-        for path in convention.trainingState where path.contains(".") && !keepTrainingState && !keepRecords.contains(path) {
+        for path in convention.trainingState where path.contains(".") && !keepRecords.contains(path) {
             let parts = path.split(separator: ".").map(String.init)
             guard let parent = try? s.graph.nodeAtPath(parts.dropLast().joined(separator: ".")),
                   let e = s.graph.dictEntries(parent)?.first(where: { s.graph.keyText($0.key) == parts.last }) else { continue }
@@ -266,29 +267,34 @@ struct ClearTrainingState: SurgeryStep {
             }
             s.cleared.insert(path)
         }
-        if !keepTrainingState {
-            for r in convention.resets where !keepRecords.contains(r.record) {
-                if let e = s.recordNode(r.record), case .int(let v) = s.graph[e], v != r.value {
-                    s.report.recordChanges.append((r.record, String(v), String(r.value)))
-                    s.setRecord(r.record, s.graph.add(.int(r.value)))
-                }
+        for r in convention.resets where !keepRecords.contains(r.record) {
+            if let e = s.recordNode(r.record), case .int(let v) = s.graph[e], v != r.value {
+                s.report.recordChanges.append((r.record, String(v), String(r.value)))
+                s.setRecord(r.record, s.graph.add(.int(r.value)))
             }
         }
         return s
     }
 
-    /// Why a record no convention names looks like training state: an optimizer's state, or a name that says
-    /// optimizer, scheduler, scaler, rng, loop, callback or state (but not a state dict).
+    /// Why a record no convention names looks like training state: it holds an optimizer's state (at its top or one
+    /// level down: a list of them, a trainer's dict), or its name says optimizer, scheduler, scaler, rng, loop,
+    /// callback, trainer, EMA or state (a name ending in `state_dict` says state only with one of the others).
     func looksLikeTrainingState(_ name: String, _ node: NodeID, _ g: PickleGraph) -> String? {
-        if g.lookup(node, "state") != nil && g.lookup(node, "param_groups") != nil { return "an optimizer state" }
+        func isOptimizer(_ id: NodeID) -> Bool { g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil }
+        if isOptimizer(node) { return "an optimizer state" }
+        let children = (g.dictEntries(node)?.map(\.value) ?? []) + (g.sequence(node) ?? [])
+        if children.prefix(64).contains(where: isOptimizer) { return "it holds an optimizer state" }
         let n = name.lowercased()
-        guard !n.hasSuffix("state_dict") else { return nil }
+        let words = Set(n.split { !$0.isLetter && !$0.isNumber }.map(String.init))
         for (token, what) in [("optim", "optimizer"), ("schedul", "scheduler"), ("scaler", "grad scaler"),
-                              ("rng", "random state"), ("loop", "loop state"), ("callback", "callback state"),
-                              ("_state", "state"), ("state_", "state")]
+                              ("rng", "random state"), ("random_state", "random state"), ("loop", "loop state"),
+                              ("callback", "callback state"), ("trainer", "trainer state")]
             where n.contains(token) {
             return "its name says \(what)"
         }
+        if words.contains("ema") { return "its name says EMA" }
+        guard !n.hasSuffix("state_dict") else { return nil }
+        if n.contains("_state") || n.contains("state_") { return "its name says state" }
         return nil
     }
 }

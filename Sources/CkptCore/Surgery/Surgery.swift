@@ -16,8 +16,6 @@ public struct StripOptions: Sendable {
     public var record: String?
     /// Allow dropping every tensor.
     public var force = false
-    /// Keep the training state (only convert, drop or rename).
-    public var keepTrainingState = false
     /// `--drop-record NAME`: top-level records removed whatever the framework's conventions say.
     public var dropRecords: [String] = []
     /// `--keep-record NAME`: top-level records kept whatever the framework's conventions say.
@@ -114,18 +112,17 @@ extension Checkpoint {
     public func planStrip(_ options: StripOptions) throws(CheckpointError) -> SurgeryPlan {
         try refuseTorchScriptRewrite("strip")
         let c = conventions
-        let clear = !options.keepTrainingState
         let emaNames: [String]
         if case .record(let n, _, _) = c.ema { emaNames = n } else { emaNames = [] }
         var steps: [any SurgeryStep] = [
-            PromoteEMA(ema: c.ema, weightsRecords: c.weightsRecords, asked: options.useEMA, clearing: clear,
+            PromoteEMA(ema: c.ema, weightsRecords: c.weightsRecords, asked: options.useEMA,
                       hasRecords: !records.isEmpty),
             ClearTrainingState(convention: c, dropRecords: options.dropRecords, keepRecords: options.keepRecords,
-                               keepTrainingState: options.keepTrainingState, hasRecords: !records.isEmpty),
+                               hasRecords: !records.isEmpty),
             SelectWeights(record: options.record, weightsRecords: c.weightsRecords, emaNames: emaNames,
                           recordNames: records.map(\.name)),
         ]
-        for p in c.publish where clear {
+        for p in c.publish {
             switch p {
             case .ultralyticsModel(let keys): steps.append(UltralyticsPublish(defaultConfigKeys: keys))
             case .stripKeyPrefixes(let prefixes): steps.append(RenameKeys(prefixes: prefixes.map { ($0, "") }, quiet: true))

@@ -95,8 +95,6 @@ extension Checkpoint {
         let refused: [(Bool, String)] = [
             (options.useEMA, "--use-ema: a Trainer checkpoint folder holds no EMA (transformers' Trainer saves none)"),
             (options.record != nil, "--record: a Trainer checkpoint folder's weights are one state dict, without records"),
-            (options.keepTrainingState, "--keep-training-state: a Trainer folder's training state is its files "
-                + "(optimizer.pt, ...), which strip leaves out"),
             (!options.dropRecords.isEmpty, "--drop-record: a Trainer folder's weights have no records; its training "
                 + "state files are all left out"),
             (!options.keepRecords.isEmpty, "--keep-record: a Trainer folder's weights have no records; its training "

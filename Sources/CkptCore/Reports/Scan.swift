@@ -214,72 +214,23 @@ public struct ScanReport: Sendable {
     }
 }
 
-/// Finding the pickles of a file, the way torch unpickles them.
-enum ContainerPickles {
-    /// The zip records holding pickles: `data.pkl` first, then any other `.pkl` record (TorchScript's
-    /// `constants.pkl`).
-    static func records(of zip: ZipReader) -> [ZipEntry] {
-        var out: [ZipEntry] = []
-        if let d = zip.entry(named: "data.pkl") { out.append(d) }
-        for e in zip.entries where e.name.hasSuffix(".pkl") && !out.contains(e) { out.append(e) }
-        return out
+/// Builds `ckpt scan`'s report (``ScanReport``): scans a file's pickles and classes every global they name. Reads
+/// the file as a checkpoint to decide whether `weights_only=True` would load it; when that fails, the pickles are
+/// still scanned raw (a pickle that cannot be decoded may still run code) and the failure is kept in
+/// ``ScanReport/readError``. Unlike the other builders it takes a path, not an open ``Checkpoint``: a file that cannot
+/// be opened as one is still scanned.
+public struct ScanBuilder {
+    /// The file or folder scanned, as given.
+    public let path: String
+    public var limits: PickleLimits
+
+    public init(path: String, limits: PickleLimits = PickleLimits()) {
+        self.path = path
+        self.limits = limits
     }
 
-    /// Scans the pickles of a file without decoding it as a checkpoint: the `.pkl` records of a zip,
-    /// or up to five pickles back to back from the start of any other file (the legacy format; a bare
-    /// pickle is the first of them, which torch.load unpickles before it can check anything).
-    ///
-    /// The container is the one torch.load reads (``ContainerAudit/reading``): a zip only when it starts at byte 0,
-    /// read as torch's reader reads it (lenient: duplicate names, disagreeing local headers and wrong CRCs do not
-    /// stop torch, so they do not stop the scan); a torch 0.1.x tar's pickles (``LegacyTarReader/rawScans``);
-    /// else the pickle stream from byte 0, even when a zip follows it.
-    static func rawScans(path: String, reading: ContainerAudit.Reading, limits: PickleLimits) throws
-        -> (format: String, scans: [PickleScan])
-    {
-        switch reading {
-        case .zip:
-            let zip = try ZipReader(path: path, lenient: true)
-            defer { zip.close() }
-            var scans: [PickleScan] = []
-            for e in records(of: zip) {
-                let bytes = try zip.readAll(e, limit: Checkpoint.maxPickleBytes, verifyCRC: false)
-                scans.append(PickleScanner.scan(bytes, label: e.name, limits: limits))
-            }
-            return (reading.rawValue, scans)
-        case .legacyTar:
-            return (reading.rawValue, try LegacyTarReader.rawScans(path: path, limits: limits))
-        case .pickleStream:
-            return (reading.rawValue, try streamScans(path: path, limits: limits))
-        case .shards:
-            throw CheckpointError.notACheckpoint("a sharded index holds no pickle of its own")
-        }
-    }
-
-    /// Up to five pickles from the start of the file, reading a growing prefix until they are complete.
-    static func streamScans(path: String, limits: PickleLimits) throws -> [PickleScan] {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw CheckpointError.io("cannot open for reading") }
-        defer { try? h.close() }
-        let size = (try? h.seekToEnd()) ?? 0
-        var prefixLength = min(size, 1 << 20)
-        while true {
-            try h.seek(toOffset: 0)
-            let prefix = Array(h.readData(ofLength: Int(prefixLength)))
-            let scans = PickleScanner.scanSequence(prefix, count: 5, label: "pickle", limits: limits)
-            if case .truncated? = scans.last?.error, prefixLength < size, prefixLength < Checkpoint.maxPickleBytes {
-                prefixLength = min(size, prefixLength * 4, Checkpoint.maxPickleBytes)
-                continue
-            }
-            return scans
-        }
-    }
-}
-
-extension Checkpoint {
-    /// Scans a file's pickles and classes every global they name. Reads the file as a checkpoint to
-    /// decide whether `weights_only=True` would load it; when that fails, the pickles are still scanned
-    /// raw (a pickle that cannot be decoded may still run code) and the failure is kept in
-    /// ``ScanReport/readError``. Throws only when no pickle can be found at all.
-    public static func scan(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) -> ScanReport {
+    /// The report. Throws only when no pickle can be found at all.
+    public func build() throws(CheckpointError) -> ScanReport {
         // A FIFO, a device or a folder without weights is refused before anything is read; a file that is no
         // checkpoint (text, HTML) is still scanned raw below: a protocol-0 pickle is text.
         let file = try InputPath.resolve(path)
@@ -332,19 +283,4 @@ extension Checkpoint {
     /// What torch.load(weights_only=True) says of a TorchScript archive (torch/serialization.py).
     static let torchScriptRefusal =
         "torch.load hands a zip with constants.pkl to torch.jit.load: \"Cannot use weights_only=True with TorchScript archives\""
-
-    /// The globals of this checkpoint's pickles that can run code when unpickled (empty for a clean file).
-    /// Every rewriting command checks this before writing.
-    public func dangerousGlobals() -> [GlobalReport] {
-        ScanReport.merge(pickleScans).filter { $0.verdict.globalClass == .dangerous }
-    }
-
-    /// Throws ``CheckpointError/dangerousGlobals(_:)`` when the checkpoint names dangerous globals,
-    /// unless `allowUnsafe`. Rewriting commands call it before planning.
-    /// (TorchScript's list type tags, `torch.jit._pickle.build_intlist` and friends, are on the scan's allow-list.)
-    public func refuseDangerousGlobals(allowUnsafe: Bool) throws(CheckpointError) {
-        guard !allowUnsafe else { return }
-        let bad = dangerousGlobals()
-        if !bad.isEmpty { throw .dangerousGlobals(bad.map(\.name)) }
-    }
 }

@@ -102,13 +102,24 @@ public struct CheckpointInfo: Sendable {
     }
 }
 
-extension Checkpoint {
+/// Builds `ckpt info`'s report (``CheckpointInfo``) from an open checkpoint: one summary a top-level record (or of
+/// the top level, when it is not a dict of records).
+public struct InfoBuilder {
+    /// The checkpoint described.
+    public let checkpoint: Checkpoint
+
+    public init(checkpoint: Checkpoint) {
+        self.checkpoint = checkpoint
+    }
+
+    private var graph: PickleGraph { checkpoint.graph }
+
     /// The kind of a value, as `info` names it.
     public func kind(of id: NodeID) -> RecordKind {
         if graph[id] == .none { return .none }
         if ((try? graph.tensor(id)) ?? nil) != nil { return .tensor }
         if graph.moduleState(id) != nil { return .module }
-        if isStateDict(id) { return .stateDict }
+        if checkpoint.isStateDict(id) { return .stateDict }
         if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return .optimizer }
         if let (shape, _) = graph.numpyValue(id) { return shape.isEmpty ? .scalar : .array }
         if graph.scalarJSON(id) != nil { return .scalar }
@@ -142,7 +153,7 @@ extension Checkpoint {
                 elements &+= t.numel ?? 0
                 bytes &+= t.byteCount ?? 0
                 if seen.insert(t.storage.key).inserted {
-                    storageBytes &+= storageRecordBytes(t.storage.key) ?? t.storage.byteCount ?? 0
+                    storageBytes &+= checkpoint.storageRecordBytes(t.storage.key) ?? t.storage.byteCount ?? 0
                 }
                 if !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
             }
@@ -157,18 +168,19 @@ extension Checkpoint {
     }
 
     /// The whole `info` report.
-    public func info() throws(CheckpointError) -> CheckpointInfo {
+    public func build() throws(CheckpointError) -> CheckpointInfo {
+        let c = checkpoint
         let top = kind(of: graph.root)
         var summaries: [RecordSummary] = []
         if top == .dict {
-            for r in records { summaries.append(try summary(name: r.name, node: r.node)) }
+            for r in c.records { summaries.append(try summary(name: r.name, node: r.node)) }
         } else {
             summaries.append(try summary(name: "", node: graph.root))
         }
-        return CheckpointInfo(file: path, fileSize: fileSize, format: format, root: root,
-                              recordCount: recordCount, formatVersion: formatVersion, topKind: top,
-                              records: summaries, metadata: metadata, torchScript: torchScript, framework: framework,
-                              trainerFolder: trainerFolder)
+        return CheckpointInfo(file: c.path, fileSize: c.fileSize, format: c.format, root: c.root,
+                              recordCount: c.recordCount, formatVersion: c.formatVersion, topKind: top,
+                              records: summaries, metadata: c.metadata, torchScript: c.torchScript,
+                              framework: c.framework, trainerFolder: c.trainerFolder)
     }
 }
 

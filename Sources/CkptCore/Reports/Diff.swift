@@ -191,12 +191,25 @@ extension CheckpointDiff {
     }
 }
 
-extension Checkpoint {
-    /// Compares two checkpoints: top-level records (added, removed, changed; the tensors inside them are left to
-    /// the tensor comparison), then the state_dict view of every tensor-bearing record both hold (tensors only in
-    /// A or B, other dtype or shape), and with `options.values` every common tensor's values, streamed in chunks
-    /// and compared in float64 across dtypes. Reads only the pickles and, for values, storages in bounded chunks.
-    public static func diff(_ a: Checkpoint, _ b: Checkpoint, _ options: DiffOptions) throws(FileError) -> CheckpointDiff {
+/// Builds `ckpt diff`'s report (``CheckpointDiff``) of two checkpoints: top-level records (added, removed, changed;
+/// the tensors inside them are left to the tensor comparison), then the state_dict view of every tensor-bearing record
+/// both hold (tensors only in A or B, other dtype or shape), and with `options.values` every common tensor's values,
+/// streamed in chunks and compared in float64 across dtypes. Reads only the pickles and, for values, storages in
+/// bounded chunks.
+public struct DiffBuilder {
+    /// The two checkpoints compared, A and B.
+    public let a: Checkpoint
+    public let b: Checkpoint
+    public var options: DiffOptions
+
+    public init(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOptions()) {
+        self.a = a
+        self.b = b
+        self.options = options
+    }
+
+    /// The report. A ``FileError`` says which of the two files failed.
+    public func build() throws(FileError) -> CheckpointDiff {
         var report = CheckpointDiff(a: a.path, b: b.path, options: options)
         // Which records to compare and which tensor-bearing pairs to compare key by key.
         var recordNames: [String] = []
@@ -227,7 +240,7 @@ extension Checkpoint {
 
         // Values of one pair of tensors, counted in the report's totals; "values" is a change when any differ.
         func compareTallied(_ x: TensorRef, _ y: TensorRef, name: String, into d: inout TensorDifference) throws(FileError) {
-            try compareValues(a, x, b, y, name: name, options, into: &d)
+            try Self.compareValues(a, x, b, y, name: name, options, into: &d)
             if d.valuesNote == nil {
                 report.valuesCompared += 1
                 if let m = d.maxAbsDiff, !(m <= report.largestAbsDiff) { report.largestAbsDiff = m }

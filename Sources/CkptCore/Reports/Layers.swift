@@ -172,18 +172,37 @@ public struct LayerTable: Sendable {
 /// Buffers of a plain state dict, told by name (a state dict does not say which tensors are parameters).
 let bufferNames: Set<String> = ["running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid"]
 
-extension Checkpoint {
-    /// The layer table of a record (default: the weights record). For YOLO models (a module whose `model` is a
-    /// Sequential of layers carrying `i`, `f`, `type`), one row a layer, with its repeats and part from the
-    /// model's yaml; otherwise one row per key prefix, `depth` module levels below the prefix all keys share
-    /// (1: `features.`, `classifier.`; 2: `features.0.`, `classifier.6.`). `freeze` says what to freeze (YOLOv5
-    /// layer indices, key prefixes, or all but key prefixes); a prefix that names no parameter is an error.
-    public func layers(record: String? = nil, freeze: FreezeSpec? = nil, depth: Int = 1) throws(CheckpointError) -> LayerTable {
+/// Builds `ckpt layers`' table (``LayerTable``) of a record (default: the weights record). For YOLO models (a module
+/// whose `model` is a Sequential of layers carrying `i`, `f`, `type`), one row a layer, with its repeats and part from
+/// the model's yaml; otherwise one row per key prefix, `depth` module levels below the prefix all keys share
+/// (1: `features.`, `classifier.`; 2: `features.0.`, `classifier.6.`). `freeze` says what to freeze (YOLOv5
+/// layer indices, key prefixes, or all but key prefixes); a prefix that names no parameter is an error.
+public struct LayersBuilder {
+    /// The checkpoint read.
+    public let checkpoint: Checkpoint
+    /// The record whose layers are shown; nil for the framework's weights record.
+    public var record: String?
+    /// What to freeze, if anything.
+    public var freeze: FreezeSpec?
+    /// Module levels below the shared prefix that make a group (1 or more).
+    public var depth: Int
+
+    public init(checkpoint: Checkpoint, record: String? = nil, freeze: FreezeSpec? = nil, depth: Int = 1) {
+        self.checkpoint = checkpoint
+        self.record = record
+        self.freeze = freeze
+        self.depth = depth
+    }
+
+    private var graph: PickleGraph { checkpoint.graph }
+
+    /// The table, with the freeze report when `freeze` is given.
+    public func build() throws(CheckpointError) -> LayerTable {
         guard depth >= 1 else { throw .invalidOperation("--depth must be 1 or more, not \(depth)") }
-        let (name, node) = try weights(record)
-        let view = modelWeights(try graph.stateDict(node), recordNamed: record != nil).kept
+        let (name, node) = try checkpoint.weights(record)
+        let view = checkpoint.modelWeights(try graph.stateDict(node), recordNamed: record != nil).kept
         let isModule = graph.moduleState(node) != nil
-        var table = LayerTable(file: path, record: name, style: isModule ? .modules : .stateDict)
+        var table = LayerTable(file: checkpoint.path, record: name, style: isModule ? .modules : .stateDict)
         if isModule { table.modelClass = graph.className(node) }
 
         // Parameters, each once, in named_parameters order. A TorchScript module's tensors are not wrapped as

@@ -1,14 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-/// Glob matching as the shell does it (`*`, `?`, `[...]`); `*` also matches dots.
-public func globMatches(_ pattern: String, _ name: String) -> Bool {
-    fnmatch(pattern, name, 0) == 0
-}
-
 /// What `ckpt keys` lists: one line a tensor.
 public struct KeyListing: Sendable {
     public var record: String?
@@ -43,21 +32,43 @@ public struct KeyListing: Sendable {
     }
 }
 
-extension Checkpoint {
-    /// The state_dict view of a record (see ``defaultRecord()``), filtered by prefix and glob, with what the view
-    /// covers of the record. With `all`, every tensor the record holds, by its path in the object graph
-    /// (``PickleGraph/allTensors(from:limits:)``), each tensor once.
-    public func keys(record: String? = nil, prefix: String? = nil, match: String? = nil, all: Bool = false)
-        throws(CheckpointError) -> KeyListing
+/// Builds `ckpt keys`' listing (``KeyListing``): the state_dict view of a record (see
+/// ``Checkpoint/defaultRecord()``), filtered by prefix and glob, with what the view covers of the record. With `all`,
+/// every tensor the record holds, by its path in the object graph (``PickleGraph/allTensors(from:limits:)``), each
+/// tensor once.
+public struct KeysBuilder {
+    /// The checkpoint listed.
+    public let checkpoint: Checkpoint
+    /// The record to list (dotted names reach into nested dicts); nil for the framework's weights record.
+    public var record: String?
+    /// Only names starting with this prefix.
+    public var prefix: String?
+    /// Only names matching this glob (``globMatches(_:_:)``).
+    public var match: String?
+    /// Every tensor the record holds, not only those in its state_dict view.
+    public var all: Bool
+
+    public init(checkpoint: Checkpoint, record: String? = nil, prefix: String? = nil, match: String? = nil,
+                all: Bool = false)
     {
+        self.checkpoint = checkpoint
+        self.record = record
+        self.prefix = prefix
+        self.match = match
+        self.all = all
+    }
+
+    /// The listing.
+    public func build() throws(CheckpointError) -> KeyListing {
+        let c = checkpoint, graph = checkpoint.graph
         let (name, node): (String?, NodeID)
-        if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
+        if let r = record { (name, node) = (r, try c.record(named: r)) } else { (name, node) = c.defaultRecord() }
         var tensors = all ? try graph.allTensors(from: node) : try graph.stateDict(node)
         let coverage = graph.coverage(of: node, record: name, shown: tensors.map(\.tensor))
         // A TorchScript archive's constants live in constants.pkl, a graph of their own (see constantsNote).
-        if all, record == nil, let constants = torchScript?.constants { tensors += constants }
+        if all, record == nil, let constants = c.torchScript?.constants { tensors += constants }
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
-        let (kept, emaLeftOut) = modelWeights(tensors, recordNamed: record != nil || all)
+        let (kept, emaLeftOut) = c.modelWeights(tensors, recordNamed: record != nil || all)
         tensors = kept
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
