@@ -20,9 +20,18 @@ public struct ValueConversion: Sendable, Equatable {
 
     /// The summary's lines: `  converted opt.evolve_population: pathlib.PosixPath -> str`, then
     /// `  dropped opt.fn: functools.partial (why)`.
-    public static func lines(_ conversions: [ValueConversion], dropped: [ValueConversion]) -> [String] {
-        conversions.map { "  converted \($0.path): \($0.from) -> \($0.to)" }
-            + dropped.map { "  dropped \($0.path): \($0.from) (\($0.to); --drop-unconvertible)" }
+    /// The summary's lines: every dropped value, and the conversions up to `limit` (a file with thousands of numpy
+    /// scalars would print thousands of lines), then one line counting the rest by kind; `--json` lists them all.
+    public static func lines(_ conversions: [ValueConversion], dropped: [ValueConversion], limit: Int = 12) -> [String] {
+        var out = conversions.prefix(limit).map { "  converted \($0.path): \($0.from) -> \($0.to)" }
+        if conversions.count > limit {
+            var kinds: [String: Int] = [:]
+            for c in conversions.dropFirst(limit) { kinds[c.from, default: 0] += 1 }
+            let byKind = kinds.sorted { $0.value > $1.value || $0.value == $1.value && $0.key < $1.key }
+                .map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            out.append("  converted \(conversions.count - limit) more (\(byKind)); --json lists every one")
+        }
+        return out + dropped.map { "  dropped \($0.path): \($0.from) (\($0.to); --drop-unconvertible)" }
     }
 }
 
