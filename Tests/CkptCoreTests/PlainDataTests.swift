@@ -75,8 +75,7 @@ import Testing
     @Test func numpyValuesAreToList() throws {
         let values = """
             {"f": np.float32(0.1), "i": np.int8(-3), "u": np.uint64(2**64 - 1), "b": np.bool_(False),
-             "a": np.arange(6, dtype="<u2").reshape(3, 2), "fo": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-             "be": np.array([1.5, -2.0], dtype=">f8"), "z": np.array(7), "s": np.array(["ab", "c"])}
+             "a": np.arange(6, dtype="<u2").reshape(3, 2), "s": np.array(["ab", "c"])}
             """
         let (g, c) = try Self.converted(values)
         let bytes = try PickleEncoder.encode(g)
@@ -93,7 +92,28 @@ import Testing
             """
         #expect(String(decoding: try Oracle.run(check, [Data(bytes).base64EncodedString()]), as: UTF8.self) == "ok\n")
         #expect(WeightsOnlyGuarantee.refusedGlobals(g).isEmpty)
-        #expect(c.conversions.count == 9)
+        #expect(c.conversions.count == 6)
+    }
+
+    /// Arrays of the dtypes torch.from_numpy takes become tensors over a storage of their bytes: native byte order, a
+    /// Fortran array's column-major layout kept (the bytes as numpy holds them, `tobytes(order="A")`).
+    @Test func numpyArraysBecomeTensorsOfTheirBytes() throws {
+        let values = """
+            {"fo": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "be": np.array([1.5, -2.0], dtype=">f8"),
+             "z": np.array(7), "c": np.array([1 + 2j], dtype=np.complex64), "b": np.array([True, False])}
+            """
+        let (g, c) = try Self.converted(values)
+        let want = try Self.python("""
+            {k: list(np.array(v, dtype=v.dtype.newbyteorder("<")).tobytes(order="A")) for k, v in (\(values)).items()}
+            """)
+        #expect(c.madeStorages.count == want.count)
+        for (k, v) in want {
+            let node = try #require(Self.value(g, k), "\(k)")
+            let t = try #require(try g.tensor(node), "\(k)")
+            let made = try #require(c.madeStorages[t.storage.key], "\(k)")
+            #expect(made.literal == (v as? [Int])?.map { UInt8($0) }, "\(k)")
+        }
+        #expect(WeightsOnlyGuarantee.refusedGlobals(g).isEmpty)
     }
 
     /// A class named both as a value (Lightning's hparams_type) and as the class of an object: the value becomes its

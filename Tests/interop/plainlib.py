@@ -35,6 +35,10 @@ def python_plain(x):
     if DictConfig is not None and isinstance(x, (DictConfig, ListConfig)):
         return python_plain(OmegaConf.to_container(x, resolve=False))
     if isinstance(x, np.ndarray):
+        # what torch.from_numpy takes (in native byte order); numpy's other dtypes (uint16-64, strings, objects) as lists
+        native = x.dtype.kind in "fibc" or x.dtype == np.uint8
+        if native and x.dtype.itemsize <= 16 and x.dtype not in (np.uint16, np.uint32, np.uint64, np.float128):
+            return torch.from_numpy(np.array(x, dtype=x.dtype.newbyteorder("=")))
         return python_plain(x.tolist())
     if isinstance(x, np.generic):
         return x.item()

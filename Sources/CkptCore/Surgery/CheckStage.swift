@@ -100,7 +100,7 @@ struct CheckStage {
     /// a file that holds tensors, unless --drop --force asked for it.
     func finish(_ state: SurgeryState, dropForced: Bool) throws(CheckpointError) -> SurgeryPlan {
         var report = state.report
-        let (g, storages, converted) = try run(state.graph, conversions: state.conversions)
+        let (g, storages, converted) = try run(state.graph, conversions: state.conversions, planned: state.madeStorages)
         report.convertedStorages = state.conversions.count
         report.convertedTensors = converted
         var final = state

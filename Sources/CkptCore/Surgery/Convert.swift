@@ -110,7 +110,7 @@ extension Checkpoint {
         var plain = PlainDataConverter(g, dropUnconvertible: dropUnconvertible)
         try plain.convert(from: g.root)
         try plain.finish(context: "convert")
-        let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(plain.graph)
+        let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(plain.graph, planned: plain.madeStorages)
         try WeightsOnlyGuarantee.check(renumbered, context: "convert")
         var surgery = SurgeryReport()
         surgery.weightsRecord = name

@@ -46,7 +46,8 @@ public struct ValueConversion: Sendable, Equatable {
 /// | `argparse.Namespace`, `types.SimpleNamespace`, Ultralytics' `IterableSimpleNamespace` | `dict` | `vars(ns)` |
 /// | omegaconf `DictConfig` / `ListConfig` (and their value nodes) | `dict` / `list` (`None`, or the `???` / `${...}` string, for a none, missing or interpolated container) | `OmegaConf.to_container(cfg)` (resolve=False) |
 /// | numpy scalar | `int` (integer dtypes; a big int past int64), `float`, `bool`, `complex`, `str` (`U`), `bytes` (`S`) | `x.item()` |
-/// | numpy array | nested `list`s of those (object arrays: their items, converted) | `arr.tolist()` |
+/// | numpy array of float16/32/64, int8-64, uint8, bool, complex64/128 | a tensor over a new storage of its bytes (native byte order; a Fortran array keeps its layout by its strides) | `torch.from_numpy(arr)` |
+/// | numpy array of another dtype (uint16-64, strings, objects) | nested `list`s of those (object arrays: their items, converted) | `arr.tolist()` |
 /// | a call of a class (CapWords name) with one plain argument and nothing else: how an enum member pickles (`Enum.__reduce_ex__`) | the argument | `e.value` |
 /// | `datetime.datetime`, `date`, `time` (naive, or with a `datetime.timezone`) | `str` | `x.isoformat()` |
 /// | `frozenset` | `set` (weights_only loads sets, not frozensets) | `set(x)` |
@@ -78,6 +79,7 @@ struct PlainData: SurgeryStep {
         try c.convert(from: s.graph.root)
         try c.finish(context: context)
         s.graph = c.graph
+        s.madeStorages.merge(c.madeStorages) { a, _ in a }
         s.report.conversions += c.conversions
         s.report.droppedValues += c.dropped
         return s
@@ -460,6 +462,14 @@ struct PlainDataConverter {
         let fortran = source.int(st[3]).map { $0 != 0 } ?? false
         let typeName = PlainDecoders.numpyTypeName(dt.code)
         let what = "numpy.ndarray (\(typeName), shape (\(shape.map(String.init).joined(separator: ", "))\(shape.count == 1 ? "," : "")))"
+        if let tensor = tensorDType[dt.code], let raw = source.bytesValue(st[4]) {
+            let numel = shape.reduce(1, *)
+            guard shape.count == shapeIDs.count, raw.count == numel * tensor.itemSize else {
+                return cannot(id, path, what, "its data does not match its shape")
+            }
+            graph[id] = graph[makeTensor(raw, dtype: tensor, shape: shape, bigEndian: dt.bigEndian, fortran: fortran)]
+            return note(path, what, "tensor (\(tensor.rawValue))")
+        }
         var items: [NodeID]
         if dt.code.hasPrefix("O"), let objects = source.sequence(st[4]) {
             for (i, item) in objects.enumerated() { try visit(item, Self.join(path, String(i)), depth + 1) }
@@ -481,6 +491,48 @@ struct PlainDataConverter {
         }
         graph[id] = graph[nested]
         note(path, what, "list")
+    }
+
+    /// numpy dtype codes whose arrays become tensors, as `torch.from_numpy` makes them (numpy's unsigned 16 to 64 bit
+    /// integers, strings, objects, dates stay lists: torch's classic storages have no such type).
+    private let tensorDType: [String: DType] = [
+        "f2": .float16, "f4": .float32, "f8": .float64, "i1": .int8, "i2": .int16, "i4": .int32, "i8": .int64,
+        "u1": .uint8, "b1": .bool, "c8": .complex64, "c16": .complex128,
+    ]
+
+    /// Storages made from arrays' bytes (``OutputStorage/literal``), by the placeholder key their tensors name; the check
+    /// stage numbers them with the others.
+    private(set) var madeStorages: [String: OutputStorage] = [:]
+
+    /// A tensor of an array's bytes, as `torch._utils._rebuild_tensor_v2` over a new storage: elements in native (little)
+    /// byte order, a Fortran-ordered array's column-major layout kept by its strides.
+    private mutating func makeTensor(_ raw: [UInt8], dtype: DType, shape: [Int], bigEndian: Bool, fortran: Bool) -> NodeID {
+        var bytes = raw
+        let size = dtype.itemSize, part = dtype == .complex64 || dtype == .complex128 ? size / 2 : size
+        if bigEndian && part > 1 {
+            for i in stride(from: 0, to: bytes.count, by: part) { bytes[i..<(i + part)].reverse() }
+        }
+        let numel = Int64(shape.reduce(1, *))
+        let key = "\u{1}array/\(madeStorages.count)"
+        madeStorages[key] = OutputStorage(source: 0, key: key, sourceKey: key, sourceDType: dtype, dtype: dtype,
+                                          numel: numel, literal: bytes)
+        var strides = [Int64](repeating: 1, count: shape.count)
+        var step: Int64 = 1
+        for i in (fortran ? Array(shape.indices) : shape.indices.reversed()) {
+            strides[i] = step
+            step *= Int64(max(shape[i], 1))
+        }
+        let pid = graph.add(.tuple([graph.add(.string("storage")), graph.add(.global(module: "torch", name: dtype.storageClass!)),
+                                    graph.add(.string(key)), graph.add(.string("cpu")), graph.add(.int(numel))]))
+        let args = graph.add(.tuple([graph.add(.persistent(pid: pid)), graph.add(.int(0)),
+                                     graph.add(.tuple(shape.map { graph.add(.int(Int64($0))) })),
+                                     graph.add(.tuple(strides.map { graph.add(.int($0)) })), graph.add(.bool(false)),
+                                     graph.add(.object(PickleObject(construction: .reduce,
+                                         callable: graph.add(.global(module: "collections", name: "OrderedDict")),
+                                         args: graph.add(.tuple([])))))]))
+        return graph.add(.object(PickleObject(construction: .reduce,
+                                              callable: graph.add(.global(module: "torch._utils", name: "_rebuild_tensor_v2")),
+                                              args: args)))
     }
 
     // MARK: - omegaconf

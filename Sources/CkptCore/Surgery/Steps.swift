@@ -5,6 +5,8 @@ struct SurgeryState {
     var report = SurgeryReport()
     /// Storage key -> dtype it becomes (`--half`).
     var conversions: [String: DType] = [:]
+    /// Storages the steps made (a numpy array's bytes), by the placeholder key their tensors name.
+    var madeStorages: [String: OutputStorage] = [:]
     /// The weights record as a dotted path (nil: the whole file), once ``SelectWeights`` has run.
     var weightsName: String?
     /// Records set to None or removed as training state.

@@ -74,6 +74,9 @@ public struct OutputStorage: Sendable, Equatable {
     /// When set, the output holds only these elements of the source storage (in `sourceDType` units), compacted
     /// in row-major order: a slice of a larger storage or a non-contiguous view. When nil, the whole record.
     public var view: StorageView? = nil
+    /// Bytes the surgery made rather than read from a source (a numpy array's data made a tensor by ``PlainData``):
+    /// written as they are.
+    public var literal: [UInt8]? = nil
     /// Bytes read from the source (the viewed elements for a view; differs from ``byteCount`` when the dtype changes).
     public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) }
 }

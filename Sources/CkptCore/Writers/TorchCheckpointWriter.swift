@@ -52,6 +52,12 @@ enum TorchCheckpointWriter {
     private static func copyStorage(_ s: OutputStorage, from source: Checkpoint, to w: TorchZipWriter, chunkSize: Int,
                                     progressed: (Int64) -> Void) throws
     {
+        if let bytes = s.literal {
+            try w.beginRecord("data/\(s.key)", size: UInt64(bytes.count), crc32: nil)
+            try bytes.withUnsafeBytes { try w.write($0) }
+            progressed(Int64(bytes.count))
+            return try w.endRecord()
+        }
         // A record copied unchanged keeps its checksum, which the read verifies as it streams: no second CRC pass.
         let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageChecksum(s.sourceKey)?.crc : nil
         try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
