@@ -13,6 +13,11 @@ public struct ConvertReport: Sendable {
     public var dataBytes: Int64
     /// Shared tensors left out of a safetensors file: each alias and the name kept for its storage.
     public var removedAliases: [(removed: String, kept: String)] = []
+    /// Records carried beside the weights (``CarriedRecords``): written to `__metadata__` as JSON (to safetensors), or
+    /// restored from it (to a torch file); the records left out, each with why; and what JSON changed in a record.
+    public var records: [String] = []
+    public var recordsLeftOut: [(name: String, why: String)] = []
+    public var recordsLossy: [(name: String, what: String)] = []
     public var warnings: [String] = []
 
     public var json: JSONValue {
@@ -21,6 +26,9 @@ public struct ConvertReport: Sendable {
             ("output_format", .string(outputFormat.rawValue)), ("record", record.map { .string($0) } ?? .null),
             ("tensors", .int(Int64(tensors))), ("data_bytes", .int(dataBytes)),
             ("removed_aliases", .object(removedAliases.map { ($0.removed, .string($0.kept)) })),
+            ("records", .array(records.map { .string($0) })),
+            ("records_left_out", .object(recordsLeftOut.map { ($0.name, .string($0.why)) })),
+            ("records_json_changes", .object(recordsLossy.map { ($0.name, .string($0.what)) })),
             ("warnings", .array(warnings.map { .string($0) })),
         ])
     }
@@ -31,6 +39,14 @@ public struct ConvertReport: Sendable {
         if !removedAliases.isEmpty {
             s += "\nshared tensors stored once (aliases in __metadata__): "
                 + removedAliases.map { "\($0.removed) -> \($0.kept)" }.joined(separator: ", ")
+        }
+        if !records.isEmpty {
+            s += (outputFormat == .safetensors ? "\nrecords in __metadata__ (as JSON): " : "\nrecords restored from __metadata__: ")
+                + records.joined(separator: ", ")
+        }
+        for r in recordsLossy { s += "\n  \(r.name): \(r.what) in JSON" }
+        if !recordsLeftOut.isEmpty {
+            s += "\nrecords not carried: " + recordsLeftOut.map { "\($0.name) (\($0.why))" }.joined(separator: "; ")
         }
         return s
     }
@@ -98,12 +114,16 @@ extension Checkpoint {
             od.dictItems = tensors.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
             g.root = g.add(.object(od))
         }
+        // From a safetensors file ckpt wrote with records: the records beside the state dict (``CarriedRecords``).
+        let carried = containerFormat == .safetensors ? try carriedRecords(weights: nil) : nil
+        if let carried { g.root = carried.restore(weights: g.root, into: &g) }
         let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(g)
         var surgery = SurgeryReport()
         surgery.weightsRecord = name
-        let report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
+        var report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
                                    tensors: tensors.count, dataBytes: storages.reduce(0) { $0 + $1.byteCount },
                                    warnings: warning.map { [$0] } ?? [])
+        report.records = carried?.records.map(\.name) ?? []
         return (SurgeryPlan(graph: renumbered, storages: storages, report: surgery), report)
     }
 
@@ -181,6 +201,12 @@ extension Checkpoint {
 
         var metadata: [(key: String, value: String)] = [("format", "pt")]
         metadata += removed.keys.sorted(by: less).map { ($0, removed[$0]!) }
+        if var carried = try carriedRecords(weights: name) {
+            metadata += carried.metadataEntries(after: metadata)
+            report.records = carried.records.map(\.name)
+            report.recordsLeftOut = carried.leftOut
+            report.recordsLossy = carried.lossy.filter { l in report.records.contains(l.name) }
+        }
         var pairs: [(String, JSONValue)] = [("__metadata__", .object(metadata.map { ($0.key, .string($0.value)) }))]
         var offset: Int64 = 0
         for t in tensors {
