@@ -11,7 +11,10 @@ struct Convert: ParsableCommand, OptionTexts {
         (pytorch_model.bin.index.json, model.safetensors.index.json) or an .onnx model. The output format
         follows OUT's extension: .safetensors, else a torch zip file that loads with weights_only=True.
         To safetensors, views are compacted and tensors sharing a storage are stored once, as Hugging Face's
-        convert.py does (the aliases are listed in __metadata__ with "format": "pt").
+        convert.py does (the aliases are listed in __metadata__ with "format": "pt"). The file's other
+        records that are plain data (epoch, date, hyper_parameters, model_config; not training state) are
+        written to __metadata__ too, each as JSON under its name (listed in ckpt.records, the weights record
+        named by ckpt.weights); converting such a file back to a torch file restores them beside the state dict.
 
         Examples:
           ckpt convert best.pt best.safetensors
