@@ -156,3 +156,13 @@ def test_malformed_record_entries_are_refused_naming_them(tmp_path, bad):
     p = run("convert", st, back)
     assert_clean_failure(p, st)
     assert "__metadata__" in p.stderr and not back.exists()
+
+
+def test_weights_inside_a_record_carry_no_record_and_say_so(tmp_path):
+    path = FW / "fairseq.pt"
+    original = torch.load(path, weights_only=False)
+    st = tmp_path / "ema.safetensors"
+    report = run_json("convert", path, st, "--record", "extra_state.ema")
+    assert report["records"] == [] and list(report["records_left_out"]) == list(original)
+    assert all("not a top-level record" in why for why in report["records_left_out"].values())
+    assert "ckpt.records" not in metadata(st)

@@ -46,7 +46,14 @@ public struct ConvertReport: Sendable {
         }
         for r in recordsLossy { s += "\n  \(r.name): \(r.what) in JSON" }
         if !recordsLeftOut.isEmpty {
-            s += "\nrecords not carried: " + recordsLeftOut.map { "\($0.name) (\($0.why))" }.joined(separator: "; ")
+            // Records left out for one reason are named together: `ema, updates, optimizer (training state ...)`.
+            var reasons: [String] = []
+            var names: [String: [String]] = [:]
+            for r in recordsLeftOut {
+                if names[r.why] == nil { reasons.append(r.why) }
+                names[r.why, default: []].append(r.name)
+            }
+            s += "\nrecords not carried: " + reasons.map { "\(names[$0]!.joined(separator: ", ")) (\($0))" }.joined(separator: "; ")
         }
         return s
     }

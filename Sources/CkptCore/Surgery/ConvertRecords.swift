@@ -102,9 +102,13 @@ extension Checkpoint {
     /// there are none to carry or leave out (the weights are the whole file).
     func carriedRecords(weights: String?) throws(CheckpointError) -> CarriedRecords? {
         if containerFormat == .safetensors { return try CarriedRecords.read(metadata: metadata) }
-        guard let weights, !isStateDict(graph.root), let entries = graph.dictEntries(graph.root),
-              let at = entries.firstIndex(where: { graph.string($0.key) == weights })
-        else { return nil }
+        guard let weights, !isStateDict(graph.root), let entries = graph.dictEntries(graph.root) else { return nil }
+        guard let at = entries.firstIndex(where: { graph.string($0.key) == weights }) else {
+            // Weights inside a record (`--record extra_state.ema`): the output has no place for records beside them.
+            return CarriedRecords(weights: weights, records: [], weightsIndex: 0,
+                                  leftOut: entries.map { (graph.keyText($0.key) ?? "?", "the weights converted are not a top-level record") },
+                                  lossy: [])
+        }
         let training = Set(conventions.trainingState)
         var out = CarriedRecords(weights: weights, records: [], weightsIndex: 0, leftOut: [], lossy: [])
         for (i, e) in entries.enumerated() where i != at {
@@ -113,7 +117,7 @@ extension Checkpoint {
                 continue
             }
             if training.contains(name) || conventions.keepOnly.map({ !$0.contains(name) }) == true {
-                out.leftOut.append((name, "training state (\(conventions.id) conventions)"))
+                out.leftOut.append((name, "training state in the \(conventions.id) conventions"))
                 continue
             }
             do {
