@@ -111,3 +111,27 @@ def test_misuse_exits_2(tmp_path):
     torch.save(SD, path)
     assert run("scan", "--weights-only", "--strict", path).returncode == 2
     assert_clean_failure(run("scan", "--weights-only", tmp_path), tmp_path)
+
+
+def strip_converts_values():
+    """Whether this ckpt's strip --state-dict makes refused values plain data (issue 14, point 2)."""
+    return "--drop-unconvertible" in run("strip", "--help").stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_conversion_named_is_what_strip_state_dict_does(tmp_path, case):
+    """scan --weights-only predicts strip --state-dict: a value it calls convertible is converted (listed at its path)
+    and the output loads with real torch.load(weights_only=True); one it calls not convertible makes strip fail."""
+    if not strip_converts_values():
+        pytest.skip("strip --state-dict does not convert values in this build")
+    extra, where, _, conversion = CASES[case]
+    src, out = tmp_path / f"{case}.pt", tmp_path / "out.pt"
+    torch.save({"model": SD, **extra}, src)
+    got = json.loads(run("scan", "--weights-only", src, "--json").stdout)
+    p = run("strip", "--state-dict", "--allow-unsafe", src, out, "--json")
+    if got["value"]["convertible"]:
+        assert p.returncode == 0, p.stderr
+        assert where in [c["path"] for c in json.loads(p.stdout)["conversions"]]
+        assert weights_only_loads(out)
+    else:
+        assert p.returncode != 0 and where in p.stderr and not out.exists()

@@ -103,7 +103,7 @@ public enum WeightsOnlyConversion {
             let shown = path.isEmpty ? "(top level)" : path.joined(separator: ".")
             if isGlobal(id) { return .init(path: shown, className: pythonName(g, id), conversion: "str (the name 'module.qualname')") }
             if case .object(let o) = g[id], isGlobal(o.callable) || isGlobal(madeOf(o)) {
-                return .init(path: shown, className: pythonName(g, madeOf(o)), conversion: conversion(g, o, madeOf(o)))
+                return .init(path: shown, className: pythonName(g, madeOf(o)), conversion: conversion(g, id, o, madeOf(o)))
             }
             if (try? g.tensor(id)) != nil { continue }
             var next: [(NodeID, [String])] = []
@@ -143,48 +143,65 @@ public enum WeightsOnlyConversion {
         return pm + "." + pn
     }
 
-    /// What `strip --state-dict` makes of an object of class `cls` (a global node), or nil when it cannot convert it.
-    static func conversion(_ g: PickleGraph, _ o: PickleObject, _ cls: NodeID) -> String? {
+    /// What `strip --state-dict` makes of object `id` (made of class `cls`, a global node), or nil when it cannot
+    /// convert it: the rules of its plain-data table, by class and by how the object was pickled.
+    static func conversion(_ g: PickleGraph, _ id: NodeID, _ o: PickleObject, _ cls: NodeID) -> String? {
         guard case .global(let rawModule, let rawName) = g[cls] else { return nil }
         let (module, name) = GlobalPolicy.pythonName(rawModule, rawName)
         let full = module + "." + name
-        if module == "pathlib" || module == "pathlib._local" { return "str (str(path))" }
-        if full == "argparse.Namespace" || full == "types.SimpleNamespace" || name == "IterableSimpleNamespace" {
-            return "dict (vars(ns))"
+        let args = g.sequence(o.args) ?? []
+        let bare = o.state == nil && o.listItems.isEmpty && o.dictItems.isEmpty && o.kwargs == nil
+        // The attributes a BUILD state gives: none, a dict, or `(dict or None, slots dict)`.
+        var stateIsAttributes: Bool {
+            guard let s = o.state else { return true }
+            if g.dictEntries(s) != nil { return true }
+            if case .tuple(let pair) = g[s], pair.count == 2, g.isNone(pair[0]) || g.dictEntries(pair[0]) != nil,
+               g.dictEntries(pair[1]) != nil { return true }
+            return false
         }
-        if module == "datetime", ["datetime", "date", "time"].contains(name) { return "str (x.isoformat())" }
-        if module == "omegaconf" || module.hasPrefix("omegaconf.") { return "dicts and lists (OmegaConf.to_container(cfg))" }
+        if g.moduleFields(id) != nil { return "its state dict (m.state_dict())" }
+        if module == "pathlib" || module == "pathlib._local" {
+            return o.construction == .reduce && bare && args.allSatisfy({ g.string($0) != nil }) ? "str (str(path))" : nil
+        }
+        if full == "argparse.Namespace" || full == "types.SimpleNamespace"
+            || (module.hasPrefix("ultralytics.") && name == "IterableSimpleNamespace")
+        {
+            return args.isEmpty && o.listItems.isEmpty && o.dictItems.isEmpty && stateIsAttributes ? "dict (vars(ns))" : nil
+        }
+        if module.hasPrefix("omegaconf") { return "dicts and lists (OmegaConf.to_container(cfg))" }
         if module.hasPrefix("numpy") {
             if name == "scalar" { return "a Python number (x.item())" }
             if name == "_reconstruct" || name == "ndarray" { return "lists (arr.tolist())" }
             return nil
         }
-        switch full {
-        case "builtins.bytes": return "the same b'' (pickled as _codecs.encode)"
-        case "builtins.frozenset": return "a set (set(x))"
-        case "builtins.dict", "collections.defaultdict": return "dict (dict(x))"
-        default: if module == "builtins" { return nil }
+        if module == "datetime", ["datetime", "date", "time"].contains(name) { return "str (x.isoformat())" }
+        if full == "builtins.frozenset" { return o.construction == .reduce && bare && args.count <= 1 ? "a set (set(x))" : nil }
+        if full == "builtins.bytes" { return g.bytesValue(id)?.isEmpty == true ? "the same b'' (pickled as _codecs.encode)" : nil }
+        if g.isDictClass(cls) {
+            return g.dictConstructorProblem(id) == nil && o.listItems.isEmpty
+                && (o.state.map { g.dictEntries($0)?.isEmpty ?? false } ?? true) ? "dict (dict(x))" : nil
         }
-        let args = g.sequence(o.args) ?? []
-        // How an enum member pickles (Enum.__reduce_ex__): its class called with its value, nothing else.
-        if o.construction == .reduce, args.count == 1, o.state == nil, o.listItems.isEmpty, o.dictItems.isEmpty,
-           name.first?.isUppercase == true, isPlainScalar(g, args[0])
+        if full == "builtins.getattr", args.count == 2, case .global = g[args[0]], g.string(args[1]) != nil, bare {
+            return "str (the name 'module.qualname.attr')"
+        }
+        // How an enum member pickles (Enum.__reduce_ex__): its class (a CapWords name) called with its value alone.
+        if o.construction == .reduce, bare, args.count == 1, name.split(separator: ".").last?.first?.isUppercase == true,
+           isPlainScalar(g, args[0]), GlobalPolicy.classify(module: rawModule, name: rawName).globalClass != .dangerous
         {
             return "its value (e.value)"
         }
-        if full.hasPrefix("torch.nn.") || (o.state.flatMap { g.lookup($0, "_parameters") } != nil) {
-            return "its state dict (m.state_dict())"
-        }
-        // A dict or list subclass with nothing but items.
-        if o.state == nil, args.isEmpty, o.listItems.isEmpty != o.dictItems.isEmpty {
+        // An instance made with no arguments (NEWOBJ, a CapWords class called, or `copyreg._reconstructor(cls, object,
+        // None)`) whose state is its attributes: a dict of them with `__class__`; a dict or list subclass: a dict or list.
+        let reconstructed = g.globalName(o.callable) == "copyreg._reconstructor" && args.count == 3
+            && ["builtins.object", "__builtin__.object"].contains(g.globalName(args[1]) ?? "") && g.isNone(args[2])
+        let instance = reconstructed || (args.isEmpty && (o.construction == .newObj || o.construction == .newObjEx
+            || name.split(separator: ".").last?.first?.isUppercase == true))
+        guard instance, stateIsAttributes else { return nil }
+        if !o.listItems.isEmpty || !o.dictItems.isEmpty {
+            guard o.state == nil, o.listItems.isEmpty != o.dictItems.isEmpty else { return nil }
             return o.dictItems.isEmpty ? "list (list(x))" : "dict (dict(x))"
         }
-        // An object made with no arguments whose state is a dict of attributes.
-        let noArgs = args.isEmpty || (g.globalName(o.callable)?.hasSuffix("._reconstructor") == true && args.count == 3)
-        if noArgs, o.state.map({ g.dictEntries($0) != nil }) ?? true {
-            return "a dict of its attributes with \"__class__\": \"\(full)\""
-        }
-        return nil
+        return "a dict of its attributes with \"__class__\": \"\(full)\""
     }
 
     private static func isPlainScalar(_ g: PickleGraph, _ id: NodeID) -> Bool {
