@@ -13,7 +13,10 @@ struct Convert: ParsableCommand, OptionTexts {
         (non-tensor values made plain data as strip --state-dict makes them, and the written pickle replayed
         through torch's weights_only rules before the rename: if it would be refused, nothing is written).
         To safetensors, views are compacted and tensors sharing a storage are stored once, as Hugging Face's
-        convert.py does (the aliases are listed in __metadata__ with "format": "pt").
+        convert.py does (the aliases are listed in __metadata__ with "format": "pt"). The file's other
+        records that are plain data (epoch, date, hyper_parameters, model_config; not training state) are
+        written to __metadata__ too, each as JSON under its name (listed in ckpt.records, the weights record
+        named by ckpt.weights); converting such a file back to a torch file restores them beside the state dict.
 
         Examples:
           ckpt convert best.pt best.safetensors

@@ -24,13 +24,35 @@ struct Scan: ParsableCommand, OptionTexts {
         Exit status: 0 nothing dangerous; 1 something dangerous or an ambiguous container (or, with --strict,
         anything needs-code);
         2 the file cannot be read.
+
+        --weights-only (for CI): only whether torch.load(weights_only=True) would load the file. Exit 0 if it
+        would, 1 if not: the first refusal, the refused value's path in the file when it can be found there, and
+        the conversion ckpt strip --state-dict applies to it (or that none can). 2 when the file cannot be read.
         """)
 
     @Argument(help: "The file to scan.") var file: String
     @OptionGroup var jsonOption: JSONOption<Self>
     @Flag(help: "Exit 1 when the file needs any code beyond the allow-lists (a needs-code row) too.") var strict = false
+    @Flag(name: .customLong("weights-only"),
+          help: "Only say whether torch.load(weights_only=True) loads the file: exit 0 if it does, 1 if not.")
+    var weightsOnly = false
+
+    func validate() throws {
+        if weightsOnly && strict { throw ValidationError("--strict and --weights-only cannot be combined") }
+    }
 
     func run() throws {
+        if weightsOnly {
+            guard !isFolder(file) else {
+                throw Failure(message: "\(file): --weights-only checks a file (torch.load reads files), not a folder")
+            }
+            let check = try Phase.reading(file).run { try WeightsOnlyCheckBuilder(path: file).build() }
+            emit(jsonOption.json ? check.json.rendered() : check.text)
+            if !check.loads {
+                throw Failure(message: "\(file): torch.load(weights_only=True) would refuse it: \(check.reason ?? "")", code: 1)
+            }
+            return
+        }
         // A Trainer checkpoint folder is read through its weights, but resuming from it unpickles its other files too
         // (optimizer.pt, rng_state.pth, training_args.bin, ...): each is scanned, and a folder inside it is named as
         // not scanned, so that no verdict covers what was not read.

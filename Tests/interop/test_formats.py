@@ -60,6 +60,16 @@ def convert_py_aliases(state_dict):
     return aliases
 
 
+def split_metadata(meta):
+    """A safetensors `__metadata__` ckpt wrote, as (format and alias entries, {record: value}): the record entries are
+    the ones `ckpt.records` lists (JSON values), and `ckpt.records` / `ckpt.weights` themselves (README: convert)."""
+    if "ckpt.records" not in meta:
+        return dict(meta), {}
+    names = [n for n in json.loads(meta["ckpt.records"]) if n != meta["ckpt.weights"]]
+    rest = {k: v for k, v in meta.items() if k not in names and k not in ("ckpt.records", "ckpt.weights")}
+    return rest, {n: json.loads(meta[n]) for n in names}
+
+
 def every_dtype_state_dict(seed=0):
     gen = torch.Generator().manual_seed(seed)
     sd = collections.OrderedDict()
@@ -100,14 +110,20 @@ def test_pt_to_safetensors_to_pt_keeps_every_tensor(tmp, fixture, record):
     aliases = convert_py_aliases(sd)
     want = collections.OrderedDict((k, v) for k, v in sd.items() if k not in aliases)
     with safe_open(st, "pt") as f:
-        assert f.metadata() == {"format": "pt", **aliases}
+        meta, records = split_metadata(f.metadata())
+        assert meta == {"format": "pt", **aliases}
         assert sorted(f.keys()) == sorted(want)
         for k in f.keys():
             assert torch.equal(bits(f.get_tensor(k)), bits(want[k])), k
     assert torch_equal_dicts(load_file(st), want)
+    # the records carried beside the weights are Python's own JSON of them (test_convert_records has the rest)
+    assert records == {k: json.loads(json.dumps(obj[k])) for k in records}
 
     run("convert", st, back, check=0)
     loaded = torch.load(back, weights_only=True)
+    if records:
+        assert {k: v for k, v in loaded.items() if k != (record or "")} == records
+        loaded = loaded[record]
     assert_same_tensors(loaded, load_file(st))
 
 

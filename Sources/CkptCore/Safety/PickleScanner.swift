@@ -84,6 +84,9 @@ public struct PickleScan: Sendable {
     public var computed: [ComputedGlobal] = []
     /// Why `torch.load(weights_only=True)` would refuse this pickle (the first reason met), or nil.
     public var weightsOnlyRefusal: String?
+    /// The global that reason refuses, as spelled in the pickle (`pathlib`, `PosixPath`), when it is one that is not
+    /// allow-listed: what `scan --weights-only` looks for in the graph.
+    public var weightsOnlyRefusedGlobal: WeightsOnlyRefusedGlobal?
     /// Opcodes read.
     public var opcodes = 0
     /// Offset just past STOP, or where reading stopped.
@@ -93,6 +96,12 @@ public struct PickleScan: Sendable {
     /// Why the pass stopped before STOP. Everything met before the error is still reported: a
     /// pickle that fails halfway has already run what came before.
     public var error: PickleError?
+}
+
+/// A global `torch.load(weights_only=True)` refuses, as the pickle spells it.
+public struct WeightsOnlyRefusedGlobal: Sendable, Equatable {
+    public var module: String
+    public var name: String
 }
 
 /// Walks a pickle's opcodes and keeps a symbolic stack just precise enough to tell how each global is used
@@ -313,12 +322,17 @@ public struct PickleScanner {
         if let i = names[key] { return i }
         scan.globals.append(ScannedGlobal(module: module, name: name, via: via, count: 0, offset: opStart))
         names[key] = scan.globals.count - 1
-        if via == nil, let why = GlobalPolicy.weightsOnlyRefusal(module, name) { refuse("\(why) (byte \(opStart))") }
+        if via == nil, let why = GlobalPolicy.weightsOnlyRefusal(module, name) {
+            refuse("\(why) (byte \(opStart))", global: WeightsOnlyRefusedGlobal(module: module, name: name))
+        }
         return scan.globals.count - 1
     }
 
-    private mutating func refuse(_ why: String) {
-        if scan.weightsOnlyRefusal == nil { scan.weightsOnlyRefusal = why }
+    private mutating func refuse(_ why: String, global: WeightsOnlyRefusedGlobal? = nil) {
+        if scan.weightsOnlyRefusal == nil {
+            scan.weightsOnlyRefusal = why
+            scan.weightsOnlyRefusedGlobal = global
+        }
     }
 
     private mutating func use(_ i: Int, _ u: GlobalUse) { scan.globals[i].use(u, at: opStart) }

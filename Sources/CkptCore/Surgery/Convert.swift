@@ -17,6 +17,11 @@ public struct ConvertReport: Sendable {
     public var conversions: [ValueConversion] = []
     /// Values dropped because they cannot be converted (`--drop-unconvertible`).
     public var droppedValues: [ValueConversion] = []
+    /// Records carried beside the weights (``CarriedRecords``): written to `__metadata__` as JSON (to safetensors), or
+    /// restored from it (to a torch file); the records left out, each with why; and what JSON changed in a record.
+    public var records: [String] = []
+    public var recordsLeftOut: [(name: String, why: String)] = []
+    public var recordsLossy: [(name: String, what: String)] = []
     public var warnings: [String] = []
 
     public var json: JSONValue {
@@ -27,6 +32,9 @@ public struct ConvertReport: Sendable {
             ("removed_aliases", .object(removedAliases.map { ($0.removed, .string($0.kept)) })),
             ("conversions", ValueConversion.json(conversions)),
             ("dropped_values", ValueConversion.json(droppedValues, dropped: true)),
+            ("records", .array(records.map { .string($0) })),
+            ("records_left_out", .object(recordsLeftOut.map { ($0.name, .string($0.why)) })),
+            ("records_json_changes", .object(recordsLossy.map { ($0.name, .string($0.what)) })),
             ("warnings", .array(warnings.map { .string($0) })),
         ])
     }
@@ -39,6 +47,21 @@ public struct ConvertReport: Sendable {
                 + removedAliases.map { "\($0.removed) -> \($0.kept)" }.joined(separator: ", ")
         }
         for line in ValueConversion.lines(conversions, dropped: droppedValues) { s += "\n" + line }
+        if !records.isEmpty {
+            s += (outputFormat == .safetensors ? "\nrecords in __metadata__ (as JSON): " : "\nrecords restored from __metadata__: ")
+                + records.joined(separator: ", ")
+        }
+        for r in recordsLossy { s += "\n  \(r.name): \(r.what) in JSON" }
+        if !recordsLeftOut.isEmpty {
+            // Records left out for one reason are named together: `ema, updates, optimizer (training state ...)`.
+            var reasons: [String] = []
+            var names: [String: [String]] = [:]
+            for r in recordsLeftOut {
+                if names[r.why] == nil { reasons.append(r.why) }
+                names[r.why, default: []].append(r.name)
+            }
+            s += "\nrecords not carried: " + reasons.map { "\(names[$0]!.joined(separator: ", ")) (\($0))" }.joined(separator: "; ")
+        }
         return s
     }
 }
@@ -107,6 +130,9 @@ extension Checkpoint {
             od.dictItems = tensors.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
             g.root = g.add(.object(od))
         }
+        // From a safetensors file ckpt wrote with records: the records beside the state dict (``CarriedRecords``).
+        let carried = containerFormat == .safetensors ? try carriedRecords(weights: nil) : nil
+        if let carried { g.root = carried.restore(weights: g.root, into: &g) }
         var plain = PlainDataConverter(g, dropUnconvertible: dropUnconvertible)
         try plain.convert(from: g.root)
         try plain.finish(context: "convert")
@@ -116,10 +142,11 @@ extension Checkpoint {
         surgery.weightsRecord = name
         surgery.conversions = plain.conversions
         surgery.droppedValues = plain.dropped
-        let report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
+        var report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
                                    tensors: tensors.count, dataBytes: storages.reduce(0) { $0 + $1.byteCount },
                                    conversions: plain.conversions, droppedValues: plain.dropped,
                                    warnings: warning.map { [$0] } ?? [])
+        report.records = carried?.records.map(\.name) ?? []
         var plan = SurgeryPlan(graph: renumbered, storages: storages, report: surgery)
         plan.verifyPickle = WeightsOnlyGuarantee.verifier(for: renumbered, context: "convert")
         return (plan, report)
@@ -199,6 +226,12 @@ extension Checkpoint {
 
         var metadata: [(key: String, value: String)] = [("format", "pt")]
         metadata += removed.keys.sorted(by: less).map { ($0, removed[$0]!) }
+        if var carried = try carriedRecords(weights: name) {
+            metadata += carried.metadataEntries(after: metadata)
+            report.records = carried.records.map(\.name)
+            report.recordsLeftOut = carried.leftOut
+            report.recordsLossy = carried.lossy.filter { l in report.records.contains(l.name) }
+        }
         var pairs: [(String, JSONValue)] = [("__metadata__", .object(metadata.map { ($0.key, .string($0.value)) }))]
         var offset: Int64 = 0
         for t in tensors {
