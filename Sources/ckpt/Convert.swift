@@ -9,7 +9,9 @@ struct Convert: ParsableCommand, OptionTexts {
         discussion: """
         The input may be a torch file (zip or legacy), .safetensors, a sharded checkpoint's index
         (pytorch_model.bin.index.json, model.safetensors.index.json) or an .onnx model. The output format
-        follows OUT's extension: .safetensors, else a torch zip file that loads with weights_only=True.
+        follows OUT's extension: .safetensors, else a torch zip file that loads with weights_only=True
+        (non-tensor values made plain data as strip --state-dict makes them, and the written pickle replayed
+        through torch's weights_only rules before the rename: if it would be refused, nothing is written).
         To safetensors, views are compacted and tensors sharing a storage are stored once, as Hugging Face's
         convert.py does (the aliases are listed in __metadata__ with "format": "pt").
 
@@ -26,6 +28,9 @@ struct Convert: ParsableCommand, OptionTexts {
     @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
+    @Flag(name: .customLong("drop-unconvertible"),
+          help: "To a torch file, drop values that cannot become plain data (listed) instead of failing.")
+    var dropUnconvertible = false
 
     static let record = "Record to convert (default: model, else ema, else state_dict, else the file itself)."
     static let json = "Print the summary as JSON."
@@ -41,7 +46,8 @@ struct Convert: ParsableCommand, OptionTexts {
             let p = try Phase.reading(input).run { try ckpt.planSafetensors(record: record, output: output) }
             (plan, report) = (.safetensors(p), p.report)
         case .torch:
-            let (p, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output) }
+            let (p, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output, dropUnconvertible: dropUnconvertible)
+            }
             (plan, report) = (.torch(p), r)
         }
         if !dryRun { try Phase.writing(output, from: input).run { try Checkpoint.write(plan, sources: [ckpt], to: output) } }

@@ -37,7 +37,13 @@ struct Strip: ParsableCommand, OptionTexts {
         --state-dict turns a module object into its state_dict() (tensors outside it, such as YOLOv5's \
         Detect.stride, are left out, and the summary says how many); a dict keeps its structure: a state \
         dict in it stays, modules in it become state dicts, other entries (model_args, hyper_parameters) \
-        stay.
+        stay. The output loads with torch.load(weights_only=True): every value it would refuse becomes plain \
+        data (paths: str; argparse, SimpleNamespace and omegaconf configs: dicts and lists; numpy values: \
+        numbers and lists; enums: their value; datetimes: ISO strings; other objects: a dict of their \
+        attributes with __class__; class references: their name), each conversion listed in the summary. \
+        A value that cannot be converted fails the command, naming its path, unless --drop-unconvertible. \
+        The written pickle is replayed through torch's weights_only rules before the output is renamed \
+        into place: if it would be refused, nothing is written.
 
         A strip that would leave no tensors in the weights record of a file that holds tensors is refused, \
         unless --drop with --force asked for it.
@@ -70,6 +76,9 @@ struct Strip: ParsableCommand, OptionTexts {
     var keepRecords: [String] = []
     @OptionGroup var recordOption: RecordOption<Self>
     @Flag(help: "Allow --drop to remove every tensor.") var force = false
+    @Flag(name: .customLong("drop-unconvertible"),
+          help: "With --state-dict, drop values that cannot become plain data (listed) instead of failing.")
+    var dropUnconvertible = false
     @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
@@ -100,6 +109,7 @@ struct Strip: ParsableCommand, OptionTexts {
         o.force = force
         o.dropRecords = dropRecords
         o.keepRecords = keepRecords
+        o.dropUnconvertible = dropUnconvertible
         let dryRun = rewriteOptions.dryRun
         let ckpt = try Phase.reading(input).run {
             try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))

@@ -54,6 +54,13 @@ public enum ScanAllowList {
         .init(name: "pathlib.PurePath", why: "joins strings into a path; touches no file"),
         .init(name: "pathlib.PurePosixPath", why: "joins strings into a path; touches no file"),
         .init(name: "pathlib.PureWindowsPath", why: "joins strings into a path; touches no file"),
+        // Python 3.13 defines (and pickles) the path classes in pathlib._local (cpython gh-133789).
+        .init(name: "pathlib._local.Path", why: "joins strings into a path; touches no file"),
+        .init(name: "pathlib._local.PosixPath", why: "joins strings into a path; touches no file"),
+        .init(name: "pathlib._local.WindowsPath", why: "joins strings into a path; touches no file"),
+        .init(name: "pathlib._local.PurePath", why: "joins strings into a path; touches no file"),
+        .init(name: "pathlib._local.PurePosixPath", why: "joins strings into a path; touches no file"),
+        .init(name: "pathlib._local.PureWindowsPath", why: "joins strings into a path; touches no file"),
         .init(name: "datetime.datetime", why: "builds a date and time from numbers or its packed bytes"),
         .init(name: "datetime.date", why: "builds a date from numbers or its packed bytes"),
         .init(name: "datetime.time", why: "builds a time from numbers or its packed bytes"),

@@ -13,6 +13,10 @@ public struct ConvertReport: Sendable {
     public var dataBytes: Int64
     /// Shared tensors left out of a safetensors file: each alias and the name kept for its storage.
     public var removedAliases: [(removed: String, kept: String)] = []
+    /// Values of a torch output made plain data so that it loads with `weights_only=True` (``PlainData``).
+    public var conversions: [ValueConversion] = []
+    /// Values dropped because they cannot be converted (`--drop-unconvertible`).
+    public var droppedValues: [ValueConversion] = []
     public var warnings: [String] = []
 
     public var json: JSONValue {
@@ -21,6 +25,8 @@ public struct ConvertReport: Sendable {
             ("output_format", .string(outputFormat.rawValue)), ("record", record.map { .string($0) } ?? .null),
             ("tensors", .int(Int64(tensors))), ("data_bytes", .int(dataBytes)),
             ("removed_aliases", .object(removedAliases.map { ($0.removed, .string($0.kept)) })),
+            ("conversions", ValueConversion.json(conversions)),
+            ("dropped_values", ValueConversion.json(droppedValues, dropped: true)),
             ("warnings", .array(warnings.map { .string($0) })),
         ])
     }
@@ -32,6 +38,7 @@ public struct ConvertReport: Sendable {
             s += "\nshared tensors stored once (aliases in __metadata__): "
                 + removedAliases.map { "\($0.removed) -> \($0.kept)" }.joined(separator: ", ")
         }
+        for line in ValueConversion.lines(conversions, dropped: droppedValues) { s += "\n" + line }
         return s
     }
 }
@@ -81,9 +88,11 @@ extension Checkpoint {
     }
 
     /// Plans `convert` to a torch file: the record's state dict as the whole file (an `OrderedDict` of tensors, or
-    /// the record itself when it already is a state dict, keeping its `_metadata`), storages renumbered, checked.
-    public func planTorchStateDict(record: String? = nil, output: String) throws(CheckpointError)
-        -> (plan: SurgeryPlan, report: ConvertReport)
+    /// the record itself when it already is a state dict, keeping its `_metadata`), every other value in it made plain
+    /// data (``PlainData``; `dropUnconvertible` drops what cannot be), storages renumbered, checked; the plan's
+    /// ``SurgeryPlan/verifyPickle`` is the weights_only replay (``WeightsOnlyGuarantee``).
+    public func planTorchStateDict(record: String? = nil, output: String, dropUnconvertible: Bool = false)
+        throws(CheckpointError) -> (plan: SurgeryPlan, report: ConvertReport)
     {
         let (name, node, tensors, warning) = try convertSource(record: record)
         var g = graph
@@ -98,13 +107,22 @@ extension Checkpoint {
             od.dictItems = tensors.map { DictEntry(key: g.add(.string($0.name)), value: $0.tensor.tensorNode) }
             g.root = g.add(.object(od))
         }
-        let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(g)
+        var plain = PlainDataConverter(g, dropUnconvertible: dropUnconvertible)
+        try plain.convert(from: g.root)
+        try plain.finish(context: "convert")
+        let (renumbered, storages, _) = try CheckStage(checkpoint: self).run(plain.graph)
+        try WeightsOnlyGuarantee.check(renumbered, context: "convert")
         var surgery = SurgeryReport()
         surgery.weightsRecord = name
+        surgery.conversions = plain.conversions
+        surgery.droppedValues = plain.dropped
         let report = ConvertReport(input: path, inputFormat: format, output: output, outputFormat: .torch, record: name,
                                    tensors: tensors.count, dataBytes: storages.reduce(0) { $0 + $1.byteCount },
+                                   conversions: plain.conversions, droppedValues: plain.dropped,
                                    warnings: warning.map { [$0] } ?? [])
-        return (SurgeryPlan(graph: renumbered, storages: storages, report: surgery), report)
+        var plan = SurgeryPlan(graph: renumbered, storages: storages, report: surgery)
+        plan.verifyPickle = WeightsOnlyGuarantee.verifier(for: renumbered, context: "convert")
+        return (plan, report)
     }
 
     /// Plans `convert` to safetensors: the record's state dict, each tensor compacted to its row-major bytes, shared

@@ -196,18 +196,4 @@ extension PickleGraph {
         default: break
         }
     }
-
-    /// Replaces numpy scalars and arrays reachable from the root by Python floats (one element) or
-    /// lists of floats, so the pickle needs no numpy globals.
-    mutating func replaceNumpyValues() {
-        for id in reachable(from: root) {
-            guard let (_, values) = numpyValue(id) else { continue }
-            if values.count == 1 {
-                self[id] = .float(values[0])
-            } else {
-                let items = values.map { add(.float($0)) }
-                self[id] = .list(items)
-            }
-        }
-    }
 }

@@ -369,7 +369,7 @@ struct DropKeys: SurgeryStep {
 }
 
 /// `--state-dict`: module objects become state dicts; a dict keeps its structure (see
-/// ``PickleGraph/stateDictForm(_:name:depth:changes:limits:)``); numpy values become plain numbers.
+/// ``PickleGraph/stateDictForm(_:name:depth:changes:limits:)``); then ``PlainData`` makes every other value plain.
 struct ToStateDict: SurgeryStep {
     func apply(_ state: SurgeryState, _ catalogue: StorageCatalogue) throws(CheckpointError) -> SurgeryState {
         var s = state
@@ -378,15 +378,6 @@ struct ToStateDict: SurgeryStep {
         let converted = try s.graph.stateDictForm(node, name: s.weightsName, depth: 0, changes: &changes)
         s.report.recordChanges += changes
         if converted != node { try s.replaceWeights(with: converted) }
-        return s
-    }
-}
-
-/// numpy scalars and arrays become Python floats and lists, so the pickle needs no numpy globals (`--state-dict`).
-struct PlainNumbers: SurgeryStep {
-    func apply(_ state: SurgeryState, _ catalogue: StorageCatalogue) throws(CheckpointError) -> SurgeryState {
-        var s = state
-        s.graph.replaceNumpyValues()
         return s
     }
 }

@@ -43,6 +43,7 @@ public struct StripSummary: Sendable {
         if !report.renamed.isEmpty {
             lines.append("  renamed \(report.renamed.count) keys, e.g. \(report.renamed[0].old) -> \(report.renamed[0].new)")
         }
+        lines += ValueConversion.lines(report.conversions, dropped: report.droppedValues)
         return lines.joined(separator: "\n")
     }
 
@@ -58,6 +59,8 @@ public struct StripSummary: Sendable {
             ("converted_tensors", .int(Int64(report.convertedTensors))),
             ("dropped", .array(report.dropped.map { .string($0) })),
             ("renamed", .array(report.renamed.map { .array([.string($0.old), .string($0.new)]) })),
+            ("conversions", ValueConversion.json(report.conversions)),
+            ("dropped_values", ValueConversion.json(report.droppedValues, dropped: true)),
             ("warnings", .array(report.warnings.map { .string($0) })),
         ])
     }

@@ -20,6 +20,9 @@ public struct StripOptions: Sendable {
     public var dropRecords: [String] = []
     /// `--keep-record NAME`: top-level records kept whatever the framework's conventions say.
     public var keepRecords: [String] = []
+    /// `--drop-unconvertible`: with `stateDict`, values the plain-data table (``PlainData``) cannot convert are dropped
+    /// (and listed) instead of failing the command.
+    public var dropUnconvertible = false
     public init() {}
 }
 
@@ -39,6 +42,10 @@ public struct SurgeryReport: Sendable {
     public var weightsDType: DType?
     /// The framework whose conventions the surgery followed (``FrameworkConvention/id``), when one was detected or named.
     public var framework: String?
+    /// Values made plain data so that the output loads with `weights_only=True` (``PlainData``): path, from, to.
+    public var conversions: [ValueConversion] = []
+    /// Values dropped because they cannot be converted (`--drop-unconvertible`): path, class, why.
+    public var droppedValues: [ValueConversion] = []
 }
 
 /// A pure rewrite of a checkpoint's graph: what to write, and how each storage's bytes are made.
@@ -48,6 +55,10 @@ public struct SurgeryPlan {
     /// dtype conversion to apply while copying.
     public var storages: [OutputStorage]
     public var report: SurgeryReport
+    /// Run by the writer over the encoded data.pkl after it is made and before the output is renamed into place; a
+    /// throw removes the temporary file, so nothing is written. `strip --state-dict` and `convert` set it to the
+    /// weights_only replay (``WeightsOnlyGuarantee/verifier(for:context:)``).
+    public var verifyPickle: (@Sendable ([UInt8]) throws -> Void)? = nil
 }
 
 /// One storage of the output: where its bytes come from and how they change.
@@ -94,7 +105,10 @@ extension Checkpoint {
     /// 3. The weights record, as it is after 1 and 2 (``SelectWeights``): `--record` names it (it never turns the EMA
     ///    step off); --drop, --state-dict and --rename change it and the summary counts its parameters.
     /// 4. The framework's publish rewrites (Ultralytics' `args`/`criterion`/`train_args`, timm's prefixes and bare
-    ///    state dict), `--drop`, `--state-dict`, `--rename`, `--half`, numpy values as numbers.
+    ///    state dict), `--drop`, `--state-dict`, `--rename`, `--half`, then with `--state-dict` every value that
+    ///    weights_only refuses made plain data (``PlainData``).
+    /// 5. With `--state-dict`, the output's promise to load with `weights_only=True` (``WeightsOnlyGuarantee``): checked
+    ///    on the graph here, and on the encoded pickle by the writer before the rename.
     public func planStrip(_ options: StripOptions) throws(CheckpointError) -> SurgeryPlan {
         try refuseTorchScriptRewrite("strip")
         let c = conventions
@@ -122,12 +136,18 @@ extension Checkpoint {
             steps.append(RenameKeys(prefixes: options.rename, regexes: options.renameRegex))
         }
         if options.half { steps.append(HalfPrecision()) }
-        if options.stateDict { steps.append(PlainNumbers()) }
+        if options.stateDict { steps.append(PlainData(dropUnconvertible: options.dropUnconvertible)) }
 
         var state = SurgeryState(graph: graph)
         if let f = framework { state.report.framework = f.convention.id }
         let catalogue = catalogue
         for step in steps { state = try step.apply(state, catalogue) }
-        return try CheckStage(checkpoint: self).finish(state, dropForced: options.force && !options.drop.isEmpty)
+        var plan = try CheckStage(checkpoint: self).finish(state, dropForced: options.force && !options.drop.isEmpty)
+        if options.stateDict {
+            // The promise of --state-dict: checked on the graph now, and by the writer on the bytes before the rename.
+            try WeightsOnlyGuarantee.check(plan.graph, context: "--state-dict")
+            plan.verifyPickle = WeightsOnlyGuarantee.verifier(for: plan.graph, context: "--state-dict")
+        }
+        return plan
     }
 }

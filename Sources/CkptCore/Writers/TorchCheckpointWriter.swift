@@ -7,7 +7,8 @@ enum TorchCheckpointWriter {
     /// fsync, rename). Storage bytes stream from the sources' records in bounded chunks (each
     /// ``OutputStorage/source`` indexes `sources`), converted where the plan says. The layout is
     /// torch's own, so torch may compute offsets. With several sources, a fault reading one of them is thrown as
-    /// a ``FileError`` naming it.
+    /// a ``FileError`` naming it. The plan's ``SurgeryPlan/verifyPickle`` runs over the encoded data.pkl before the
+    /// rename.
     static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String, chunkSize: Int,
                       progress: ((Int64) -> Void)?) throws
     {
@@ -20,6 +21,9 @@ enum TorchCheckpointWriter {
             var hash = FNV64()
             hash.add(pickle)
             try w.addRecord("data.pkl", bytes: pickle)
+            // The plan's check of the bytes written (strip --state-dict, convert: the weights_only replay), before any
+            // storage is copied; a throw here removes the temporary file.
+            try plan.verifyPickle?(pickle)
             try w.addRecord(".format_version", bytes: Array("1".utf8))
             try w.addRecord(".storage_alignment", bytes: Array("64".utf8))
             try w.addRecord("byteorder", bytes: Array("little".utf8))
