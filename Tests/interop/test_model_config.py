@@ -13,7 +13,7 @@ import torch.nn as nn
 from conftest import FIXTURES, run, run_json, weights_only_loads
 from models.yolo import Model as YOLOv5Model  # YOLOv5 keeps `Model` as the name of its DetectionModel
 from ultralytics.nn.tasks import DetectionModel as UltralyticsDetectionModel
-from plainlib import python_description
+from plainlib import python_description, same_plain
 
 # fixture, the record the weights come from in the input, the class that rebuilds the model from its yaml
 CASES = [
@@ -160,3 +160,22 @@ def test_a_file_that_is_the_module_says_the_description_is_not_kept(tmp):
     assert "description is not kept" in p.stderr and "nc" in p.stderr
     got = torch.load(tmp / "o.pt", weights_only=True)
     assert list(got) == list(net.state_dict())
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_tensor_attributes_are_what_tolist_gives(tmp, zip_format):
+    m = nn.Linear(2, 2)
+    m.stride = torch.tensor([8.0, 16.0, 32.0])
+    m.view = torch.arange(12, dtype=torch.int64).view(3, 4)[:, 1::2]  # a strided view of a larger storage
+    m.scalar = torch.tensor(3.5, dtype=torch.float16)
+    m.flags = torch.tensor([[True], [False]])
+    m.bf = torch.tensor([1.0, -2.5], dtype=torch.bfloat16)
+    m.small = torch.tensor([-3, 250], dtype=torch.int16)
+    m.c = torch.zeros(2, dtype=torch.complex64)  # no Python numbers: left out, and said
+    src = tmp / "m.pt"
+    torch.save({"model": m}, src, _use_new_zipfile_serialization=zip_format)
+    p = run("strip", src, tmp / "o.pt", "--state-dict", check=0)
+    assert "model.c left out" in p.stderr
+    config = torch.load(tmp / "o.pt", weights_only=True)["model_config"]
+    assert "c" not in config
+    same_plain(python_description(m), config)  # types too: floats, ints, bools, nested as tolist() nests them
