@@ -95,6 +95,9 @@ struct Strip: ParsableCommand, OptionTexts {
         if let both = dropRecords.first(where: keepRecords.contains) {
             throw ValidationError("--drop-record and --keep-record both name '\(both)'")
         }
+        if dropUnconvertible && !stateDict {
+            throw ValidationError("--drop-unconvertible applies to --state-dict, which makes values plain data")
+        }
     }
 
     func run() throws {

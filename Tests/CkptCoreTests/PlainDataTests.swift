@@ -140,6 +140,21 @@ import Testing
         #expect(scan.weightsOnlyRefusal == nil && scan.error == nil)
     }
 
+    /// A call of a function with no arguments returns something the pickle does not say: not taken for an instance
+    /// of a class (as a CapWords name or NEWOBJ is).
+    @Test func aFunctionCallIsNoObject() throws {
+        var g = PickleGraph()
+        func call(_ m: String, _ n: String, _ c: PickleObject.Construction) -> NodeID {
+            g.add(.object(PickleObject(construction: c, callable: g.add(.global(module: m, name: n)), args: g.add(.tuple([])))))
+        }
+        let made = call("mod", "make_default", .reduce), cls = call("mod", "Default", .reduce), new = call("mod", "thing", .newObj)
+        g.root = g.add(.dict([("made", made), ("cls", cls), ("new", new)].map { DictEntry(key: g.add(.string($0.0)), value: $0.1) }))
+        var c = PlainDataConverter(g, dropUnconvertible: false)
+        try c.convert(from: g.root)
+        #expect(c.unconvertible.map(\.path) == ["made"])
+        #expect(c.conversions.map(\.path) == ["cls", "new"] && c.conversions.allSatisfy { $0.to == "dict with __class__" })
+    }
+
     /// The writer runs the plan's check of the encoded pickle before the rename: a refusal leaves nothing behind.
     @Test func refusedPickleIsNeverRenamedIntoPlace() throws {
         let ckpt = try Checkpoint(path: Oracle.fixture("sd-proto2.pt"))

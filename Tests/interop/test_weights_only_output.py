@@ -309,6 +309,10 @@ def test_drop_unconvertible_drops_and_lists(tmp_path):
         ("sched", "functools.partial"), ("hooks.1", "plainvalues.make_opaque")]
     text = run("strip", src, tmp_path / "o2.pt", "--state-dict", "--drop-unconvertible", "--allow-unsafe", check=0).stdout
     assert "  dropped sched: functools.partial" in text
+    # without --state-dict nothing is made plain: the flag is refused
+    p = run("strip", src, tmp_path / "o3.pt", "--drop-unconvertible", "--allow-unsafe")
+    assert p.returncode == 2 and p.stderr.startswith("ckpt: ") and "applies to --state-dict" in p.stderr
+    assert not (tmp_path / "o3.pt").exists()
 
 
 def test_refusal_nobody_converts_fails_naming_path(tmp_path):

@@ -44,7 +44,7 @@ public struct ValueConversion: Sendable, Equatable {
 /// | `collections.defaultdict`, Python 2's `dict(...)` call, other dict and list subclasses with no state | `dict` / `list` | `dict(x)` / `list(x)` |
 /// | `b''` pickled as `bytes()` | the same `b''`, pickled as `_codecs.encode('', 'latin1')` | |
 /// | an `nn.Module` outside the weights record | its state dict (as `--state-dict` makes the weights record's) | `m.state_dict()` |
-/// | an object of any other class whose state is a dict of attributes (made with no arguments) | `dict` of its attributes, converted, with `"__class__": "module.qualname"` first | `{"__class__": ..., **vars(x)}` |
+/// | an object of any other class whose state is a dict of attributes (made with no arguments: NEWOBJ, or a call of a CapWords name) | `dict` of its attributes, converted, with `"__class__": "module.qualname"` first | `{"__class__": ..., **vars(x)}` |
 /// | a bare class or function (a GLOBAL used as a value: Lightning's `hparams_type`), `getattr(cls, 'NAME')` | `str`: `module.qualname` | |
 ///
 /// Anything else (a call of a function or class with arguments the table does not read: `functools.partial`, a
@@ -75,10 +75,11 @@ struct PlainData: SurgeryStep {
     }
 }
 
-/// The walk behind ``PlainData``, usable on any value of a graph (a step that gathers a module's description converts
-/// what it gathers with ``convert(from:path:)``, then ``finish(context:)``). It reads the graph as it was when the
-/// converter was made and writes converted values in place, so a class read from a global is never a global already
-/// converted to its name.
+/// The walk behind ``PlainData``, usable on any value of a graph: a step that gathers a module's description converts
+/// what it gathers with ``convert(from:path:)``, then ``finish(context:)``; a reading command that predicts what
+/// `strip --state-dict` would do converts a copy of the graph and reads ``conversions`` and ``unconvertible`` without
+/// finishing. It reads the graph as it was when the converter was made and writes converted values in place, so a
+/// class read from a global is never a global already converted to its name.
 struct PlainDataConverter {
     private(set) var graph: PickleGraph
     /// The graph as it was: every decision reads it.
@@ -285,8 +286,8 @@ struct PlainDataConverter {
         return try plainObject(id, o, cls, args, path, depth)
     }
 
-    /// An object made with no arguments (NEWOBJ, a call, or protocol 0/1's `copyreg._reconstructor(cls, object,
-    /// None)`) whose state is a dict of attributes: a dict of them with `__class__` first. A dict or list subclass
+    /// An object made with no arguments (NEWOBJ, a call of a CapWords name, or protocol 0/1's
+    /// `copyreg._reconstructor(cls, object, None)`) whose state is a dict of attributes: a dict of them with `__class__` first. A dict or list subclass
     /// (SETITEMS or APPENDS onto it, no state): a dict or list.
     private mutating func plainObject(_ id: NodeID, _ o: PickleObject, _ cls: String, _ args: [NodeID], _ path: String,
                                       _ depth: Int) throws(CheckpointError)
@@ -296,7 +297,11 @@ struct PlainDataConverter {
            Self.qualified(cm, cn) != "copyreg._reconstructor",
            case .global(let bm, let bn) = node(args[1]), Self.qualified(bm, bn) == "builtins.object", source.isNone(args[2]) {
             className = Self.qualified(cm, cn)
-        } else if args.isEmpty, o.kwargs.map({ source.dictEntries($0)?.isEmpty ?? false }) ?? true {
+        } else if args.isEmpty, o.kwargs.map({ source.dictEntries($0)?.isEmpty ?? false }) ?? true,
+                  // NEWOBJ makes an instance of a class; a call may be of a function, whose result is unknown: only a
+                  // CapWords name is taken for a class.
+                  o.construction == .newObj || o.construction == .newObjEx
+                    || cls.split(separator: ".").last?.first?.isUppercase == true {
             className = cls
         }
         guard let className else {
