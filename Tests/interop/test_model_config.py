@@ -151,14 +151,18 @@ def test_modules_inside_the_weights_record_are_described_by_path(tmp):
     assert config["model.G"]["kind"] == "generator"
 
 
-def test_a_file_that_is_the_module_says_the_description_is_not_kept(tmp):
+@pytest.mark.parametrize("shape", ["module", "list"])
+def test_a_file_that_is_the_module_says_the_description_is_not_kept(tmp, shape):
     src = tmp / "whole.pt"
     net = nn.Linear(3, 2)
     net.nc = 2
-    torch.save(net, src)
+    torch.save(net if shape == "module" else [net, 3], src)
     p = run("strip", src, tmp / "o.pt", "--state-dict", check=0)
     assert "description is not kept" in p.stderr and "nc" in p.stderr
     got = torch.load(tmp / "o.pt", weights_only=True)
+    if shape == "list":
+        assert len(got) == 2 and got[1] == 3
+        got = got[0]
     assert list(got) == list(net.state_dict())
 
 

@@ -19,8 +19,8 @@
 ///   that `torch.load(weights_only=True)` refuses plain data, and lists each under its `model_config.` path.
 /// - Existing records are untouched. If the file has a `model_config` record already, the description goes to the
 ///   first free name of `model_config_2`, `model_config_3`, ... and a warning names it. When the file is the module
-///   itself (`torch.save(model)`), its state dict has no place for another record: the description is not written,
-///   and a warning says what was not kept.
+///   itself (`torch.save(model)`), or a list or tuple holding it, there is no place for another record: the
+///   description is not written, and a warning says what was not kept.
 struct DescribeModel: SurgeryStep {
     static let recordName = "model_config"
     /// Most elements a tensor attribute may have to be carried as numbers.
@@ -45,8 +45,10 @@ struct DescribeModel: SurgeryStep {
         let root = s.graph.root
         guard s.graph.dictEntries(root) != nil, s.graph.moduleFields(root) == nil else {
             let what = described.map { "\($0.path) (\($0.cls)): \($0.names.joined(separator: ", "))" }.joined(separator: "; ")
-            s.report.warnings.append("the model's description is not kept: the file is the module itself, and the state "
-                + "dict that replaces it has no place for a \(Self.recordName) record (\(what))")
+            let why = s.graph.moduleFields(root) != nil
+                ? "the file is the module itself, and the state dict that replaces it has no place for"
+                : "the file is \(weightsDescription(s.graph, root)), not a dict of records: it has no place for"
+            s.report.warnings.append("the model's description is not kept: \(why) a \(Self.recordName) record (\(what))")
             return s
         }
         var name = Self.recordName
