@@ -70,6 +70,71 @@ def python_plain(x):
     raise TypeError(f"no Python conversion for {type(x)}")
 
 
+# What torch keeps in every module's __dict__, by torch's own word: never part of a model's description.
+TORCH_MODULE_KEYS = frozenset(vars(torch.nn.Module()))
+# Tensor attributes carried as numbers by strip --state-dict: at most this many elements, of a dtype with Python numbers.
+MAX_DESCRIBED_ELEMENTS = 1 << 16
+NUMBER_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16,
+                 torch.uint16, torch.int32, torch.uint32, torch.int64, torch.bool}
+
+
+def holds_model_part(x, seen=None):
+    """Whether a value holds a module or a tensor anywhere inside (containers, objects' attributes)."""
+    seen = set() if seen is None else seen
+    if id(x) in seen:
+        return False
+    seen.add(id(x))
+    if torch.is_tensor(x) or isinstance(x, torch.nn.Module):
+        return True
+    if isinstance(x, dict):
+        return any(holds_model_part(k, seen) or holds_model_part(v, seen) for k, v in x.items())
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return any(holds_model_part(v, seen) for v in x)
+    if hasattr(x, "__dict__") and not isinstance(x, type):
+        return any(holds_model_part(v, seen) for v in vars(x).values())
+    return False
+
+
+def python_description(module):
+    """A module's description as strip --state-dict writes it in `model_config`: every attribute of its __dict__ that
+    torch does not keep in every module, made plain; a small tensor as tensor.tolist(); values holding a module or a
+    tensor (part of the model's state), and larger tensors, left out."""
+    out = {}
+    for k, v in vars(module).items():
+        if k in TORCH_MODULE_KEYS:
+            continue
+        if torch.is_tensor(v):
+            if v.numel() <= MAX_DESCRIBED_ELEMENTS and v.dtype in NUMBER_DTYPES:
+                out[k] = v.tolist()
+        elif not holds_model_part(v):
+            out[k] = python_plain(v)
+    return out
+
+
+def python_model_config(weights, name=None):
+    """The `model_config` record strip --state-dict adds for a weights value (name: its record, None for the whole
+    file), or None when it adds none: the module's description when the value is a module, else one description per
+    module the value's dicts, lists and tuples hold (not an optimizer state's), keyed by dotted path."""
+    if isinstance(weights, torch.nn.Module):
+        return python_description(weights) or None
+    found = []
+
+    def walk(x, path):
+        if isinstance(x, torch.nn.Module):
+            found.append((path, x))
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}.{i}" if path else str(i))
+        elif isinstance(x, dict) and not ("state" in x and "param_groups" in x):
+            for k, v in x.items():
+                if isinstance(k, (str, int)) and not isinstance(k, bool):
+                    walk(v, f"{path}.{k}" if path else str(k))
+
+    walk(weights, name)
+    described = {p: python_description(m) for p, m in found}
+    return {p: d for p, d in described.items() if d} or None
+
+
 def bits(t):
     """A tensor's bytes (a quantized one: its integer representation and its dequantized values)."""
     if t.is_quantized:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from conftest import FIXTURES, assert_clean_failure, run, run_json
+from plainlib import python_description
 from viewlib import bits, tensor_walk
 
 TRAINING_STATE = ["optimizer", "ema", "updates"]
@@ -29,7 +30,7 @@ def load(path, **kw):
 def expected(src, use_ema, state_dict):
     """What strip must write, computed by torch: the EMA becomes the model when asked or when the model is None,
     training state None, epoch -1; with --state-dict the model is its state_dict (plain tensors) and numpy values
-    are plain floats."""
+    are plain floats, and the model's attributes are a `model_config` record."""
     x = dict(src)
     if use_ema or x["model"] is None:
         x["model"] = x["ema"]
@@ -37,6 +38,7 @@ def expected(src, use_ema, state_dict):
         x[k] = None
     x["epoch"] = -1
     if state_dict:
+        x["model_config"] = python_description(x["model"])  # the module's description, beside its state dict
         x["model"] = collections.OrderedDict((k, v.detach()) for k, v in x["model"].state_dict(keep_vars=True).items())
         x = {k: (float(v.item()) if isinstance(v, np.ndarray) and v.size == 1 else v) for k, v in x.items()}
     return x
@@ -68,6 +70,8 @@ def test_record_use_ema_state_dict(tmp_path, case):
     want = expected(src, use_ema, state_dict)
     got = torch.load(out, weights_only=state_dict) if state_dict else load(out)
     assert list(got) == list(want)
+    if state_dict:
+        assert got["model_config"] == want["model_config"]
     # exactly the expected tensors, everywhere in the file: path, dtype, shape, bits, Parameter-ness
     gw, ww = tensor_walk(got), tensor_walk(want)
     assert [n for n, _ in gw] == [n for n, _ in ww]

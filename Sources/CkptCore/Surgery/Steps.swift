@@ -56,14 +56,21 @@ struct SurgeryState {
 }
 
 /// One pure rewrite step of a surgery: a state in, a state out. Steps read the catalogue of the input's storages
-/// (their record sizes) and never do I/O. ``Checkpoint/planStrip(_:)`` composes them; ``CheckStage`` checks the result.
+/// (their record sizes, and the elements of a small tensor) and do no other I/O. ``Checkpoint/planStrip(_:)`` composes
+/// them; ``CheckStage`` checks the result.
 protocol SurgeryStep {
     func apply(_ state: SurgeryState, _ catalogue: StorageCatalogue) throws(CheckpointError) -> SurgeryState
 }
 
-/// The storages a surgery may use: each storage key's record size in the input.
+/// The storages a surgery may use: each storage key's record size in the input, and the elements of a tensor, as the
+/// bytes `tensor.contiguous()` holds (checked against its storage first; ``DescribeModel`` reads small tensor
+/// attributes such as YOLOv5's `stride` this way, to carry them as numbers).
 struct StorageCatalogue {
     let recordBytes: (String) -> Int64?
+    /// A tensor's elements in row-major order; the name is for a failure's message.
+    var elements: (TensorRef, String) throws(CheckpointError) -> [UInt8] = { _, name throws(CheckpointError) in
+        throw .invalidOperation("\(name): no tensor data to read here")
+    }
 }
 
 // MARK: - The EMA becomes the weights

@@ -98,7 +98,29 @@ extension Checkpoint {
     }
 
     /// The storages a surgery of this checkpoint may use.
-    var catalogue: StorageCatalogue { StorageCatalogue(recordBytes: { [source] in source.storageBytes($0) }) }
+    var catalogue: StorageCatalogue {
+        StorageCatalogue(recordBytes: { [source] in source.storageBytes($0) },
+                         elements: { [self] t, name throws(CheckpointError) in try self.elementBytes(t, name: name) })
+    }
+
+    /// A tensor's elements in row-major order (the bytes `tensor.contiguous()` holds), after the tensor is checked
+    /// against its storage. For small tensors: the bytes are held in memory.
+    func elementBytes(_ t: TensorRef, name: String) throws(CheckpointError) -> [UInt8] {
+        do throws(TensorCheckError) { try t.check(name: name, recordBytes: storageRecordBytes(t.storage.key)) } catch {
+            throw .tensor(error)
+        }
+        let reader = try TensorElementReader(self, storageKey: t.storage.key, itemSize: t.dtype.itemSize, view: StorageView(t))
+        let total = Int(reader.total) * t.dtype.itemSize
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 64)
+        defer { buffer.deallocate() }
+        var filled = 0
+        while filled < total {
+            let n = try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<total]))
+            guard n > 0 else { break }
+            filled += n
+        }
+        return Array(UnsafeRawBufferPointer(rebasing: buffer[0..<filled]))
+    }
 
     /// Plans `strip`: the steps the options and the framework's conventions (``framework``) ask for, in order, then
     /// the ``CheckStage``. Does no I/O beyond what was already read.
@@ -108,7 +130,8 @@ extension Checkpoint {
     /// 3. The weights record, as it is after 1 and 2 (``SelectWeights``): `--record` names it (it never turns the EMA
     ///    step off); --drop, --state-dict and --rename change it and the summary counts its parameters.
     /// 4. The framework's publish rewrites (Ultralytics' `args`/`criterion`/`train_args`, timm's prefixes and bare
-    ///    state dict), `--drop`, `--state-dict`, `--rename`, `--half`, then with `--state-dict` every value that
+    ///    state dict), `--drop`, `--state-dict` (the module's description to a `model_config` record,
+    ///    ``DescribeModel``, then the state dict), `--rename`, `--half`, then with `--state-dict` every value that
     ///    weights_only refuses made plain data (``PlainData``).
     /// 5. With `--state-dict`, the output's promise to load with `weights_only=True` (``WeightsOnlyGuarantee``): checked
     ///    on the graph here, and on the encoded pickle by the writer before the rename.
@@ -134,7 +157,7 @@ extension Checkpoint {
             }
         }
         if !options.drop.isEmpty { steps.append(DropKeys(patterns: options.drop, force: options.force)) }
-        if options.stateDict { steps.append(ToStateDict()) }
+        if options.stateDict { steps += [DescribeModel(), ToStateDict()] }
         if !options.rename.isEmpty || !options.renameRegex.isEmpty {
             steps.append(RenameKeys(prefixes: options.rename, regexes: options.renameRegex))
         }
