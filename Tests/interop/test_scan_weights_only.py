@@ -63,7 +63,7 @@ CASES = {
     "simplenamespace": ({"cfg": {"inner": [types.SimpleNamespace(a=1)]}}, "cfg.inner.0", "types.SimpleNamespace", "dict"),
     "omegaconf": ({"hyper_parameters": OmegaConf.create({"lr": 0.1, "layers": [1, 2]})}, "hyper_parameters",
                   "omegaconf.dictconfig.DictConfig", "dict"),
-    "numpy-scalar": ({"best_fitness": np.float64(0.5)}, "best_fitness", "numpy._core.multiarray.scalar", "float"),
+    "numpy-scalar": ({"best_fitness": np.float64(0.5)}, "best_fitness", "numpy.float64", "float"),
     "numpy-array": ({"meta": {"anchors": np.arange(4.0)}}, "meta.anchors", "numpy.ndarray", "tensor"),
     "enum": ({"meta": {"color": Color.RED}}, "meta.color", f"{__name__}.Color", "enum value"),
     "datetime": ({"date": datetime.datetime(2024, 5, 1, 12, 34, 56)}, "date", "datetime.datetime", "isoformat"),

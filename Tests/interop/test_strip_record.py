@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from conftest import FIXTURES, assert_clean_failure, run, run_json
-from plainlib import python_description
+from plainlib import python_description, python_plain
 from viewlib import bits, tensor_walk
 
 TRAINING_STATE = ["optimizer", "ema", "updates"]
@@ -30,7 +30,7 @@ def load(path, **kw):
 def expected(src, use_ema, state_dict):
     """What strip must write, computed by torch: the EMA becomes the model when asked or when the model is None,
     training state None, epoch -1; with --state-dict the model is its state_dict (plain tensors) and numpy values
-    are plain floats, and the model's attributes are a `model_config` record."""
+    become tensors (torch.from_numpy), and the model's attributes are a `model_config` record."""
     x = dict(src)
     if use_ema or x["model"] is None:
         x["model"] = x["ema"]
@@ -40,7 +40,7 @@ def expected(src, use_ema, state_dict):
     if state_dict:
         x["model_config"] = python_description(x["model"])  # the module's description, beside its state dict
         x["model"] = collections.OrderedDict((k, v.detach()) for k, v in x["model"].state_dict(keep_vars=True).items())
-        x = {k: (float(v.item()) if isinstance(v, np.ndarray) and v.size == 1 else v) for k, v in x.items()}
+        x = {k: (python_plain(v) if isinstance(v, np.ndarray) else v) for k, v in x.items()}  # torch.from_numpy
     return x
 
 

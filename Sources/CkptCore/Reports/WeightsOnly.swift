@@ -92,12 +92,17 @@ public enum WeightsOnlyConversion {
             let from = v.from.hasPrefix("getattr(") ? String(v.from.dropFirst(8)) : v.from
             return from.hasPrefix(package + ".") || from.hasPrefix(package + " ") || from == package
         }
+        // The value's class as the walk names it (`numpy.float64`, `numpy.ndarray`), not the global that rebuilds it.
+        func valueClass(_ v: ValueConversion) -> String {
+            var from = v.from.hasPrefix("getattr(") ? String(v.from.dropFirst(8)) : v.from
+            if let cut = from.range(of: " (") { from = String(from[..<cut.lowerBound]) }
+            return from.isEmpty ? module + "." + name : from
+        }
         if let v = c.unconvertible.first(where: ofPackage) {
-            return .init(path: v.path.isEmpty ? "(top level)" : v.path, className: module + "." + name, conversion: nil)
+            return .init(path: v.path.isEmpty ? "(top level)" : v.path, className: valueClass(v), conversion: nil)
         }
         if let v = c.conversions.first(where: ofPackage) {
-            return .init(path: v.path.isEmpty ? "(top level)" : v.path, className: module + "." + name,
-                         conversion: "\(v.to) (from \(v.from))")
+            return .init(path: v.path.isEmpty ? "(top level)" : v.path, className: valueClass(v), conversion: v.to)
         }
         return nil
     }
