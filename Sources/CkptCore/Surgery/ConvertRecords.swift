@@ -111,6 +111,9 @@ extension Checkpoint {
         }
         let training = Set(conventions.trainingState)
         var out = CarriedRecords(weights: weights, records: [], weightsIndex: 0, leftOut: [], lossy: [])
+        // Values weights_only refuses become plain data first, by strip --state-dict's table (``PlainDataConverter``),
+        // so that a record such as Lightning's omegaconf hyper_parameters travels as the dict it converts to.
+        var plain = PlainDataConverter(graph, dropUnconvertible: false)
         for (i, e) in entries.enumerated() where i != at {
             guard let name = graph.string(e.key) else {
                 out.leftOut.append((graph.keyText(e.key) ?? "?", "its key is not a string"))
@@ -120,11 +123,21 @@ extension Checkpoint {
                 out.leftOut.append((name, "training state in the \(conventions.id) conventions"))
                 continue
             }
+            let (converted, refused) = (plain.conversions.count, plain.unconvertible.count)
+            try? plain.convert(from: e.value, path: name)
+            if plain.unconvertible.count > refused {
+                let v = plain.unconvertible[refused]
+                out.leftOut.append((name, "\(v.path): \(v.from) cannot be made plain data (\(v.to))"))
+                continue
+            }
             do {
-                let (json, lossy) = try PlainJSON.encode(graph, e.value, path: name)
+                let (json, lossy) = try PlainJSON.encode(plain.graph, e.value, path: name)
                 out.records.append((name, json))
                 if i < at { out.weightsIndex = out.records.count }
-                if !lossy.isEmpty { out.lossy.append((name, lossy.joined(separator: ", "))) }
+                let made = plain.conversions[converted...].map {
+                    ($0.path == name ? "" : "\($0.path): ") + "\($0.from) -> \($0.to)"
+                }
+                if !(made + lossy).isEmpty { out.lossy.append((name, (made + lossy).joined(separator: ", "))) }
             } catch {
                 out.leftOut.append((name, error.reason))
             }
