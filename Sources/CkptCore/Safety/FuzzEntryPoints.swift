@@ -48,6 +48,13 @@ public enum FuzzEntryPoints {
         _ = try? KeysBuilder(checkpoint: c).build()
         _ = c.dangerousGlobals()
         for r in c.records.prefix(100) { _ = try? c.record(named: r.name) }
+        _ = try? WeightsOnlyCheckBuilder(path: path, limits: limits).build()
+        // The framework's conventions with the EMA asked for, the model's description and plain data (--state-dict).
+        var sd = StripOptions()
+        sd.useEMA = true
+        sd.stateDict = true
+        sd.dropUnconvertible = true
+        if let plan = try? c.planStrip(sd) { _ = try? PickleEncoder.encode(plan.graph) }
         var o = StripOptions()
         o.half = true
         guard let plan = try? c.planStrip(o) else { return }
