@@ -149,35 +149,14 @@ extension Checkpoint {
             try writeSafetensors(plan, to: plan.output, folder: folder)
             return FolderFiles.fileBytes(plan.output)
         case .folder:
-            let (parent, name) = AtomicOutput.split(plan.output)
-            FolderFiles.removeStaleTempFolders(in: parent, prefix: AtomicOutput.tempPrefix(for: name))
-            var tmp = ""
-            for _ in 0..<16 {
-                let random = String(UInt64.random(in: 0...UInt64(UInt32.max)), radix: 16)
-                tmp = parent + "/" + AtomicOutput.tempPrefix(for: name) + "\(getpid())-\(random)"
-                if mkdir(tmp, 0o755) == 0 { break }
-                if errno != EEXIST { throw ZipError.io(ZipFileHandle.systemMessage("cannot create a temporary folder in '\(parent)'")) }
-            }
-            do {
+            try AtomicOutput.writeFolder(to: plan.output) { tmp in
                 for f in plan.copied { try FolderFiles.copyFile(base + f.name, to: tmp + "/" + f.name) }
                 if plan.changesTensors {
                     try writeSafetensors(plan, to: tmp + "/model.safetensors", folder: folder)
                 } else {
                     for f in folder.weights { try FolderFiles.copyFile(base + f.name, to: tmp + "/" + f.name) }
                 }
-                try FolderFiles.sync(tmp, directory: true)
-                var existing = stat()
-                if lstat(plan.output, &existing) == 0 {
-                    throw ZipError.io("'\(plan.output)' appeared while it was written; left as it is")
-                }
-                if rename(tmp, plan.output) != 0 {
-                    throw ZipError.io(ZipFileHandle.systemMessage("cannot rename '\(tmp)' to '\(plan.output)'"))
-                }
-            } catch {
-                try? FileManager.default.removeItem(atPath: tmp)
-                throw error
             }
-            try FolderFiles.sync(parent, directory: true)
             return TrainerFolder.folderBytes(plan.output)
         }
     }
