@@ -220,8 +220,27 @@ def test_strip_max_shard_size_writes_the_stripped_weights(tmp):
     assert r["shards"] and r["output"] == str(tmp / "s")
     # a file output and --max-shard-size do not go together
     p = run("strip", path, tmp / "s.pt", "--max-shard-size", "100KB")
-    assert_clean_failure(p)
+    assert_clean_failure(p, tmp / "s.pt")
     assert not (tmp / "s.pt").exists()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_strip_trainer_folder_max_shard_size(tmp, half):
+    """A Trainer folder stripped to a model folder: config files copied, the weights as shards."""
+    src = FIXTURES / "frameworks" / "hf-trainer" / "checkpoint-3"
+    args = ["--half"] if half else []
+    r = run_json("strip", src, tmp / "model", "--max-shard-size", "3KB", *args)
+    weights = load_file(src / "model.safetensors")
+    ref = hub_folder(tmp, halved(weights) if half else weights, "3KB")
+    ours = tmp / "model"
+    for name in ("config.json", "generation_config.json"):
+        assert (ours / name).read_bytes() == (src / name).read_bytes()
+        (ours / name).unlink()
+    assert_same_folder(ours, ref)
+    assert len(r["shards"]) == len([n for n in listing(ref) if n.endswith(".safetensors")])
+    p = run("strip", src, tmp / "model.pt", "--max-shard-size", "3KB")
+    assert_clean_failure(p, tmp / "model.pt")
+    assert not (tmp / "model.pt").exists()
 
 
 def test_every_read_command_reads_the_folder(tmp):

@@ -248,18 +248,25 @@ enum ShardedSafetensorsWriter {
                       progress: ((Int64) -> Void)?) throws
     {
         try AtomicOutput.writeFolder(to: folder) { tmp in
-            var before: Int64 = 0
-            for f in plan.files {
-                try SafetensorsWriter.write(f.plan, source: source, to: tmp + "/" + f.name, chunkSize: chunkSize,
-                                            progress: progress.map { p in { p(before + $0) } })
-                before += f.plan.tensors.reduce(0) { $0 + ($1.tensor.byteCount ?? 0) }
-            }
-            if let index = plan.index {
-                try AtomicOutput.write(to: tmp + "/" + ShardSplit.indexName) { path in
-                    let out = try ZipFileHandle.openForWriting(path)
-                    try index.withUnsafeBytes { try out.writeAll($0) }
-                    try out.close()
-                }
+            try writeFiles(plan, source: source, into: tmp, chunkSize: chunkSize, progress: progress)
+        }
+    }
+
+    /// Writes the plan's files into `folder`, which exists (a temporary folder that is renamed into place afterwards).
+    static func writeFiles(_ plan: ShardedSafetensorsPlan, source: Checkpoint, into folder: String, chunkSize: Int,
+                           progress: ((Int64) -> Void)?) throws
+    {
+        var before: Int64 = 0
+        for f in plan.files {
+            try SafetensorsWriter.write(f.plan, source: source, to: folder + "/" + f.name, chunkSize: chunkSize,
+                                        progress: progress.map { p in { p(before + $0) } })
+            before += f.plan.tensors.reduce(0) { $0 + ($1.tensor.byteCount ?? 0) }
+        }
+        if let index = plan.index {
+            try AtomicOutput.write(to: folder + "/" + ShardSplit.indexName) { path in
+                let out = try ZipFileHandle.openForWriting(path)
+                try index.withUnsafeBytes { try out.writeAll($0) }
+                try out.close()
             }
         }
     }
