@@ -28,7 +28,7 @@ public struct ConvertReport: Sendable {
     /// A sharded output (`--max-shard-size`): the limit, and each file with its tensors and bytes of tensor data.
     public var maxShardSize: Int64?
     public var shards: [(file: String, tensors: Int, bytes: Int64)] = []
-    /// The index's `total_size` (as `huggingface_hub` counts it: each storage once, whole).
+    /// The index's `total_size`, as `huggingface_hub` counts it (the bytes of the tensors written, each once).
     public var totalSize: Int64?
     /// The command's verb in the summary (`converted`, `consolidated`).
     public var verb = "converted"
