@@ -14,21 +14,22 @@ struct Consolidate: ParsableCommand, OptionTexts {
         records beside it. Tensors stream from IN to OUT in bounded chunks.
 
         OUT's form:
-          OUT.safetensors   one safetensors file, laid out as safetensors' save_file lays it out
-                            (shared tensors stored once, aliases in __metadata__ beside "format": "pt")
-          OUT.pt (any other extension)
-                            a torch file holding the state dict; loads with torch.load(weights_only=True)
+          OUT.safetensors  one safetensors file, as safetensors' save_file lays it out
+                           (shared tensors stored once, aliases in __metadata__)
+          OUT.pt           (any other extension) a torch file holding the state dict;
+                           loads with torch.load(weights_only=True)
           --max-shard-size SIZE
-                            OUT is a folder: model-00001-of-0000N.safetensors and model.safetensors.index.json,
-                            as huggingface_hub's save_torch_state_dict(state_dict, OUT, max_shard_size=SIZE)
-                            writes them (one shard: model.safetensors alone, no index). OUT must not exist,
-                            or be an empty folder.
+                           OUT is a folder: model-00001-of-0000N.safetensors and
+                           model.safetensors.index.json, as huggingface_hub's
+                           save_torch_state_dict(sd, OUT, max_shard_size=SIZE) writes
+                           them (one shard: model.safetensors alone, no index); OUT
+                           must not exist, or be an empty folder
 
-        The split is huggingface_hub's: tensors in state dict order fill a shard until the next would pass SIZE; \
-        a tensor larger than SIZE gets a shard of its own; tensors sharing a storage share a shard. SIZE is bytes, \
-        or a number with TB, GB, MB or KB (powers of 1000: 5GB is 5,000,000,000 bytes; no GiB). The index holds \
-        {"metadata": {"total_size": ...}, "weight_map": {...}} (aliases of shared tensors in metadata), written \
-        as json.dump(indent=2) writes it. transformers' save_pretrained splits the same way and adds \
+        The split is huggingface_hub's: shared tensors are stored once, then tensors in state dict order fill \
+        a shard until the next would pass SIZE; a tensor larger than SIZE gets a shard of its own. SIZE is \
+        bytes, or a number with TB, GB, MB or KB (powers of 1000: 5GB is 5,000,000,000 bytes; no GiB). The \
+        index holds {"metadata": {"total_size": ...}, "weight_map": {...}} (aliases of shared tensors in \
+        metadata), as json.dump(indent=2) writes it. transformers' save_pretrained splits the same way and adds \
         total_parameters; from_pretrained reads both.
 
         --half writes float32, float64 and bfloat16 tensors as float16 (torch's .half(), bit for bit; \
