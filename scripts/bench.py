@@ -47,6 +47,8 @@ TARGETS = {
     "strip_vs_torch": 0.2,  # ckpt strip time / torch's time for the same job
     "keys_info_ms": 50.0,  # on the 0.7 GB file
     "big_rss_mb": 100.0,  # every command on the 5 GiB file
+    "consolidate_vs_reference": 0.2,  # ckpt consolidate time / dcp_to_torch_save's or zero_to_fp32's (5x faster)
+    "consolidate_rss_mb": 100.0,
 }
 
 
@@ -258,6 +260,206 @@ def gen_big(path):
     torch.save(sd, path)
     print(json.dumps([path]))
 
+
+# ---- distributed checkpoints (issue 15) ----------------------------------------------------------
+
+DIST_PORT = 29811
+
+
+def _dcp_worker(rank, ws, out, total_bytes):
+    """One rank of a world-size-2 job (gloo on 127.0.0.1) saving a model state dict of DTensors with
+    torch.distributed.checkpoint.save: 128 MiB float32 matrices, most Shard(0) (FSDP's layout), every fourth
+    Shard(1) (column blocks, as tensor parallelism shards), a bfloat16 one and small vectors. Each rank makes only
+    its own shard (seeded by name and rank), so no process ever holds the whole model."""
+    torch = _torch()
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(DIST_PORT))
+    dist.init_process_group("gloo", rank=rank, world_size=ws)
+    mesh = init_device_mesh("cpu", (ws,))
+    rows, cols = 8192, 4096  # 128 MiB in float32
+    sd, made = {}, 0
+    i = 0
+    while made < total_bytes:
+        dim = 1 if i % 4 == 3 else 0
+        dtype = torch.bfloat16 if i % 8 == 5 else torch.float32
+        shape = [rows, cols]
+        shape[dim] //= ws
+        g = torch.Generator().manual_seed(1000 * i + rank)
+        local = torch.randn(*shape, generator=g).to(dtype)
+        sd[f"layers.{i}.weight"] = DTensor.from_local(local, mesh, [Shard(dim)], run_check=False,
+                                                      shape=torch.Size([rows, cols]),
+                                                      stride=torch.Size([cols, 1]))
+        b = torch.randn(cols // ws, generator=g)
+        sd[f"layers.{i}.bias"] = DTensor.from_local(b, mesh, [Shard(0)], run_check=False,
+                                                    shape=torch.Size([cols]), stride=torch.Size([1]))
+        made += rows * cols * local.element_size() + cols * 4
+        i += 1
+    dcp.save({"model": sd}, checkpoint_id=out)
+    dist.destroy_process_group()
+
+
+def gen_dcp(out, total_bytes):
+    """A DCP checkpoint of about `total_bytes`, written by 2 processes (see _dcp_worker)."""
+    torch = _torch()
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dcp_worker, args=(2, out, int(total_bytes)), nprocs=2)
+
+
+def torch_dcp_consolidate(src, dst):
+    """torch's own consolidation: format_utils.dcp_to_torch_save (loads the whole checkpoint, then torch.save)."""
+    _torch()
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(src, dst)
+
+
+def torch_dist_checksums(path, record=None):
+    """sha256 of each tensor's bytes (by torch, over an mmap load) of a state dict, or of its `record`."""
+    torch = _torch()
+    x = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if record:
+        x = x[record]
+    out = {}
+    for k, v in x.items():
+        h = hashlib.sha256()
+        flat = v.contiguous().view(-1).view(torch.uint8) if v.numel() else v
+        step = 64 << 20
+        for start in range(0, flat.numel(), step):
+            h.update(flat[start:start + step].numpy().tobytes())
+        out[k] = [str(v.dtype), list(v.shape), h.hexdigest()]
+    print(json.dumps(out))
+
+
+ZERO_WORKER = r"""
+import os, sys, torch, torch.multiprocessing as mp
+def worker(rank, ws, out, port, width, depth):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(ws), DS_ACCELERATOR="cpu")
+    import deepspeed
+    deepspeed.init_distributed(dist_backend="gloo")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(depth)])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    cfg = {"train_batch_size": ws, "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
+           "zero_optimization": {"stage": 2}}
+    eng, *_ = deepspeed.initialize(model=m, optimizer=opt, config=cfg, model_parameters=m.parameters())
+    loss = eng(torch.randn(1, width, dtype=torch.bfloat16)).float().pow(2).mean()
+    eng.backward(loss)
+    eng.step()
+    eng.save_checkpoint(out, tag="global_step1")
+if __name__ == "__main__":
+    out, width, depth = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    mp.spawn(worker, args=(2, out, 29823, width, depth), nprocs=2)
+"""
+
+ZERO_CONSOLIDATE = r"""
+import sys
+from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+convert_zero_checkpoint_to_fp32_state_dict(sys.argv[1], sys.argv[2], max_shard_size=None)
+"""
+
+
+def ds_python():
+    """The Python of the DeepSpeed venv scripts/setup makes (or /tmp/dsvenv), or None."""
+    for p in (os.path.join(ROOT, ".venv-ds", "bin", "python"), "/tmp/dsvenv/bin/python"):
+        if os.access(p, os.X_OK) and subprocess.run([p, "-c", "import deepspeed"], capture_output=True,
+                                                    env=ds_env()).returncode == 0:
+            return p
+    return None
+
+
+def ds_env():
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    for p in (os.path.join(ROOT, ".venv-ds", "bin"), "/tmp/dsvenv/bin"):
+        env["PATH"] = p + os.pathsep + env["PATH"]  # ninja, for the op DeepSpeed builds at start
+    return env
+
+
+def folder_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def bench_dist(ckpt, py, work, results):
+    """One run each (as issue 15 asks): ckpt consolidate against dcp_to_torch_save on a 2 GB DCP checkpoint of world
+    size 2, and against DeepSpeed's zero_to_fp32 on a ZeRO-2 checkpoint when DeepSpeed is installed; then the
+    outputs' tensors compared by sha256 (computed by torch)."""
+    me = [py, os.path.abspath(__file__)]
+    r = results["dist"] = {}
+    src = os.path.join(work, "dcp-2gb")
+    if not os.path.exists(os.path.join(src, ".metadata")):
+        print("\ngenerating dcp-2gb/ with torch.distributed.checkpoint (2 processes) ...", flush=True)
+        subprocess.run([*me, "gen-dcp", src, str(2 * 10**9 + (64 << 20))], check=True, stdout=subprocess.DEVNULL)
+    r["dcp_bytes"] = folder_bytes(src)
+    print(f"\ndcp-2gb/: {r['dcp_bytes'] / 1e9:.2f} GB, world size 2, one run each", flush=True)
+    out, ref = os.path.join(work, "dcp-out.pt"), os.path.join(work, "dcp-ref.pt")
+    r["ckpt_dcp"] = measure_once("ckpt consolidate", [ckpt, "consolidate", src, out], [src], work, remover(out))
+    r["torch_dcp"] = measure_once("dcp_to_torch_save", [*me, "torch-dcp-consolidate", src, ref], [src], work, remover(ref))
+    subprocess.run([ckpt, "consolidate", src, out], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*me, "torch-dcp-consolidate", src, ref], check=True, stdout=subprocess.DEVNULL)
+    got = json.loads(subprocess.run([*me, "torch-dist-checksums", out], check=True, capture_output=True).stdout)
+    want = json.loads(subprocess.run([*me, "torch-dist-checksums", ref, "model"], check=True,
+                                     capture_output=True).stdout)
+    r["dcp_ok"], r["dcp_tensors"] = got == want and len(want) > 0, len(want)
+    print(f"  {len(want)} tensors {'bit-identical' if r['dcp_ok'] else 'DIFFER'} to dcp_to_torch_save's", flush=True)
+    for p in (out, ref):
+        os.remove(p)
+
+    dspy = ds_python()
+    if not dspy:
+        r["zero_skipped"] = "DeepSpeed is not installed (scripts/setup makes .venv-ds): the ZeRO part is skipped"
+        print(f"  {r['zero_skipped']}")
+        return
+    zsrc = os.path.join(work, "zero2")
+    if not os.path.exists(os.path.join(zsrc, "latest")):
+        print("generating zero2/ with DeepSpeed ZeRO stage 2 (2 processes, bf16) ...", flush=True)
+        script = os.path.join(work, "zero_worker.py")
+        with open(script, "w") as f:
+            f.write(ZERO_WORKER)
+        subprocess.run([dspy, script, zsrc, "4096", "8"], check=True, env=ds_env(), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    r["zero_bytes"] = folder_bytes(zsrc)
+    print(f"\nzero2/: {r['zero_bytes'] / 1e9:.2f} GB, ZeRO stage 2, world size 2, one run each", flush=True)
+    zout, zref = os.path.join(work, "zero-out.pt"), os.path.join(work, "zero-ref")
+    script = os.path.join(work, "zero_consolidate.py")
+    with open(script, "w") as f:
+        f.write(ZERO_CONSOLIDATE)
+    r["ckpt_zero"] = measure_once("ckpt consolidate", [ckpt, "consolidate", zsrc, zout], [zsrc], work, remover(zout))
+    r["ds_zero"] = measure_once("zero_to_fp32", [dspy, script, zsrc, zref], [zsrc], work,
+                               lambda: shutil.rmtree(zref, ignore_errors=True), env=ds_env())
+    subprocess.run([ckpt, "consolidate", zsrc, zout], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([dspy, script, zsrc, zref], check=True, env=ds_env(), capture_output=True)
+    got = json.loads(subprocess.run([*me, "torch-dist-checksums", zout], check=True, capture_output=True).stdout)
+    want = json.loads(subprocess.run([*me, "torch-dist-checksums", os.path.join(zref, "pytorch_model.bin")],
+                                     check=True, capture_output=True).stdout)
+    r["zero_ok"], r["zero_tensors"] = got == want and len(want) > 0, len(want)
+    print(f"  {len(want)} tensors {'bit-identical' if r['zero_ok'] else 'DIFFER'} to zero_to_fp32's", flush=True)
+    os.remove(zout)
+    shutil.rmtree(zref, ignore_errors=True)
+
+
+def measure_once(label, cmd, folders, work, cleanup, env=None):
+    """One run under /usr/bin/time -v (wall time, CPU time and peak RSS of that run), with the files of `folders`
+    read into the page cache first and `cleanup` before and after."""
+    cleanup()
+    warm([os.path.join(d, f) for folder in folders for d, _, fs in os.walk(folder) for f in fs])
+    load = os.getloadavg()[0]
+    old = dict(os.environ)
+    if env:
+        os.environ.update(env)
+    try:
+        run = run_once(cmd, work, time_v=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    cleanup()
+    print(f"  {label:<26} {fmt_time(run.seconds):>9}  cpu {fmt_time(run.cpu):>9}  peak RSS {run.rss_mb:7.1f} MB"
+          f"  load {load:4.1f}", flush=True)
+    return {"seconds": run.seconds, "cpu": run.cpu, "rss_mb": run.rss_mb, "load": load, "runs": [run.seconds]}
 
 # ---- measuring ---------------------------------------------------------------------------------
 
@@ -519,6 +721,24 @@ def report(results, md_path):
         checks.append(("stripped 5 GiB file loads in torch with identical bytes",
                        f"{b['end_to_end_tensors']} tensors", b["end_to_end_ok"]))
 
+    d = results.get("dist")
+    if d:
+        for name, ours, theirs, ref, ok in (("DCP 2 GB", "ckpt_dcp", "torch_dcp", "dcp_to_torch_save", "dcp_ok"),
+                                            ("ZeRO-2", "ckpt_zero", "ds_zero", "zero_to_fp32", "zero_ok")):
+            if ours not in d:
+                continue
+            size = d["dcp_bytes" if ours == "ckpt_dcp" else "zero_bytes"] / 1e9
+            job = f"consolidate {name} ({size:.2f} GB)"
+            row(job, d[ours], d[theirs], ref)
+            checks.append((f"{job} at least {1 / TARGETS['consolidate_vs_reference']:.0f}x faster than {ref}",
+                           f"{d[theirs]['seconds'] / d[ours]['seconds']:.1f}x",
+                           ratio(d[ours], d[theirs]) <= TARGETS["consolidate_vs_reference"]))
+            checks.append((f"{job} peak RSS under {TARGETS['consolidate_rss_mb']:.0f} MB ({ref}: "
+                           f"{d[theirs]['rss_mb']:.0f} MB)", f"{d[ours]['rss_mb']:.1f} MB",
+                           d[ours]["rss_mb"] < TARGETS["consolidate_rss_mb"]))
+            checks.append((f"{job}: tensors bit-identical to {ref}'s", f"{d[ok.replace('ok', 'tensors')]} tensors",
+                           d[ok]))
+
     head = ("job", "ckpt", "ckpt cpu", "ckpt RSS", "vs", "time", "cpu", "RSS", "ckpt / vs")
     table = [head, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
@@ -528,6 +748,8 @@ def report(results, md_path):
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {value}")
     if results.get("big_skipped"):
         print(f"  note: {results['big_skipped']}")
+    if d and d.get("zero_skipped"):
+        print(f"  note: {d['zero_skipped']}")
     if "ckpt_diff" not in (s or {}):
         print("  note: ckpt diff is not in this build; its rows are missing")
 
@@ -553,7 +775,8 @@ def report(results, md_path):
 
 def main():
     jobs = {"torch-strip": torch_strip, "torch-keys": torch_keys, "torch-info": torch_info, "torch-diff": torch_diff,
-            "torch-checksums": torch_checksums, "gen-yolo": gen_yolo, "gen-big": gen_big}
+            "torch-checksums": torch_checksums, "gen-yolo": gen_yolo, "gen-big": gen_big, "gen-dcp": gen_dcp,
+            "torch-dcp-consolidate": torch_dcp_consolidate, "torch-dist-checksums": torch_dist_checksums}
     if len(sys.argv) > 1 and sys.argv[1] in jobs:
         sys.path.insert(0, FIXTURELIB)
         jobs[sys.argv[1]](*sys.argv[2:])
@@ -565,6 +788,8 @@ def main():
     ap.add_argument("--big-reps", type=int, default=5, help="runs of each job on the 5 GiB file (median)")
     ap.add_argument("--skip-big", action="store_true", help="skip the 5 GiB file")
     ap.add_argument("--skip-small", action="store_true", help="skip the 0.7 GB file")
+    ap.add_argument("--skip-dist", action="store_true", help="skip the distributed checkpoints (consolidate)")
+    ap.add_argument("--only-dist", action="store_true", help="only the distributed checkpoints (consolidate)")
     ap.add_argument("--workdir", help="where to generate the checkpoints (default: a new folder under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--markdown", help="also write the table as markdown to this file")
@@ -584,16 +809,18 @@ def main():
     print(f"ckpt {ckpt}\nwork folder {work}\nmachine: {m['cpu']}, {m['nproc']} cores, {m['memory']} RAM, "
           f"disk {m['disk']}, load {m['load'][0]:.1f}")
     try:
-        if not args.skip_small:
+        if not args.skip_small and not args.only_dist:
             bench_small(ckpt, sys.executable, work, args.reps, results)
-        if not args.skip_big:
+        if not args.skip_big and not args.only_dist:
             bench_big(ckpt, sys.executable, work, args.big_reps, results)
+        if not args.skip_dist:
+            bench_dist(ckpt, sys.executable, work, results)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     ok = report(results, args.markdown)
     if args.json:
-        for part in ("small", "big"):
+        for part in ("small", "big", "dist"):
             for v in results.get(part, {}).values():
                 if isinstance(v, dict):
                     v.pop("stdout", None)

@@ -37,6 +37,8 @@ public final class Checkpoint {
     /// For a Hugging Face Trainer `checkpoint-N/` folder, its files by role (weights, config, training state); nil for
     /// a file or a model folder without training state. Evidence for framework `hf-trainer`.
     public let trainerFolder: TrainerFolder?
+    /// For a distributed checkpoint folder (DCP, DeepSpeed ZeRO), its layout; nil otherwise.
+    public let distributed: DistributedLayout?
     /// Serves storage bytes by the keys the graph's persistent ids name.
     let source: any StorageSource
     /// What a raw pass over each pickle found (globals, weights_only verdict): `data.pkl` (and any other `.pkl`
@@ -60,17 +62,15 @@ public final class Checkpoint {
     /// ``CheckpointError/wrongKind(_:)`` before it is read.
     public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
         self.path = path
-        let file = try InputPath.resolve(path)
-        self.file = file
+        let file: String
         let c: OpenedContainer
-        switch try ContainerKind.detect(path: file) {
-        case .zip: c = try Self.openZip(path: file, limits: limits)
-        case .legacy: c = try Self.openLegacy(path: file, limits: limits)
-        case .legacyTar: c = try LegacyTarReader.open(path: file, limits: limits)
-        case .safetensors: c = try SafetensorsReader.open(path: file)
-        case .shardIndex: c = try ShardedCheckpoint.open(path: file, limits: limits)
-        case .onnx: c = try ONNXReader.open(path: file)
+        if let d = try DistributedFolder.open(path: path, limits: limits) {
+            (file, c) = (path, d)
+        } else {
+            file = try InputPath.resolve(path)
+            c = try Self.open(file: file, limits: limits)
         }
+        self.file = file
         graph = c.graph
         source = c.source
         containerFormat = c.format
@@ -84,10 +84,22 @@ public final class Checkpoint {
         metadata = c.metadata
         scanPickles = c.scanPickles
         torchScript = c.torchScript
+        distributed = c.distributed
         trainerFolder = file == path ? nil
             : TrainerFolder.read(folder: path, weightsFile: file,
                                  shards: (c.source as? ShardedCheckpoint)?.shards.map(\.file) ?? [])
         try validate(limits: limits)
+    }
+
+    private static func open(file: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {
+        switch try ContainerKind.detect(path: file) {
+        case .zip: try Self.openZip(path: file, limits: limits)
+        case .legacy: try Self.openLegacy(path: file, limits: limits)
+        case .legacyTar: try LegacyTarReader.open(path: file, limits: limits)
+        case .safetensors: try SafetensorsReader.open(path: file)
+        case .shardIndex: try ShardedCheckpoint.open(path: file, limits: limits)
+        case .onnx: try ONNXReader.open(path: file)
+        }
     }
 
     private static func openLegacy(path: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer {

@@ -18,6 +18,8 @@ struct OpenedContainer {
     var scanPickles: () -> [PickleScan] = { [] }
     /// A TorchScript archive's records, class declarations and constants.
     var torchScript: TorchScriptArchive? = nil
+    /// A distributed checkpoint folder's layout (``DistributedFolder``).
+    var distributed: DistributedLayout? = nil
 }
 
 /// The container a checkpoint was read from, as commands name it: ``description`` is the text `info`, `scan` and
@@ -36,6 +38,8 @@ public indirect enum ContainerFormat: Hashable, Sendable, CustomStringConvertibl
     /// A sharded checkpoint's index: the distinct formats of its shards (in the order of their text) and how
     /// many shards there are.
     case sharded(shardFormats: [ContainerFormat], shards: Int)
+    /// A folder of per-rank files read as one checkpoint (``DistributedFolder``), named by its reader.
+    case distributed(String)
 
     /// A sharded index over shards of these formats (any order, repeats allowed).
     static func index(over shardFormats: [ContainerFormat], shards: Int) -> ContainerFormat {
@@ -52,6 +56,7 @@ public indirect enum ContainerFormat: Hashable, Sendable, CustomStringConvertibl
         case .onnx: "onnx"
         case .sharded(let inner, let shards):
             "sharded \(inner.map(\.description).joined(separator: " + ")) (\(shards) shard\(shards == 1 ? "" : "s"))"
+        case .distributed(let name): name
         }
     }
 

@@ -25,6 +25,10 @@ protocol StorageSource: AnyObject {
     /// keeps storages so (a torch zip): the torch writer can then copy a stored record inside the kernel
     /// (``TorchZipWriter/copyStoredRecordData(_:from:progress:)``). Nil by default: the writer streams the bytes.
     func zipRecord(forStorage key: String) -> ZipRecordHandle?
+    /// Checks, before a writer writes anything, that these storages can be read whole (all when nil): a source
+    /// that gathers storages from pieces (``GatheredSource``) locates and checks every piece, so a damaged one
+    /// refuses the output instead of failing half-way. Nothing by default.
+    func prepare(_ keys: [String]?) throws
 }
 
 /// A zip record holding a storage's bytes, and the reader it is read through (see
@@ -37,6 +41,7 @@ struct ZipRecordHandle {
 extension StorageSource {
     func checksum(_ key: String) -> (record: String, crc: UInt32)? { nil }
     func zipRecord(forStorage key: String) -> ZipRecordHandle? { nil }
+    func prepare(_ keys: [String]?) throws {}
 
     /// Throws unless `[offset, offset + count)` lies inside the storage.
     func checkRange(_ key: String, _ offset: Int64, _ count: Int) throws {

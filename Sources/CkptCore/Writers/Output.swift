@@ -84,6 +84,7 @@ extension Checkpoint {
             throw CheckpointError.invalidOperation("the plan is for a \(plan.format.rawValue) file, but \(path) names a "
                 + "\(format.rawValue) file")
         }
+        try prepare(plan, sources: sources)
         switch plan {
         case .torch(let p):
             try TorchCheckpointWriter.write(p, sources: sources, to: path, chunkSize: chunkSize, progress: progress)
@@ -118,6 +119,22 @@ extension Checkpoint {
             let (p, r) = try planTorchStateDict(record: record, output: output, dropUnconvertible: dropUnconvertible,
                                                 half: half, weightsOnly: weightsOnly)
             return (.torch(p), r)
+        }
+    }
+
+    /// Has every source check that the storages the plan reads can be read whole, before anything is written.
+    static func prepare(_ plan: OutputPlan, sources: [Checkpoint]) throws {
+        do {
+            switch plan {
+            case .torch(let p):
+                for (i, s) in sources.enumerated() {
+                    try s.source.prepare(p.storages.filter { $0.source == i && $0.literal == nil }.map(\.sourceKey))
+                }
+            case .safetensors(let p):
+                try sources.first?.source.prepare(p.tensors.map(\.tensor.storage.key))
+            }
+        } catch {
+            throw sourceFault(error)
         }
     }
 }
