@@ -168,6 +168,7 @@ extension Checkpoint {
                 if let m = plan.maxShardSize {
                     let write = { (weights: Checkpoint) throws in
                         let p = try weights.planShardedSafetensors(output: output, maxShardSize: m)
+                        try Checkpoint.prepare(.sharded(p), sources: [weights])
                         try ShardedSafetensorsWriter.writeFiles(p, source: weights, into: tmp, chunkSize: 4 << 20,
                                                                 progress: nil)
                         shards = p.report

@@ -77,6 +77,7 @@ extension Checkpoint {
             guard sources.count == 1 else {
                 throw CheckpointError.invalidOperation("a sharded safetensors plan reads one checkpoint, not \(sources.count)")
             }
+            try prepare(plan, sources: sources)
             return try ShardedSafetensorsWriter.write(p, source: sources[0], to: path, chunkSize: chunkSize, progress: progress)
         }
         let format = try OutputFormat(path: path)
@@ -132,6 +133,8 @@ extension Checkpoint {
                 }
             case .safetensors(let p):
                 try sources.first?.source.prepare(p.tensors.map(\.tensor.storage.key))
+            case .sharded(let p):
+                try sources.first?.source.prepare(p.files.flatMap { $0.plan.tensors.map(\.tensor.storage.key) })
             }
         } catch {
             throw sourceFault(error)
