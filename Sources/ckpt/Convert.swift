@@ -18,10 +18,11 @@ struct Convert: ParsableCommand, OptionTexts {
         written to __metadata__ too, each as JSON under its name (listed in ckpt.records, the weights record
         named by ckpt.weights); converting such a file back to a torch file restores them beside the state dict.
 
-        --max-shard-size SIZE writes OUT as a folder of safetensors shards (model-00001-of-0000N.safetensors and
-        model.safetensors.index.json; one shard: model.safetensors alone), split exactly as huggingface_hub's
-        save_torch_state_dict splits (see ckpt help consolidate). The folder holds the weights only: the file's
-        other records are not carried. OUT must not exist or be an empty folder; it appears whole or not at all.
+        --max-shard-size SIZE writes OUT as a folder of safetensors shards (model-00001-of-0000N.safetensors \
+        and model.safetensors.index.json; one shard: model.safetensors alone), split exactly as \
+        huggingface_hub's save_torch_state_dict splits (see ckpt help consolidate). The folder holds the \
+        weights only: the file's other records are not carried. OUT must not exist or be an empty folder; it \
+        appears whole or not at all.
 
         Examples:
           ckpt convert best.pt best.safetensors

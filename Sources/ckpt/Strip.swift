@@ -14,7 +14,7 @@ struct Strip: ParsableCommand, OptionTexts {
           ckpt strip best.pt nc3.pt --drop model.24.
           ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
           ckpt strip checkpoint-500/ model/          (a Trainer folder: config and weights, no training state)
-          ckpt strip last.pt model/ --use-ema --max-shard-size 2GB   (the EMA weights as safetensors shards)
+          ckpt strip last.pt model/ --use-ema --max-shard-size 2GB
 
         What goes follows the conventions of the framework that wrote the file (ckpt info names it): YOLOv5 and \
         Ultralytics set optimizer, ema, updates (...) to None and epoch to -1 as their strip_optimizer does; \

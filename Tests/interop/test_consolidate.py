@@ -314,3 +314,28 @@ def test_consolidate_leaves_optimizer_state_out(tmp):
     got = torch.load(tmp / "w.pt", weights_only=True)
     assert sorted(got) == sorted(f"weights.{k}" for k in model.state_dict())
     assert all(same(got[f"weights.{k}"], v) for k, v in model.state_dict().items())
+
+
+def test_trainer_folder_shards_are_save_pretrained_shards(tmp):
+    """transformers' own save_pretrained(max_shard_size=...) of the same model: the same shard files and weight_map
+    (its index adds total_parameters and sorts the keys), and from_pretrained loads ckpt's folder to the same model."""
+    pytest.importorskip("transformers")
+    from test_trainer_folder import SHARD, loaded, python, same_tensors
+
+    src = FIXTURES / "frameworks" / "hf-trainer" / "checkpoint-3"
+    ref = tmp / "ref"
+    python(SHARD.replace('"2KB"', '"3KB"'), src, ref)
+    ours = tmp / "ours"
+    run("strip", src, ours, "--max-shard-size", "3KB", check=0)
+    shards = sorted(n for n in listing(ref) if n.endswith(".safetensors"))
+    assert len(shards) > 1 and shards == sorted(n for n in listing(ours) if n.endswith(".safetensors"))
+    for name in shards:
+        assert_same_safetensors((ours / name).read_bytes(), (ref / name).read_bytes(), name)
+    a = json.loads((ours / "model.safetensors.index.json").read_text())
+    b = json.loads((ref / "model.safetensors.index.json").read_text())
+    assert a["weight_map"] == b["weight_map"]
+    assert a["metadata"]["total_size"] == b["metadata"]["total_size"] and "total_parameters" in b["metadata"]
+    got, facts = loaded(ours, tmp)
+    want, _ = loaded(src, tmp)
+    same_tensors(got, want)
+    assert facts["tied"]
