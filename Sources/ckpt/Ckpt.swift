@@ -12,7 +12,8 @@ struct Ckpt: ParsableCommand {
         commands refuse such files unless --allow-unsafe); 2 bad input or misuse.
         """,
         version: "0.1.0",
-        subcommands: [Info.self, Keys.self, Scan.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self]
+        subcommands: [Info.self, Keys.self, Scan.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self,
+                      Consolidate.self]
     )
 
     static func main() {

@@ -18,11 +18,18 @@ struct Convert: ParsableCommand, OptionTexts {
         written to __metadata__ too, each as JSON under its name (listed in ckpt.records, the weights record
         named by ckpt.weights); converting such a file back to a torch file restores them beside the state dict.
 
+        --max-shard-size SIZE writes OUT as a folder of safetensors shards (model-00001-of-0000N.safetensors \
+        and model.safetensors.index.json; one shard: model.safetensors alone), split exactly as \
+        huggingface_hub's save_torch_state_dict splits (see ckpt help consolidate). The folder holds the \
+        weights only: the file's other records are not carried. OUT must not exist or be an empty folder; it \
+        appears whole or not at all.
+
         Examples:
           ckpt convert best.pt best.safetensors
           ckpt convert last.pt ema.safetensors --record ema
           ckpt convert model.safetensors model.pt
           ckpt convert pytorch_model.bin.index.json model.safetensors
+          ckpt convert best.pt model/ --max-shard-size 500MB
         """)
 
     @Argument(help: "The checkpoint to read (never modified).") var input: String
@@ -31,6 +38,7 @@ struct Convert: ParsableCommand, OptionTexts {
     @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
+    @OptionGroup var shardOption: ShardOption
     @Flag(name: .customLong("drop-unconvertible"),
           help: "To a torch file, drop values that cannot become plain data (listed) instead of failing.")
     var dropUnconvertible = false
@@ -39,22 +47,12 @@ struct Convert: ParsableCommand, OptionTexts {
     static let json = "Print the summary as JSON."
 
     func run() throws {
-        let record = recordOption.record, dryRun = rewriteOptions.dryRun
         let ckpt = try Phase.reading(input).run { try frameworkOption.apply(to: rewriteOptions.open(input)) }
-        let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
-        let format = try Phase.preparing(output).run { try OutputFormat(path: output) }
-        let (plan, report): (OutputPlan, ConvertReport)
-        switch format {
-        case .safetensors:
-            let p = try Phase.reading(input).run { try ckpt.planSafetensors(record: record, output: output) }
-            (plan, report) = (.safetensors(p), p.report)
-        case .torch:
-            let (p, r) = try Phase.reading(input).run { try ckpt.planTorchStateDict(record: record, output: output, dropUnconvertible: dropUnconvertible)
-            }
-            (plan, report) = (.torch(p), r)
-        }
-        if !dryRun { try Phase.writing(output, from: input).run { try Checkpoint.write(plan, sources: [ckpt], to: output) } }
-        for w in report.warnings { warn("\(input): \(w)") }
-        emit(jsonOption.json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)
+        var w = WeightsOutput(input: input, output: output, record: recordOption.record)
+        w.maxShardSize = try shardOption.bytes(output: output)
+        w.dropUnconvertible = dropUnconvertible
+        w.dryRun = rewriteOptions.dryRun
+        w.json = jsonOption.json
+        try w.run(ckpt, progress: nil)
     }
 }

@@ -14,6 +14,7 @@ struct Strip: ParsableCommand, OptionTexts {
           ckpt strip best.pt nc3.pt --drop model.24.
           ckpt strip last.pt out.pt --use-ema --record model --drop model.24.
           ckpt strip checkpoint-500/ model/          (a Trainer folder: config and weights, no training state)
+          ckpt strip last.pt model/ --use-ema --max-shard-size 2GB
 
         What goes follows the conventions of the framework that wrote the file (ckpt info names it): YOLOv5 and \
         Ultralytics set optimizer, ema, updates (...) to None and epoch to -1 as their strip_optimizer does; \
@@ -52,6 +53,12 @@ struct Strip: ParsableCommand, OptionTexts {
         the EMA is) instead of the detected ones. --drop-record NAME removes a top-level record and \
         --keep-record NAME keeps one as it is, whatever the conventions say; a name cannot be in both.
 
+        --max-shard-size SIZE writes the stripped weights alone as a folder of safetensors shards and their \
+        index, as Hugging Face writes them (see ckpt help consolidate): the weights record's state dict after \
+        every other option (--use-ema, --drop, --rename, --half), what strip --state-dict would hold as that \
+        record; the other records are not written (a sharded folder holds weights only). OUT must not exist or \
+        be an empty folder. For a Trainer folder, OUT is the model folder and its weights are written as shards.
+
         On a terminal, work longer than a second shows its progress on stderr (bytes, rate, time left); -q hides it.
         """)
 
@@ -82,6 +89,7 @@ struct Strip: ParsableCommand, OptionTexts {
     @OptionGroup var frameworkOption: FrameworkOption<Self>
     @OptionGroup var rewriteOptions: RewriteOptions<Self>
     @OptionGroup var jsonOption: JSONOption<Self>
+    @OptionGroup var shardOption: ShardOption
     @OptionGroup var progress: ProgressOptions
 
     static let record =
@@ -117,7 +125,9 @@ struct Strip: ParsableCommand, OptionTexts {
         let ckpt = try Phase.reading(input).run {
             try frameworkOption.apply(to: keptUntilExit(rewriteOptions.open(input)))
         }
-        if ckpt.trainerFolder != nil { return try stripTrainerFolder(ckpt, o) }  // StripTrainer.swift
+        let maxShardSize = try shardOption.bytes(output: output)
+        if ckpt.trainerFolder != nil { return try stripTrainerFolder(ckpt, o, maxShardSize: maxShardSize) }  // StripTrainer.swift
+        if let maxShardSize { return try stripToShards(ckpt, o, maxShardSize: maxShardSize) }
         let plan = try Phase.reading(input).run { try ckpt.planStrip(o) }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
         try Phase.preparing(output).run { try OutputFormat.requireTorch(path: output, command: "strip") }

@@ -53,6 +53,7 @@ def invocations(arg, out):
         ("strip", arg, out / "stripped.pt"), ("convert", arg, out / "converted.safetensors"),
         ("diff", arg, GOOD), ("diff", GOOD, arg),
         ("transfer", arg, GOOD, out / "transferred.pt"), ("transfer", GOOD, arg, out / "transferred.pt"),
+        ("consolidate", arg, out / "consolidated.pt"), ("consolidate", arg, "--max-shard-size", "1KB", out / "shards"),
     ]
 
 
@@ -234,7 +235,8 @@ def test_dash_is_refused_as_input_and_output(tmp_path):
         p = ckpt(*args, cwd=tmp_path)
         assert_clean_failure(p, "-")
         assert "standard input is not supported" in p.stderr, (args, p.stderr)
-    for args in [("strip", GOOD, "-"), ("convert", GOOD, "-"), ("transfer", GOOD, GOOD, "-")]:
+    for args in [("strip", GOOD, "-"), ("convert", GOOD, "-"), ("transfer", GOOD, GOOD, "-"), ("consolidate", GOOD, "-"),
+                 ("consolidate", GOOD, "--max-shard-size", "1KB", "-")]:
         p = ckpt(*args, cwd=tmp_path)
         assert_clean_failure(p, "-")
         assert p.stderr.startswith("ckpt: -: writing to standard output is not supported"), p.stderr
@@ -281,7 +283,8 @@ def test_unwritable_output_folder_gets_one_line(world_readable_dir):
     locked = world_readable_dir / "locked"
     locked.mkdir(mode=0o755)
     for args in [("strip", readable, locked / "o.pt"), ("convert", readable, locked / "o.safetensors"),
-                 ("transfer", readable, readable, locked / "o.pt"), ("strip", readable, locked)]:
+                 ("transfer", readable, readable, locked / "o.pt"), ("strip", readable, locked),
+                 ("consolidate", readable, locked / "o.pt"), ("consolidate", readable, "--max-shard-size", "1KB", locked / "o")]:
         p = ckpt(*args, cwd=world_readable_dir, user=as_other_user())
         assert_clean_failure(p, args[-1])
         assert "cannot write in folder" in p.stderr and "permission denied" in p.stderr, (args, p.stderr)

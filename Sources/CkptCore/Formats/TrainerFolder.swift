@@ -149,7 +149,7 @@ public struct TrainerFolder: Sendable {
     }
 
     /// The total size of the regular files under a folder (symbolic links not followed).
-    static func folderBytes(_ path: String) -> Int64 {
+    public static func folderBytes(_ path: String) -> Int64 {
         guard let e = FileManager.default.enumerator(atPath: path) else { return 0 }
         var total: Int64 = 0
         while let name = e.nextObject() as? String {

@@ -525,14 +525,25 @@ struct HalfPrecision: SurgeryStep {
         let g = s.graph
         let parts = g.dictEntries(g.root) == nil ? [(name: "", node: g.root)] : g.recordsOf(g.root)
         for r in parts {
-            for t in try g.stateDict(r.node) where [.float32, .float64, .bfloat16].contains(t.tensor.dtype) {
-                guard t.tensor.storage.dtype != nil else {
-                    let name = [r.name, t.name].filter { !$0.isEmpty }.joined(separator: ".")
-                    throw .invalidOperation("--half: \(name) is \(t.tensor.dtype.rawValue) in an untyped storage; not supported")
-                }
-                s.conversions[t.tensor.storage.key] = .float16
+            let named = try g.stateDict(r.node).map { t in
+                NamedTensor(name: [r.name, t.name].filter { !$0.isEmpty }.joined(separator: "."), tensor: t.tensor)
             }
+            s.conversions.merge(try Self.conversions(named)) { a, _ in a }
         }
         return s
+    }
+
+    /// The storages of `tensors` that `--half` converts, each to float16: those of float32, float64 and bfloat16
+    /// tensors (float8 kinds are smaller and stay; integers are untouched). A floating tensor in an untyped storage is
+    /// refused.
+    static func conversions(_ tensors: [NamedTensor]) throws(CheckpointError) -> [String: DType] {
+        var out: [String: DType] = [:]
+        for t in tensors where [.float32, .float64, .bfloat16].contains(t.tensor.dtype) {
+            guard t.tensor.storage.dtype != nil else {
+                throw .invalidOperation("--half: \(t.name) is \(t.tensor.dtype.rawValue) in an untyped storage; not supported")
+            }
+            out[t.tensor.storage.key] = .float16
+        }
+        return out
     }
 }

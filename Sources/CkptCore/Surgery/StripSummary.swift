@@ -6,6 +6,8 @@ public struct StripSummary: Sendable {
     public var outputBytes: Int64?
     public var dryRun: Bool
     public var report: SurgeryReport
+    /// `--max-shard-size`: how the weights were written as shards (nil: not sharded, or a dry run).
+    public var shards: ConvertReport? = nil
 
     public init(input: String, output: String, inputBytes: Int64, outputBytes: Int64?, dryRun: Bool,
                 report: SurgeryReport) {
@@ -44,11 +46,17 @@ public struct StripSummary: Sendable {
             lines.append("  renamed \(report.renamed.count) keys, e.g. \(report.renamed[0].old) -> \(report.renamed[0].new)")
         }
         lines += ValueConversion.lines(report.conversions, dropped: report.droppedValues)
+        if let shards {
+            lines.append("  weights only: \(shards.tensors) tensors as \(shards.shards.count) safetensors "
+                + "\(shards.shards.count == 1 ? "file" : "shards") of at most \(Figures.bytes(shards.maxShardSize ?? 0))"
+                + (shards.removedAliases.isEmpty ? "" : " (\(shards.removedAliases.count) shared tensors stored once)"))
+            for f in shards.shards { lines.append("    \(f.file): \(f.tensors) \(f.tensors == 1 ? "tensor" : "tensors"), \(Figures.bytes(f.bytes))") }
+        }
         return lines.joined(separator: "\n")
     }
 
     public var json: JSONValue {
-        .object([
+        var pairs: [(String, JSONValue)] = [
             ("input", .string(input)), ("output", .string(output)), ("dry_run", .bool(dryRun)),
             ("input_bytes", .int(inputBytes)), ("output_bytes", outputBytes.map { .int($0) } ?? .null),
             ("framework", report.framework.map { .string($0) } ?? .null),
@@ -62,6 +70,13 @@ public struct StripSummary: Sendable {
             ("conversions", ValueConversion.json(report.conversions)),
             ("dropped_values", ValueConversion.json(report.droppedValues, dropped: true)),
             ("warnings", .array(report.warnings.map { .string($0) })),
-        ])
+        ]
+        if let shards {
+            let j = shards.json
+            for key in ["max_shard_size", "shards", "total_size", "removed_aliases"] {
+                if case .object(let all) = j, let v = all.first(where: { $0.0 == key })?.1 { pairs.append((key, v)) }
+            }
+        }
+        return .object(pairs)
     }
 }

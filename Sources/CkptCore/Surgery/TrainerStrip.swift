@@ -30,6 +30,10 @@ public struct TrainerStripPlan {
     public var changesTensors: Bool
     /// The files copied byte for byte into a folder output (besides unchanged weights files).
     public var copied: [TrainerFolder.File]
+    /// `--max-shard-size`: a folder output's weights written as safetensors shards of at most this many bytes.
+    public var maxShardSize: Int64? = nil
+    /// What the sharded weights were written as (set by ``Checkpoint/write(_:progress:)``).
+    public var shards: ConvertReport? = nil
     public var report: SurgeryReport { strip.report }
 }
 
@@ -86,9 +90,14 @@ extension Checkpoint {
     /// weights as `strip` applies them to a state dict; the others are refused with one line: `--use-ema` (the Trainer
     /// saves no EMA), `--record` (the weights are one state dict, without records), `--keep-training-state`,
     /// `--drop-record`, `--keep-record` (the training state is the folder's files, all left out).
-    public func planTrainerStrip(_ options: StripOptions, target: (kind: TrainerStripOutput, path: String))
+    public func planTrainerStrip(_ options: StripOptions, target: (kind: TrainerStripOutput, path: String),
+                                 maxShardSize: Int64? = nil)
         throws(CheckpointError) -> TrainerStripPlan
     {
+        if maxShardSize != nil, target.kind != .folder {
+            throw .invalidOperation("--max-shard-size writes a folder of shards: name a folder output, not a "
+                + "\(target.kind == .torch ? "torch" : ".safetensors") file; nothing written")
+        }
         guard let folder = trainerFolder else {
             throw .invalidOperation("not a Hugging Face Trainer checkpoint folder")
         }
@@ -127,7 +136,7 @@ extension Checkpoint {
         }
         strip.report.recordChanges = changes + strip.report.recordChanges
         return TrainerStripPlan(kind: target.kind, output: target.path, strip: strip, changesTensors: changesTensors,
-                                copied: copied)
+                                copied: copied, maxShardSize: maxShardSize)
     }
 
     /// Writes a Trainer strip plan. A torch output is the stripped state dict. A safetensors output is the weights
@@ -137,8 +146,11 @@ extension Checkpoint {
     /// a temporary folder beside it (config and other files copied byte for byte; the weights files copied as they are,
     /// or `model.safetensors` written as above when an option changes tensors), then renamed into place.
     /// - Returns: the bytes written (a folder's: the total of its files).
+    ///
+    /// With ``TrainerStripPlan/maxShardSize`` the folder's weights are written as shards instead (from the weights
+    /// as they are, or from the stripped state dict when an option changes tensors), and `plan.shards` says how.
     @discardableResult
-    public func write(_ plan: TrainerStripPlan, progress: ((Int64) -> Void)? = nil) throws -> Int64 {
+    public func write(_ plan: inout TrainerStripPlan, progress: ((Int64) -> Void)? = nil) throws -> Int64 {
         guard let folder = trainerFolder else { throw CheckpointError.invalidOperation("not a Trainer checkpoint folder") }
         let base = folder.folder.hasSuffix("/") ? folder.folder : folder.folder + "/"
         switch plan.kind {
@@ -149,35 +161,26 @@ extension Checkpoint {
             try writeSafetensors(plan, to: plan.output, folder: folder)
             return FolderFiles.fileBytes(plan.output)
         case .folder:
-            let (parent, name) = AtomicOutput.split(plan.output)
-            FolderFiles.removeStaleTempFolders(in: parent, prefix: AtomicOutput.tempPrefix(for: name))
-            var tmp = ""
-            for _ in 0..<16 {
-                let random = String(UInt64.random(in: 0...UInt64(UInt32.max)), radix: 16)
-                tmp = parent + "/" + AtomicOutput.tempPrefix(for: name) + "\(getpid())-\(random)"
-                if mkdir(tmp, 0o755) == 0 { break }
-                if errno != EEXIST { throw ZipError.io(ZipFileHandle.systemMessage("cannot create a temporary folder in '\(parent)'")) }
-            }
-            do {
+            var shards: ConvertReport? = nil
+            let output = plan.output
+            try AtomicOutput.writeFolder(to: plan.output) { tmp in
                 for f in plan.copied { try FolderFiles.copyFile(base + f.name, to: tmp + "/" + f.name) }
-                if plan.changesTensors {
+                if let m = plan.maxShardSize {
+                    let write = { (weights: Checkpoint) throws in
+                        let p = try weights.planShardedSafetensors(output: output, maxShardSize: m)
+                        try Checkpoint.prepare(.sharded(p), sources: [weights])
+                        try ShardedSafetensorsWriter.writeFiles(p, source: weights, into: tmp, chunkSize: 4 << 20,
+                                                                progress: nil)
+                        shards = p.report
+                    }
+                    if plan.changesTensors { try staged(plan.strip, beside: tmp + "/model", write) } else { try write(self) }
+                } else if plan.changesTensors {
                     try writeSafetensors(plan, to: tmp + "/model.safetensors", folder: folder)
                 } else {
                     for f in folder.weights { try FolderFiles.copyFile(base + f.name, to: tmp + "/" + f.name) }
                 }
-                try FolderFiles.sync(tmp, directory: true)
-                var existing = stat()
-                if lstat(plan.output, &existing) == 0 {
-                    throw ZipError.io("'\(plan.output)' appeared while it was written; left as it is")
-                }
-                if rename(tmp, plan.output) != 0 {
-                    throw ZipError.io(ZipFileHandle.systemMessage("cannot rename '\(tmp)' to '\(plan.output)'"))
-                }
-            } catch {
-                try? FileManager.default.removeItem(atPath: tmp)
-                throw error
             }
-            try FolderFiles.sync(parent, directory: true)
+            plan.shards = shards
             return TrainerFolder.folderBytes(plan.output)
         }
     }
@@ -193,13 +196,34 @@ extension Checkpoint {
             }
             return
         }
-        // The stripped state dict as a torch file beside the output, read back and written as safetensors.
+        try staged(plan.strip, beside: path) { stripped in
+            try Checkpoint.write(.safetensors(try stripped.planSafetensors(output: path)), sources: [stripped], to: path)
+        }
+    }
+
+    /// Runs `body` with a strip's output as a checkpoint: the plan written as a torch file beside `path` (a temporary
+    /// file, removed afterwards), and opened. What the stripped state dict becomes in another format (safetensors,
+    /// shards) is then planned from it as from any checkpoint.
+    func staged<T>(_ plan: SurgeryPlan, beside path: String, _ body: (Checkpoint) throws -> T) throws -> T {
         let (parent, name) = AtomicOutput.split(path)
         let staged = parent + "/" + AtomicOutput.tempPrefix(for: name) + "\(getpid())-staged.pt"
         defer { _ = unlink(staged) }
-        try Checkpoint.write(.torch(plan.strip), sources: [self], to: staged)
-        let stripped = try Checkpoint(path: staged)
-        try Checkpoint.write(.safetensors(try stripped.planSafetensors(output: path)), sources: [stripped], to: path)
+        try Checkpoint.write(.torch(plan), sources: [self], to: staged)
+        return try body(try Checkpoint(path: staged))
+    }
+
+    /// Writes a strip plan's weights record (the record ``SurgeryReport/weightsRecord`` names in the output, else its
+    /// default record) as a folder of safetensors shards: `strip --max-shard-size` of a checkpoint file. The stripped
+    /// file is staged beside the folder (``staged(_:beside:_:)``); the folder appears whole or not at all.
+    public func writeShardedStrip(_ plan: SurgeryPlan, to folder: String, maxShardSize: Int64,
+                                  progress: ((Int64) -> Void)? = nil) throws -> ConvertReport
+    {
+        try staged(plan, beside: folder) { stripped in
+            let record = plan.report.weightsRecord.flatMap { r in (try? stripped.record(named: r)).map { _ in r } }
+            let p = try stripped.planShardedSafetensors(record: record, output: folder, maxShardSize: maxShardSize)
+            try Checkpoint.write(.sharded(p), sources: [stripped], to: folder, progress: progress)
+            return p.report
+        }
     }
 }
 

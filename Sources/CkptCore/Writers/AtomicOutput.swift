@@ -5,6 +5,7 @@ import Darwin
 #elseif canImport(Musl)
 import Musl
 #endif
+import Foundation
 
 /// Replaces a file all at once: readers see either the old file or the complete new one, never a partial write.
 ///
@@ -104,6 +105,66 @@ public struct AtomicOutput {
             throw error
         }
         try syncFolder(folder)
+    }
+
+    /// Where a command writes a folder asked for as `output` (`--max-shard-size`): `output` without trailing `/`. It
+    /// must not exist, or be an empty folder (replaced whole by the rename), and its parent must be a folder that can
+    /// be written. A name with a file extension ckpt reads (`.safetensors`, `.pt`, `.json`, ...) is refused: a folder
+    /// under a file's name is a mistake waiting to happen.
+    /// - Throws: ``ZipError/io(_:)`` with one line saying what is wrong with the output.
+    public static func folderDestination(for output: String) throws(ZipError) -> String {
+        if output == "-" { try checkTarget(output) }
+        var path = output
+        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        let ext = (split(path).base as NSString).pathExtension.lowercased()
+        if ["safetensors", "pt", "pth", "bin", "ckpt", "json", "onnx", "tar"].contains(ext) {
+            throw ZipError.io("--max-shard-size writes a folder of shards: name a folder, not a .\(ext) file")
+        }
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else {
+                throw ZipError.io("exists and is not a folder: --max-shard-size writes a folder")
+            }
+            guard (TrainerFolder.listing(path) ?? ["?"]).isEmpty else {
+                throw ZipError.io("a folder that is not empty: ckpt writes a whole new folder (name a new or empty one)")
+            }
+        }
+        try checkTarget(path + ".ckpt-probe")  // its folder: exists, is a folder, can be written
+        return path
+    }
+
+    /// Runs `body` with a fresh temporary folder beside `finalPath`, then renames it to `finalPath`: the folder
+    /// appears whole or not at all. `finalPath` must not exist, or be an empty folder (the rename replaces it);
+    /// if `body` throws or any step fails, the temporary folder is removed and `finalPath` is left as it was.
+    /// Temporary folders of dead runs beside it are removed first.
+    /// - Throws: what `body` throws, or ``ZipError/io(_:)``.
+    public static func writeFolder(to finalPath: String, _ body: (String) throws -> Void) throws {
+        let (parent, name) = split(finalPath)
+        FolderFiles.removeStaleTempFolders(in: parent, prefix: tempPrefix(for: name))
+        var tmp = ""
+        for _ in 0..<16 {
+            let random = String(UInt64.random(in: 0...UInt64(UInt32.max)), radix: 16)
+            tmp = join(parent, tempPrefix(for: name) + "\(getpid())-\(random)")
+            if mkdir(tmp, 0o755) == 0 { break }
+            if errno != EEXIST { throw ZipError.io(ZipFileHandle.systemMessage("cannot create a temporary folder in '\(parent)'")) }
+        }
+        do {
+            try body(tmp)
+            try FolderFiles.sync(tmp, directory: true)
+            var existing = stat()
+            if lstat(finalPath, &existing) == 0,
+               existing.st_mode & S_IFMT != S_IFDIR || !(TrainerFolder.listing(finalPath) ?? ["?"]).isEmpty
+            {
+                throw ZipError.io("'\(finalPath)' appeared while it was written; left as it is")
+            }
+            if rename(tmp, finalPath) != 0 {
+                throw ZipError.io(ZipFileHandle.systemMessage("cannot rename '\(tmp)' to '\(finalPath)'"))
+            }
+        } catch {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
+        try FolderFiles.sync(parent, directory: true)
     }
 
     /// Deletes `.<basename>.ckpt-tmp-<pid>-*` files next to `finalPath` whose process is no longer running

@@ -6,6 +6,8 @@ public enum OutputFormat: String, Sendable {
     case torch
     /// A `.safetensors` file.
     case safetensors
+    /// A folder of safetensors shards and their index, as Hugging Face writes it (`--max-shard-size`).
+    case shardedSafetensors = "sharded-safetensors"
 
     /// The format a path's extension asks for: `.safetensors`, else torch. ONNX and sharded indexes are read-only.
     public init(path: String) throws(CheckpointError) {
@@ -36,12 +38,24 @@ public enum OutputPlan {
     case torch(SurgeryPlan)
     /// A `.safetensors` file (`convert`).
     case safetensors(SafetensorsPlan)
+    /// A folder of safetensors shards (`--max-shard-size`).
+    case sharded(ShardedSafetensorsPlan)
 
     /// The format this plan writes.
     public var format: OutputFormat {
         switch self {
         case .torch: .torch
         case .safetensors: .safetensors
+        case .sharded: .shardedSafetensors
+        }
+    }
+
+    /// What the output says it wrote.
+    public var sourceBytes: Int64 {
+        switch self {
+        case .torch(let p): p.sourceBytes
+        case .safetensors(let p): p.tensors.reduce(0) { $0 + ($1.tensor.byteCount ?? 0) }
+        case .sharded(let p): p.sourceBytes
         }
     }
 }
@@ -59,6 +73,13 @@ extension Checkpoint {
     public static func write(_ plan: OutputPlan, sources: [Checkpoint], to path: String, chunkSize: Int = 4 << 20,
                              progress: ((Int64) -> Void)? = nil) throws
     {
+        if case .sharded(let p) = plan {
+            guard sources.count == 1 else {
+                throw CheckpointError.invalidOperation("a sharded safetensors plan reads one checkpoint, not \(sources.count)")
+            }
+            try prepare(plan, sources: sources)
+            return try ShardedSafetensorsWriter.write(p, source: sources[0], to: path, chunkSize: chunkSize, progress: progress)
+        }
         let format = try OutputFormat(path: path)
         guard format == plan.format else {
             throw CheckpointError.invalidOperation("the plan is for a \(plan.format.rawValue) file, but \(path) names a "
@@ -73,6 +94,32 @@ extension Checkpoint {
                 throw CheckpointError.invalidOperation("a safetensors plan reads one checkpoint, not \(sources.count)")
             }
             try SafetensorsWriter.write(p, source: sources[0], to: path, chunkSize: chunkSize, progress: progress)
+        case .sharded: break
+        }
+    }
+}
+
+extension Checkpoint {
+    /// `convert` and `consolidate`: the record's state dict planned as `format` asks (`.safetensors`, a torch file, or
+    /// with `maxShardSize` a folder of safetensors shards), with `half` (floating tensors as float16) and
+    /// `weightsOnly` (`consolidate`: the weights alone, never optimizer state, no records carried).
+    public func planWeights(record: String?, output: String, format: OutputFormat, half: Bool = false,
+                            maxShardSize: Int64? = nil, weightsOnly: Bool = false, dropUnconvertible: Bool = false)
+        throws(CheckpointError) -> (plan: OutputPlan, report: ConvertReport)
+    {
+        if let maxShardSize {
+            let p = try planShardedSafetensors(record: record, output: output, half: half, weightsOnly: weightsOnly,
+                                               maxShardSize: maxShardSize)
+            return (.sharded(p), p.report)
+        }
+        switch format {
+        case .safetensors, .shardedSafetensors:
+            let p = try planSafetensors(record: record, output: output, half: half, weightsOnly: weightsOnly)
+            return (.safetensors(p), p.report)
+        case .torch:
+            let (p, r) = try planTorchStateDict(record: record, output: output, dropUnconvertible: dropUnconvertible,
+                                                half: half, weightsOnly: weightsOnly)
+            return (.torch(p), r)
         }
     }
 
@@ -86,6 +133,8 @@ extension Checkpoint {
                 }
             case .safetensors(let p):
                 try sources.first?.source.prepare(p.tensors.map(\.tensor.storage.key))
+            case .sharded(let p):
+                try sources.first?.source.prepare(p.files.flatMap { $0.plan.tensors.map(\.tensor.storage.key) })
             }
         } catch {
             throw sourceFault(error)

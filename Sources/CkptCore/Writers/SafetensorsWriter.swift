@@ -16,15 +16,22 @@ enum SafetensorsWriter {
             for t in plan.tensors {
                 let reader = try TensorElementReader(source, storageKey: t.tensor.storage.key, itemSize: t.tensor.dtype.itemSize,
                                                      view: StorageView(t.tensor))
+                // `--half`: converted as it streams (``DTypeConverter``: torch's rounding).
+                let to = plan.outputDTypes[t.tensor.storage.key] ?? t.tensor.dtype
+                var converter = try DTypeConverter(from: t.tensor.dtype, to: to, chunkSize: chunkSize)
                 var written: Int64 = 0
                 while true {
                     let n = try reader.read(into: buffer)
                     if n == 0 { break }
-                    try out.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                    if to == t.tensor.dtype { try out.writeAll(chunk) } else {
+                        try converter.convert(chunk) { try out.writeAll($0) }
+                    }
                     written += Int64(n)
                     done += Int64(n)
                     progress?(done)
                 }
+                try converter.finish()
                 guard written == t.tensor.byteCount else {
                     throw CheckpointError.io("tensor \(t.name): \(written) bytes read, \(t.tensor.byteCount ?? 0) expected")
                 }
