@@ -22,7 +22,7 @@ enum DCPReader {
     }
 
     /// The format as `info` names it.
-    static let formatName = "torch.distributed.checkpoint"
+    static let formatName = "torch.distributed.checkpoint (DCP)"
 
     /// The metadata files of a `FileSystemWriter` folder: `.metadata`, else the `__R.metadata` files
     /// (`_get_metadata_path`, filesystem.py) in rank order; nil when it has neither.
@@ -370,12 +370,6 @@ private struct DCPFolderReader {
         let relPaths = Set(meta.storage.values.map(\.relativePath)).sorted { DCPNames.natural($0, $1) }
         let files = try GatheredFiles(paths: relPaths.map { folder + "/" + $0 })
         let fileIndex = Dictionary(uniqueKeysWithValues: relPaths.enumerated().map { ($1, $0) })
-        // Which data files are safetensors (serialization_format=SAFETENSORS) rather than concatenated torch.save zips.
-        var safetensorsFiles = Set<Int>()
-        for (i, p) in files.paths.enumerated() {
-            let head = (try? InputPath.head(p))?.0 ?? []
-            if SafetensorsReader.looksLikeSafetensors(head: head, fileSize: files.sizes[i]) { safetensorsFiles.insert(i) }
-        }
         for (key, s) in meta.storage {
             let what = "item '\(key.fqn)'" + (key.offsets.map { " at \($0)" } ?? "")
             if !s.transforms.isEmpty {
@@ -383,10 +377,9 @@ private struct DCPFolderReader {
                     + (s.transforms.contains { $0.contains("zstd") } ? " (zstd compression)" : "")
                     + ", which ckpt does not read")
             }
-            if !safetensorsFiles.contains(fileIndex[s.relativePath]!) {
-                try files.checkRange(fileIndex[s.relativePath]!, s.offset, s.length, what: what)
-            }
+            try files.checkRange(fileIndex[s.relativePath]!, s.offset, s.length, what: what)
         }
+        let kinds = DCPItemKinds(files: files)
 
         var sd = StateDictGraph()
         var tensors: [GatheredTensor] = []
@@ -426,9 +419,6 @@ private struct DCPFolderReader {
                     throw .notACheckpoint("no storage_data entry holds the non-tensor item '\(fqn)'")
                 }
                 let i = fileIndex[s.relativePath]!
-                guard !safetensorsFiles.contains(i) else {
-                    throw .notACheckpoint("non-tensor item '\(fqn)' is in the safetensors file \(s.relativePath), which holds tensors only")
-                }
                 let (g, _) = try DCPItems.readPickle(path: files.paths[i], name: s.relativePath, storage: s,
                                                      what: "non-tensor item '\(fqn)'", limits: limits)
                 if g.nodes.contains(where: { if case .persistent = $0 { true } else { false } }) {
@@ -444,7 +434,7 @@ private struct DCPFolderReader {
 
         // Chunks are located when first read: the nested zip's directory and data.pkl, or the safetensors header.
         let limits = limits
-        var safetensorsReaders: [Int: SafetensorsReader] = [:]
+        var safetensorsReaders: [Int: SafetensorsReader] = [:]  // by file, of the safetensors blob of each file
         let tensorList = tensors
         let locate: (Int, Int) throws -> ChunkLocation = { t, c in
             let tensor = tensorList[t]
@@ -452,13 +442,16 @@ private struct DCPFolderReader {
             let s = chunkStorage[t][c]
             let fi = fileIndex[s.relativePath]!
             let label = "\(s.relativePath), chunk of '\(tensor.name)' at \(chunks[c].offsets)"
-            if safetensorsFiles.contains(fi) {
-                if safetensorsReaders[fi] == nil {
-                    do { safetensorsReaders[fi] = try SafetensorsReader(path: files.paths[fi]) } catch {
-                        throw CheckpointError.io("\(s.relativePath): \(error)")
+            if try kinds.isSafetensors(fi, s.offset) {
+                // serialization_format=SAFETENSORS: the rank's chunks are one safetensors blob after the file's
+                // non-tensor items, starting at each chunk's `offset` (filesystem.py _write_files_from_queue).
+                if safetensorsReaders[fi] == nil || safetensorsReaders[fi]!.start != s.offset {
+                    do { safetensorsReaders[fi] = try SafetensorsReader(path: files.paths[fi], from: s.offset) } catch {
+                        throw CheckpointError.io("\(s.relativePath): the safetensors data at byte \(s.offset): \(error)")
                     }
                 }
-                return try DCPItems.locateSafetensors(safetensorsReaders[fi]!, file: fi, tensor: tensor, chunk: chunks[c], label: label)
+                return try DCPItems.locateSafetensors(safetensorsReaders[fi]!, file: fi, tensor: tensor, chunk: chunks[c],
+                                                      label: label)
             }
             return try DCPItems.locateZip(path: files.paths[fi], file: fi, storage: s, tensor: tensor, chunk: chunks[c],
                                           label: label, limits: limits)
@@ -466,20 +459,22 @@ private struct DCPFolderReader {
         let source = GatheredSource(tensors: tensors, files: files, locate: locate)
 
         let ranks = DCPNames.ranks(folder: folder, referenced: relPaths)
-        var format = DCPReader.formatName
-        if !safetensorsFiles.isEmpty { format += " (safetensors files)" }
+        // The variant, by the first chunk's bytes: a torch.save zip, or a safetensors header.
+        let first = chunkStorage.first?.first
+        let safetensorsData = try first.map { s throws(CheckpointError) in try kinds.isSafetensors(fileIndex[s.relativePath]!, s.offset) } ?? false
+        let format = safetensorsData ? "torch.distributed.checkpoint (DCP, safetensors files)" : DCPReader.formatName
         let layout = DistributedLayout(format: format, worldSize: ranks, files: relPaths, chunks: chunkCounts,
                                        modelBytes: modelBytes, optimizerBytes: optimizerBytes, otherItems: others,
                                        notes: notes, torchLoads: DCPReader.torchLoads)
         let metaBytes = metadataFiles.reduce(UInt64(0)) { $0 + UInt64($1.bytes.count) }
-        let scans: () -> [PickleScan] = { [metadataFiles, files, chunkStorage, tensorList, safetensorsFiles] in
+        let scans: () -> [PickleScan] = { [metadataFiles, files, chunkStorage, tensorList] in
             var out = metadataFiles.map { PickleScanner.scan($0.bytes, label: $0.name, limits: limits) }
             for (fqn, s) in bytesItems {
                 out += DCPItems.scanItem(path: folder + "/" + s.relativePath, storage: s, what: "'\(fqn)'", limits: limits)
             }
             for (t, tensor) in tensorList.enumerated() {
                 guard case .boxes(let chunks) = tensor.layout else { continue }
-                for (c, s) in chunkStorage[t].enumerated() where !safetensorsFiles.contains(fileIndex[s.relativePath]!) {
+                for (c, s) in chunkStorage[t].enumerated() where (try? kinds.isSafetensors(fileIndex[s.relativePath]!, s.offset)) != true {
                     out += DCPItems.scanItem(path: files.paths[fileIndex[s.relativePath]!], storage: s,
                                              what: "'\(tensor.name)' at \(chunks[c].offsets)", limits: limits)
                 }
@@ -491,6 +486,26 @@ private struct DCPFolderReader {
         return OpenedContainer(graph: sd.finished(plainDict: true), source: source, format: .distributed(format),
                                fileSize: metaBytes + files.sizes.reduce(0, +), recordCount: tensors.count,
                                byteOrder: nil, metadata: metadata, scanPickles: scans, distributed: layout)
+    }
+}
+
+/// Whether the data at an item's offset is a safetensors blob (`serialization_format=SAFETENSORS`) rather than a
+/// `torch.save` zip (`PK\x03\x04`): read once per (file, offset).
+final class DCPItemKinds {
+    let files: GatheredFiles
+    private var known: [Int: [UInt64: Bool]] = [:]
+
+    init(files: GatheredFiles) { self.files = files }
+
+    func isSafetensors(_ file: Int, _ offset: UInt64) throws(CheckpointError) -> Bool {
+        if let k = known[file]?[offset] { return k }
+        let n = Int(min(16, files.sizes[file] - min(offset, files.sizes[file])))
+        let handle = try files.handle(file)
+        let head = try FileRange.readBytes(handle, at: offset, count: n, what: "\(files.names[file]) at byte \(offset)")
+        let result = !head.starts(with: [0x50, 0x4B, 0x03, 0x04])
+            && SafetensorsReader.looksLikeSafetensors(head: head, fileSize: files.sizes[file] - offset)
+        known[file, default: [:]][offset] = result
+        return result
     }
 }
 
@@ -555,8 +570,9 @@ enum DCPItems {
         }
         guard e.dtype == tensor.dtype else { throw bad("the chunk is \(e.dtype.rawValue), the metadata says \(tensor.dtype.rawValue)") }
         guard e.shape == chunk.sizes else { throw bad("the chunk has shape \(e.shape), the metadata says \(chunk.sizes)") }
-        return ChunkLocation(file: file, base: e.offset, strides: StateDictGraph.contiguousStrides(e.shape),
-                             extent: e.offset..<(e.offset + e.bytes), label: label)
+        let at = r.start + e.offset
+        return ChunkLocation(file: file, base: at, strides: StateDictGraph.contiguousStrides(e.shape),
+                             extent: at..<(at + e.bytes), label: label)
     }
 
     /// The scans of an item's pickles (data.pkl and any other .pkl record), labelled with the file and byte range;
@@ -655,7 +671,7 @@ enum DCPHuggingFace {
             let bytes = t.numel * Int64(f.dtype.itemSize)
             if DCPNames.isOptimizer([.key(String(name.prefix { $0 != "." }))]) { optimizerBytes += bytes } else { modelBytes += bytes }
         }
-        let format = DCPReader.formatName + " (Hugging Face save_distributed)"
+        let format = "torch.distributed.checkpoint (DCP, Hugging Face save_distributed safetensors)"
         let layout = DistributedLayout(format: format, worldSize: shards.count, files: shards,
                                        chunks: order.map { ($0, found[$0]!.chunks.count) },
                                        modelBytes: modelBytes, optimizerBytes: optimizerBytes, otherItems: [],
