@@ -368,6 +368,13 @@ private struct DCPFolderReader {
     func opened() throws(CheckpointError) -> OpenedContainer {
         // The data files, as the items name them (never guessed), in name order.
         let relPaths = Set(meta.storage.values.map(\.relativePath)).sorted { DCPNames.natural($0, $1) }
+        for p in relPaths {
+            var st = stat()
+            guard stat(folder + "/" + p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+                let n = meta.storage.filter { $0.value.relativePath == p }.count
+                throw .io("\(p) is missing: \(metadataFiles[0].name) lists \(n) item\(n == 1 ? "" : "s") stored in it")
+            }
+        }
         let files = try GatheredFiles(paths: relPaths.map { folder + "/" + $0 })
         let fileIndex = Dictionary(uniqueKeysWithValues: relPaths.enumerated().map { ($1, $0) })
         for (key, s) in meta.storage {
@@ -596,17 +603,23 @@ enum DCPItems {
 /// `HuggingFaceStorageReader.read_metadata` reads them: files in name order, each file's names in sorted order (what
 /// `safe_open(...).keys()` gives); a tensor's global size is the largest offset + size over its chunks.
 enum DCPHuggingFace {
-    /// The shard files of a folder that is one (and not a Hugging Face model folder): every `.safetensors` file is a
-    /// `shard-*-model-*` file carrying DCP_SHARDING_INFO, and none of the model folder's weights files is there.
+    /// The shard files of a folder that is one (and not a Hugging Face model folder): every `.safetensors` file is
+    /// named as `_gen_file_name` names a rank's shard (`shard-00001-model-00001-of-00001.safetensors`, _hf_utils.py),
+    /// and none of a model folder's weights files is there. Their contents are checked when opened, so that a damaged
+    /// one is refused by name.
     static func shards(folder: String) -> [String]? {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return nil }
         if names.contains(where: { InputPath.huggingFaceWeights.contains($0) }) { return nil }
         let st = names.filter { $0.hasSuffix(".safetensors") }
-        guard !st.isEmpty, st.allSatisfy({ $0.hasPrefix("shard-") && $0.contains("-model-") }) else { return nil }
-        for n in st {
-            guard let r = try? SafetensorsReader(path: folder + "/" + n), shardingInfo(r) != nil else { return nil }
-        }
+        guard !st.isEmpty, st.allSatisfy(isShardName) else { return nil }
         return st.sorted { DCPNames.natural($0, $1) }
+    }
+
+    /// `shard-<digits>-model-<digits>-of-<digits>.safetensors`.
+    static func isShardName(_ name: String) -> Bool {
+        let parts = name.dropLast(".safetensors".count).split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts[0] == "shard", parts[2] == "model", parts[4] == "of" else { return false }
+        return [parts[1], parts[3], parts[5]].allSatisfy { !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
     }
 
     /// `__metadata__.DCP_SHARDING_INFO` as name -> saved offsets; nil when absent or unreadable.
@@ -633,9 +646,15 @@ enum DCPHuggingFace {
         for (fi, name) in shards.enumerated() {
             let r: SafetensorsReader
             do { r = try SafetensorsReader(path: files.paths[fi]) } catch { throw .io("\(name): \(error.description)") }
-            guard let info = shardingInfo(r) else { throw .notACheckpoint("\(name): its DCP_SHARDING_INFO is not readable") }
+            // No DCP_SHARDING_INFO: every chunk at offset 0, as HuggingFaceStorageReader.read_metadata takes it.
+            let hasInfo = r.metadata.contains { $0.key == "DCP_SHARDING_INFO" }
+            guard let info = hasInfo ? shardingInfo(r) : [:] else {
+                throw .notACheckpoint("\(name): its DCP_SHARDING_INFO is not readable")
+            }
             for e in r.entries.sorted(by: { $0.name.unicodeScalars.lexicographicallyPrecedes($1.name.unicodeScalars) }) {
-                guard let offsets = info[e.name] else { throw .notACheckpoint("\(name): tensor '\(e.name)' has no DCP_SHARDING_INFO entry") }
+                guard let offsets = hasInfo ? info[e.name] : [Int64](repeating: 0, count: e.shape.count) else {
+                    throw .notACheckpoint("\(name): tensor '\(e.name)' has no DCP_SHARDING_INFO entry")
+                }
                 guard offsets.count == e.shape.count else {
                     throw .notACheckpoint("\(name): tensor '\(e.name)' has \(e.shape.count) dimensions but \(offsets.count) saved offsets")
                 }

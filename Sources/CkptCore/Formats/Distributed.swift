@@ -28,7 +28,7 @@ enum DistributedFolder {
 
     /// Whether a folder looks like one of the distributed formats (so that its reader's error is the one reported).
     static func looksDistributed(path: String) -> Bool {
-        DCPReader.metadataFiles(folder: path) != nil
+        DCPReader.metadataFiles(folder: path) != nil || DCPHuggingFace.shards(folder: path) != nil
     }
 }
 
