@@ -287,6 +287,9 @@ public struct ScanBuilder {
     /// (``DistributedFolder/rawScans(path:limits:)``), with the read error kept.
     func distributedReport() throws(CheckpointError) -> ScanReport? {
         guard Self.isFolder(path) else { return nil }
+        // A model or Trainer folder (one with a weights file) is scanned through that file below, unless a
+        // distributed reader claims it.
+        guard DistributedFolder.looksDistributed(path: path) || (try? InputPath.resolve(path)) == nil else { return nil }
         let note = "torch.load does not read a folder: its own loader reads each pickle listed"
         do {
             let c = try Checkpoint(path: path, limits: limits)
@@ -298,9 +301,10 @@ public struct ScanBuilder {
                 return ScanReport(file: path, format: raw.format, pickles: raw.scans, readError: error,
                                   containerVerdict: (false, raw.torchLoads ?? note))
             }
-            // Not a folder another reader takes: its own error, not "a folder without weights".
-            if (try? InputPath.resolve(path)) == nil, DistributedFolder.looksDistributed(path: path) { throw error }
-            return nil
+            // A folder a distributed reader claimed: its error, not "a folder without weights" (which the
+            // path's own resolution below gives any other folder).
+            if case .wrongKind = error, !DistributedFolder.looksDistributed(path: path) { return nil }
+            throw error
         }
     }
 
