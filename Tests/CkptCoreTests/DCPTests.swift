@@ -196,6 +196,27 @@ import Testing
         #expect(scan.isDangerous && scan.dangerous.map(\.name).contains("os.system"))
     }
 
+    /// A field the metadata classes do not have could change what an item means: refused by name.
+    @Test func refusesUnknownFields() throws {
+        let dir = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = try Self.edited("dcp-dtensor-ws2", in: dir) { g in
+            let i = try #require(g.nodes.indices.first { i in
+                if case .object(let o) = g.nodes[i], g.globalName(o.callable) == DCPMetadata.module + ".ChunkStorageMetadata" {
+                    return true
+                }
+                return false
+            })
+            guard case .object(let o) = g.nodes[i], let state = o.state, case .dict(var entries) = g[state] else {
+                throw Oracle.Failure(description: "no state")
+            }
+            entries.append(DictEntry(key: g.add(.string("stride_hint")), value: g.add(.int(1))))
+            g[state] = .dict(entries)
+        }
+        let e = Self.refusal(path)
+        #expect(e.contains("ChunkStorageMetadata") && e.contains("stride_hint"), "\(e)")
+    }
+
     /// A folder of `__R.metadata` files (use_collectives=False) is recognised; plain folders and Hugging Face model
     /// folders are not claimed.
     @Test func recognisesOnlyDCPFolders() throws {

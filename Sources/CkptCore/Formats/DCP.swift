@@ -144,9 +144,6 @@ struct DCPMetadata {
     init(_ g: PickleGraph, file: String) throws(CheckpointError) {
         let r = MetadataGraph(g: g, file: file)
         let top = try r.fields(g.root, "Metadata")
-        for k in top.keys where !["state_dict_metadata", "planner_data", "storage_data", "storage_meta", "version"].contains(k) {
-            throw r.bad("Metadata has a field '\(k)' ckpt does not know")
-        }
         guard let sdmID = top["state_dict_metadata"], let sdm = g.dictEntries(sdmID) else {
             throw r.bad("Metadata.state_dict_metadata is not a dict")
         }
@@ -273,6 +270,17 @@ private struct MetadataGraph {
 
     /// The fields of an object of class `module.name` built as a dataclass is pickled (NEWOBJ with no arguments,
     /// then BUILD with a dict of str keys, or no BUILD for one without fields).
+    /// The fields a class may have (dataclass fields, metadata.py and filesystem.py): any other one is refused, since
+    /// it could change what an item means. `StorageMeta` (ids and module names) is not read.
+    static let known: [String: Set<String>] = [
+        "Metadata": ["state_dict_metadata", "planner_data", "storage_data", "storage_meta", "version"],
+        "TensorStorageMetadata": ["properties", "size", "chunks"],
+        "ChunkStorageMetadata": ["offsets", "sizes"],
+        "BytesStorageMetadata": [],
+        "MetadataIndex": ["fqn", "offset", "index"],
+        "_StorageInfo": ["relative_path", "offset", "length", "transform_descriptors"],
+    ]
+
     func fields(_ id: NodeID, _ name: String, module: String = DCPMetadata.module) throws(CheckpointError) -> [String: NodeID] {
         guard case .object(let o) = g[id], g.globalName(o.callable) == module + "." + name else {
             throw bad("expected a \(name), found \(describe(id))")
@@ -285,6 +293,9 @@ private struct MetadataGraph {
         var out: [String: NodeID] = [:]
         for e in entries {
             guard let k = g.string(e.key) else { throw bad("a field name of a \(name) is not a string") }
+            if let allowed = Self.known[name], !allowed.contains(k) {
+                throw bad("a \(name) has a field '\(k)' ckpt does not know")
+            }
             out[k] = e.value
         }
         return out
