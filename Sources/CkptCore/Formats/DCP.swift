@@ -388,7 +388,8 @@ private struct DCPFolderReader {
         }
         let files = try GatheredFiles(paths: relPaths.map { folder + "/" + $0 })
         let fileIndex = Dictionary(uniqueKeysWithValues: relPaths.enumerated().map { ($1, $0) })
-        for (key, s) in meta.storage {
+        // In file and offset order, so that the item named for a damaged file is always the same.
+        for (key, s) in meta.storage.sorted(by: { ($0.value.relativePath, $0.value.offset) < ($1.value.relativePath, $1.value.offset) }) {
             let what = "item '\(key.fqn)'" + (key.offsets.map { " at \($0)" } ?? "")
             if !s.transforms.isEmpty {
                 throw .notACheckpoint("\(s.relativePath): \(what) was stored through \(s.transforms.joined(separator: ", "))"
