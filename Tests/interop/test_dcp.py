@@ -243,3 +243,31 @@ def test_hugging_face_model_folders_are_not_claimed(tmp_path):
     (folder / "model.safetensors").unlink()
     info = run_json("info", folder)
     assert "save_distributed" in info["format"] and info["distributed"]["world_size"] == 1
+
+
+@pytest.mark.parametrize("name", DCP + ["hf-distributed-ws2"])
+def test_every_record_converts_bit_identical(tmp_path, name):
+    """Every record that holds tensors (model, optim, aux, ...; the whole dict of a flat folder), converted with
+    --record to .pt and .safetensors: each tensor bit-identical to dcp_to_torch_save's (torch's HF reader's for the
+    save_distributed folder), the .pt in the oracle's order."""
+    import distlib
+
+    sd = distlib.oracle(DIST / name)
+    nested = any(not torch.is_tensor(v) for v in sd.values())
+    groups = {k: flat(v) for k, v in sd.items() if not torch.is_tensor(v)} if nested else {None: flat(sd)}
+    checked = 0
+    for record, want in groups.items():
+        if not want:
+            continue
+        args = ["--record", record] if record else []
+        for ext in ("pt", "safetensors"):
+            out = tmp_path / f"{record}.{ext}"
+            run("convert", DIST / name, out, *args, check=0)
+            got = load_file(out) if ext == "safetensors" else flat(torch.load(out, weights_only=True))
+            if ext == "pt":
+                assert list(got) == list(want)
+            assert sorted(got) == sorted(want)
+            for k, t in want.items():
+                assert same_bits(got[k], t), (record, ext, k)
+                checked += 1
+    assert checked > 0
