@@ -249,8 +249,12 @@ extension DistributedLayout {
         lines.append("  chunks per tensor: " + (counts.isEmpty ? "no tensors" : counts.joined(separator: ", ")))
         lines.append("  model state: \(Figures.bytes(modelBytes)), optimizer state: \(Figures.bytes(optimizerBytes))")
         if !otherItems.isEmpty {
-            lines.append("  non-tensor items: " + otherItems.prefix(12).map { "\($0.name) = \($0.value)" }.joined(separator: ", ")
-                + (otherItems.count > 12 ? ", ... (\(otherItems.count) in all)" : ""))
+            lines.append("  non-tensor items (\(otherItems.count)):")
+            for item in otherItems.prefix(12) {
+                let v = item.value.count > 60 ? String(item.value.prefix(57)) + "..." : item.value
+                lines.append("    \(item.name) = \(v)")
+            }
+            if otherItems.count > 12 { lines.append("    ... (--json lists all)") }
         }
         for n in notes { lines.append("  note: \(n)") }
         return lines.joined(separator: "\n")
