@@ -217,6 +217,39 @@ import Testing
         #expect(e.contains("ChunkStorageMetadata") && e.contains("stride_hint"), "\(e)")
     }
 
+    /// A chunk whose stored dtype disagrees with `.metadata`: the folder opens (the metadata is consistent), and
+    /// reading the tensor, or preparing to write it, refuses it naming the file and the tensor.
+    @Test func refusesAChunkOfAnotherDType() throws {
+        let dir = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var changed = ""
+        let path = try Self.edited("dcp-dtensor-ws2", in: dir) { g in
+            // The first tensor's TensorProperties: dtype float32 -> int32 (same item size).
+            guard case .object(let root) = g[g.root], let rs = root.state, let top = g.dictEntries(rs),
+                  let sdm = top.first(where: { g.string($0.key) == "state_dict_metadata" }).flatMap({ g.dictEntries($0.value) })
+            else { throw Oracle.Failure(description: "no state_dict_metadata") }
+            for e in sdm {
+                guard case .object(let t) = g[e.value], let ts = t.state, let fields = g.dictEntries(ts),
+                      let p = fields.first(where: { g.string($0.key) == "properties" })?.value,
+                      case .object(let props) = g[p], let state = props.state, var tuple = g.sequence(state),
+                      g.globalName(tuple[0]) == "torch.float32" else { continue }
+                tuple[0] = g.add(.global(module: "torch", name: "int32"))
+                g[state] = .tuple(tuple)
+                changed = g.string(e.key)!
+                return
+            }
+            throw Oracle.Failure(description: "no float32 tensor")
+        }
+        let c = try Checkpoint(path: path)
+        do {
+            try c.source.prepare(nil)
+            Issue.record("prepare accepted a chunk of another dtype")
+        } catch {
+            let text = Checkpoint.sourceFault(error).description
+            #expect(text.contains(changed) && text.contains(".distcp") && text.contains("float32"), "\(text)")
+        }
+    }
+
     /// A folder of `__R.metadata` files (use_collectives=False) is recognised; plain folders and Hugging Face model
     /// folders are not claimed.
     @Test func recognisesOnlyDCPFolders() throws {

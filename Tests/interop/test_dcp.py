@@ -271,3 +271,33 @@ def test_every_record_converts_bit_identical(tmp_path, name):
                 assert same_bits(got[k], t), (record, ext, k)
                 checked += 1
     assert checked > 0
+
+
+def test_save_distributed_ranks_disagreeing_on_a_dtype_are_refused(tmp_path):
+    """A tensor two ranks saved, one of them (header edited, same length) as I32 instead of F32: refused with one line
+    naming the tensor, nothing written."""
+    import struct
+
+    src = DIST / "hf-distributed-ws2"
+    folder = tmp_path / "hf"
+    shutil.copytree(src, folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
+
+    def header(path):
+        data = path.read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        return json.loads(data[8:8 + n])
+
+    first, last = header(files[0]), header(files[-1])
+    name = next(k for k in last if k != "__metadata__" and k in first and last[k]["dtype"] == "F32")
+    data = bytearray(files[-1].read_bytes())
+    old = f'"{name}":{{"dtype":"F32"'.encode()
+    assert data.count(old) == 1
+    start = data.index(old)
+    data[start:start + len(old)] = old.replace(b"F32", b"I32")
+    files[-1].write_bytes(bytes(data))
+    out = tmp_path / "o"
+    out.mkdir()
+    p = run("convert", folder, out / "x.safetensors")
+    assert_clean_failure(p, name)
+    assert os.listdir(out) == []
