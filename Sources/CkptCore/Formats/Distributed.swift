@@ -13,6 +13,23 @@ enum DistributedFolder {
         if let c = try DeepSpeedReader.open(folder: path, limits: limits) { return c }
         return nil
     }
+
+    /// For `scan` of a folder that cannot be opened: the pickles a reader can still find and scan raw (a DCP
+    /// folder's `.metadata` files), with the format and how torch's loader reads them; nil when no reader claims it.
+    static func rawScans(path: String, limits: PickleLimits) -> (format: String, scans: [PickleScan], torchLoads: String?)? {
+        if let files = DCPReader.metadataFiles(folder: path) {
+            let scans = files.map { name in
+                PickleScanner.scan((try? DCPReader.readBytes(path + "/" + name)) ?? [], label: name, limits: limits)
+            }
+            return (DCPReader.formatName, scans, DCPReader.torchLoads)
+        }
+        return nil
+    }
+
+    /// Whether a folder looks like one of the distributed formats (so that its reader's error is the one reported).
+    static func looksDistributed(path: String) -> Bool {
+        DCPReader.metadataFiles(folder: path) != nil || DCPHuggingFace.shards(folder: path) != nil
+    }
 }
 
 /// What `info` shows of a distributed checkpoint besides its tensors.
@@ -32,4 +49,6 @@ public struct DistributedLayout: Sendable {
     public var otherItems: [(name: String, value: String)]
     /// Notes on what was not read or is not understood.
     public var notes: [String] = []
+    /// How the format's own loader unpickles the folder's pickles, for `scan` (which torch.load does not read).
+    public var torchLoads: String? = nil
 }

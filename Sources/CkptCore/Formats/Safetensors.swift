@@ -61,10 +61,23 @@ final class SafetensorsReader: StorageSource {
                                recordCount: r.entries.count, metadata: r.metadata)
     }
 
-    init(path: String) throws(CheckpointError) {
+    /// Where the safetensors data starts in the file: 0, or (a DCP `.distcp` written with
+    /// `serialization_format=SAFETENSORS`, whose non-tensor items come first) the offset it is read from. Entry
+    /// offsets are relative to it.
+    let start: UInt64
+
+    /// Reads the safetensors file at `path`, or the safetensors data from byte `start` of it to its end.
+    init(path: String, from start: UInt64 = 0) throws(CheckpointError) {
         func bad(_ why: String) -> CheckpointError { .invalidFile(format: "safetensors", why) }
         self.path = path
-        file = try FileRange.open(path)
+        self.start = start
+        if start == 0 {
+            file = try FileRange.open(path)
+        } else {
+            let whole = try FileRange.size(try FileRange.open(path))
+            guard start <= whole else { throw bad("the data would start at byte \(start), past the file's end") }
+            do { file = try ZipFileHandle.openForReading(path, window: start..<whole) } catch { throw .io(error.description) }
+        }
         fileSize = try FileRange.size(file)
         guard fileSize >= 8 else { throw bad("the file is \(fileSize) bytes, shorter than the 8-byte header length") }
         var length = ByteCursor(try FileRange.readBytes(file, at: 0, count: 8, what: "the header length"))

@@ -1,5 +1,6 @@
-/// Builds the graph `torch.save` pickles for an `OrderedDict` of tensors: what a format without a pickle
-/// (safetensors, ONNX) or a merged set of shards presents to the rest of ckpt.
+/// Builds the graph `torch.save` pickles for a state dict: an `OrderedDict` of tensors (what a format without a
+/// pickle (safetensors, ONNX) or a merged set of shards presents to the rest of ckpt), or a nested dict of dicts,
+/// lists, tensors and other values (a distributed checkpoint consolidated as its own tool would, ``set(_:_:)``).
 ///
 /// A tensor is `_rebuild_tensor_v2(('storage', torch.<Type>Storage, key, 'cpu', numel), 0, size, stride, False,
 /// OrderedDict())`; a dtype without a typed storage class (uint16/32/64, float8, ...) uses
@@ -7,7 +8,6 @@
 /// torch 2.x does. The strings `'storage'` and `'cpu'` are shared nodes, so the pickle memoizes them as torch's does.
 struct StateDictGraph {
     private(set) var graph = PickleGraph()
-    private var entries: [DictEntry] = []
     private let orderedDict: NodeID
     private let storageWord: NodeID
     private let cpu: NodeID
@@ -15,6 +15,24 @@ struct StateDictGraph {
     private let rebuildV3: NodeID
     private let untyped: NodeID
     private var globals: [String: NodeID] = [:]
+    /// The containers being filled, by their placeholder node (a `.none` until ``finished()``): dicts with their
+    /// entries and an index of their keys, lists with their items.
+    private var dicts: [NodeID: (entries: [DictEntry], index: [PathKey: Int])] = [:]
+    private var lists: [NodeID: [NodeID]] = [:]
+    /// The top-level dict.
+    private let top: NodeID
+
+    /// One element of a value's path from the top level: a dict key (`str`, or an int key of a dict) or a list index.
+    enum PathKey: Hashable, CustomStringConvertible {
+        case key(String)
+        case index(Int)
+        var description: String {
+            switch self {
+            case .key(let s): s
+            case .index(let i): String(i)
+            }
+        }
+    }
 
     init() {
         var g = PickleGraph()
@@ -24,7 +42,9 @@ struct StateDictGraph {
         rebuildV2 = g.add(.global(module: "torch._utils", name: "_rebuild_tensor_v2"))
         rebuildV3 = g.add(.global(module: "torch._utils", name: "_rebuild_tensor_v3"))
         untyped = g.add(.global(module: "torch.storage", name: "UntypedStorage"))
+        top = g.add(.none)
         graph = g
+        dicts[top] = ([], [:])
     }
 
     private mutating func global(_ module: String, _ name: String) -> NodeID {
@@ -50,6 +70,13 @@ struct StateDictGraph {
     /// Appends `name: tensor` whose bytes are the whole storage `key`: a contiguous tensor at offset 0.
     /// `numel` must not overflow (callers check shapes first).
     mutating func append(name: String, dtype: DType, shape: [Int64], storageKey key: String) {
+        let tensor = tensor(dtype: dtype, shape: shape, storageKey: key)
+        setTop(name, tensor)
+    }
+
+    /// A tensor node whose bytes are the whole storage `key`: a contiguous tensor at offset 0, as `torch.save` pickles
+    /// it. `numel` must not overflow (callers check shapes first).
+    mutating func tensor(dtype: DType, shape: [Int64], storageKey key: String) -> NodeID {
         let numel = shape.reduce(Int64(1)) { $0 * $1 }
         let typed = dtype.storageClass
         let storageClass = typed.map { global("torch", $0) } ?? untyped
@@ -65,9 +92,78 @@ struct StateDictGraph {
             let (module, name) = ("torch", dtype.rawValue)
             args.append(global(module, name))
         }
-        let tensor = graph.add(.object(PickleObject(construction: .reduce, callable: typed != nil ? rebuildV2 : rebuildV3,
-                                                    args: graph.add(.tuple(args)))))
-        entries.append(DictEntry(key: graph.add(.string(name)), value: tensor))
+        return graph.add(.object(PickleObject(construction: .reduce, callable: typed != nil ? rebuildV2 : rebuildV3,
+                                              args: graph.add(.tuple(args)))))
+    }
+
+    /// Appends a top-level entry of a flat state dict (as the flat readers always did: every call adds an entry).
+    private mutating func setTop(_ name: String, _ value: NodeID) {
+        let key = PathKey.key(name)
+        if dicts[top]!.index[key] == nil { dicts[top]!.index[key] = dicts[top]!.entries.count }
+        dicts[top]!.entries.append(DictEntry(key: graph.add(.string(name)), value: value))
+    }
+
+    /// Sets the value at `path` of the nested state dict, creating the dicts and lists on the way as torch's
+    /// `set_element` does (torch/distributed/checkpoint/_traverse.py): the container under a key is a dict when the
+    /// next path element is a `str`, a list when it is an int; lists are extended with None up to an index; a key
+    /// met again keeps its place and takes the new value.
+    /// - Throws: when the path goes through a value that is not a container, or a list is given a `str` key
+    ///   (where torch would fail too).
+    mutating func set(_ path: [PathKey], _ value: NodeID) throws(CheckpointError) {
+        guard !path.isEmpty else { throw .notACheckpoint("an item has an empty path") }
+        func bad(_ why: String) -> CheckpointError {
+            .notACheckpoint("item \(path.map(\.description).joined(separator: ".")): \(why)")
+        }
+        var current = top
+        for i in 1..<path.count {
+            let key = path[i - 1]
+            let makeList: Bool = if case .index = path[i] { true } else { false }
+            let existing = try child(current, key, bad)
+            if let e = existing, dicts[e] != nil || lists[e] != nil {
+                current = e
+            } else if existing == nil || graph.isNone(existing!) {
+                let made = graph.add(.none)
+                if makeList { lists[made] = [] } else { dicts[made] = ([], [:]) }
+                try put(current, key, made, bad)
+                current = made
+            } else {
+                throw bad("\(key) holds a value, not a dict or list")
+            }
+        }
+        try put(current, path[path.count - 1], value, bad)
+    }
+
+    /// The value under `key` of container `c`, nil when absent.
+    private func child(_ c: NodeID, _ key: PathKey, _ bad: (String) -> CheckpointError) throws(CheckpointError) -> NodeID? {
+        if let d = dicts[c] { return d.index[key].map { d.entries[$0].value } }
+        guard case .index(let i) = key else { throw bad("the key '\(key)' indexes a list") }
+        let items = lists[c]!
+        return i < items.count ? items[i] : nil
+    }
+
+    private mutating func put(_ c: NodeID, _ key: PathKey, _ value: NodeID, _ bad: (String) -> CheckpointError) throws(CheckpointError) {
+        if dicts[c] != nil {
+            if let i = dicts[c]!.index[key] {
+                dicts[c]!.entries[i].value = value
+            } else {
+                let k: NodeID = switch key {
+                case .key(let s): graph.add(.string(s))
+                case .index(let n): graph.add(.int(Int64(n)))
+                }
+                dicts[c]!.index[key] = dicts[c]!.entries.count
+                dicts[c]!.entries.append(DictEntry(key: k, value: value))
+            }
+            return
+        }
+        guard case .index(let i) = key else { throw bad("the key '\(key)' indexes a list") }
+        guard i >= 0, i < 1 << 24 else { throw bad("list index \(i) is out of range") }
+        while lists[c]!.count <= i { lists[c]!.append(graph.add(.none)) }
+        lists[c]![i] = value
+    }
+
+    /// Copies a value of another graph (an item's own pickle) into this one (see ``PickleGraph/importing``).
+    mutating func importing(_ node: NodeID, from other: PickleGraph, memo: inout [NodeID: NodeID]) -> NodeID {
+        graph.importing(node, from: other, memo: &memo) { $0 }
     }
 
     /// Appends `name: <a tensor node of another graph>`, copying the nodes it reaches (sharing kept through
@@ -76,15 +172,24 @@ struct StateDictGraph {
                          renameKey: (String) -> String)
     {
         let copied = graph.importing(node, from: other, memo: &memo, renameStorageKey: renameKey)
-        entries.append(DictEntry(key: graph.add(.string(name)), value: copied))
+        setTop(name, copied)
     }
 
-    /// The finished graph: its root is the `OrderedDict`.
-    func finished() -> PickleGraph {
+    /// The finished graph: its root is the `OrderedDict` (or, with `plainDict`, the `dict` that `torch.save` of a
+    /// `{}` pickles), nested dicts are dicts and lists are lists.
+    func finished(plainDict: Bool = false) -> PickleGraph {
         var g = graph
-        var od = PickleObject(construction: .reduce, callable: orderedDict, args: g.add(.tuple([])))
-        od.dictItems = entries
-        g.root = g.add(.object(od))
+        for (id, d) in dicts where id != top { g[id] = .dict(d.entries) }
+        for (id, items) in lists { g[id] = .list(items) }
+        let entries = dicts[top]!.entries
+        if plainDict {
+            g[top] = .dict(entries)
+            g.root = top
+        } else {
+            var od = PickleObject(construction: .reduce, callable: orderedDict, args: g.add(.tuple([])))
+            od.dictItems = entries
+            g.root = g.add(.object(od))
+        }
         return g
     }
 }

@@ -57,6 +57,8 @@ public struct CheckpointInfo: Sendable {
     public var framework: DetectedFramework? = nil
     /// A Hugging Face Trainer checkpoint folder's files by role (the records are its weights).
     public var trainerFolder: TrainerFolder? = nil
+    /// A distributed checkpoint folder's layout (DCP, DeepSpeed ZeRO): ranks, files, chunks, model and optimizer bytes.
+    public var distributed: DistributedLayout? = nil
 
     /// One line for stderr per record whose state_dict view leaves tensors out (see ``ViewCoverage/note(file:)``).
     public var notes: [String] { records.compactMap { $0.coverage?.note(file: file) } }
@@ -73,7 +75,8 @@ public struct CheckpointInfo: Sendable {
             ("framework", frameworkJSON),
             ("records", .array(records.map(\.json))),
         ] + (metadata.isEmpty ? [] : [("metadata", .object(metadata.map { ($0.key, .string($0.value)) }))])
-          + (torchScript.map { [("torchscript", $0.json)] } ?? []) + folder)
+          + (torchScript.map { [("torchscript", $0.json)] } ?? []) + folder
+          + (distributed.map { [("distributed", $0.json)] } ?? []))
     }
 
     /// The report as an aligned table.
@@ -96,7 +99,8 @@ public struct CheckpointInfo: Sendable {
                          r.elements.map { Figures.count($0) } ?? "", r.storageBytes.map { Figures.bytes($0) } ?? "",
                          r.dtypes.map(\.rawValue).joined(separator: ",")])
         }
-        let meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
+        var meta = metadata.isEmpty ? "" : "\n" + Figures.table(metadata.map { ["  " + $0.key + ":", $0.value] })
+        if let d = distributed { meta += "\n" + d.text }
         return head + meta + "\n\n" + Figures.table(rows) + (torchScript.map { "\n\n" + $0.table } ?? "")
             + (trainerFolder.map { "\n\n" + $0.table } ?? "")
     }
@@ -180,7 +184,7 @@ public struct InfoBuilder {
         return CheckpointInfo(file: c.path, fileSize: c.fileSize, format: c.format, root: c.root,
                               recordCount: c.recordCount, formatVersion: c.formatVersion, topKind: top,
                               records: summaries, metadata: c.metadata, torchScript: c.torchScript,
-                              framework: c.framework, trainerFolder: c.trainerFolder)
+                              framework: c.framework, trainerFolder: c.trainerFolder, distributed: c.distributed)
     }
 }
 
@@ -217,5 +221,42 @@ extension TorchScriptArchive {
             rows.append([r.name, r.kind.rawValue, Figures.bytes(Int64(r.size)), r.compressed ? "deflated" : ""])
         }
         return head + "\n\n" + Figures.table(rows)
+    }
+}
+
+extension DistributedLayout {
+    /// `{format, world_size, files, chunks: {name: count}, model_bytes, optimizer_bytes, other_items: {name: value},
+    /// notes}`.
+    var json: JSONValue {
+        .object([
+            ("format", .string(format)), ("world_size", .int(Int64(worldSize))),
+            ("files", .array(files.map { .string($0) })),
+            ("chunks", .object(chunks.map { ($0.name, .int(Int64($0.count))) })),
+            ("model_bytes", .int(modelBytes)), ("optimizer_bytes", .int(optimizerBytes)),
+            ("other_items", .object(otherItems.map { ($0.name, .string($0.value)) })),
+            ("notes", .array(notes.map { .string($0) })),
+        ])
+    }
+
+    /// Lines for `info`'s head: ranks and files, chunks per tensor (how many tensors are read from how many chunks),
+    /// model and optimizer bytes, the non-tensor items with their values, notes.
+    var text: String {
+        let shownFiles = files.prefix(6).joined(separator: ", ") + (files.count > 6 ? ", ..." : "")
+        var lines = ["distributed: \(format), world size \(worldSize), \(files.count) data file\(files.count == 1 ? "" : "s") (\(shownFiles))"]
+        var byCount: [Int: Int] = [:]
+        for c in chunks { byCount[c.count, default: 0] += 1 }
+        let counts = byCount.keys.sorted(by: >).map { n in "\(byCount[n]!) tensor\(byCount[n]! == 1 ? "" : "s") from \(n)" }
+        lines.append("  chunks per tensor: " + (counts.isEmpty ? "no tensors" : counts.joined(separator: ", ")))
+        lines.append("  model state: \(Figures.bytes(modelBytes)), optimizer state: \(Figures.bytes(optimizerBytes))")
+        if !otherItems.isEmpty {
+            lines.append("  non-tensor items (\(otherItems.count)):")
+            for item in otherItems.prefix(12) {
+                let v = item.value.count > 60 ? String(item.value.prefix(57)) + "..." : item.value
+                lines.append("    \(item.name) = \(v)")
+            }
+            if otherItems.count > 12 { lines.append("    ... (--json lists all)") }
+        }
+        for n in notes { lines.append("  note: \(n)") }
+        return lines.joined(separator: "\n")
     }
 }

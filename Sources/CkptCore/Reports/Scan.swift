@@ -231,6 +231,7 @@ public struct ScanBuilder {
 
     /// The report. Throws only when no pickle can be found at all.
     public func build() throws(CheckpointError) -> ScanReport {
+        if let report = try distributedReport() { return report }
         // A FIFO, a device or a folder without weights is refused before anything is read; a file that is no
         // checkpoint (text, HTML) is still scanned raw below: a protocol-0 pickle is text.
         let file = try InputPath.resolve(path)
@@ -278,6 +279,39 @@ public struct ScanBuilder {
                                 containerVerdict: torchScript ? (false, Self.torchScriptRefusal) : nil)
         report.container = audit
         return report
+    }
+
+    /// The report on a distributed checkpoint folder (``DistributedFolder``: DCP, DeepSpeed ZeRO), nil for any other
+    /// path. Its pickles are every pickle its own loader unpickles (``Checkpoint/pickleScans``); when the folder cannot
+    /// be read (a `.metadata` naming a global outside the DCP allow-list), what its reader can still scan raw
+    /// (``DistributedFolder/rawScans(path:limits:)``), with the read error kept.
+    func distributedReport() throws(CheckpointError) -> ScanReport? {
+        guard Self.isFolder(path) else { return nil }
+        // A model or Trainer folder (one with a weights file) is scanned through that file below, unless a
+        // distributed reader claims it.
+        guard DistributedFolder.looksDistributed(path: path) || (try? InputPath.resolve(path)) == nil else { return nil }
+        let note = "torch.load does not read a folder: its own loader reads each pickle listed"
+        do {
+            let c = try Checkpoint(path: path, limits: limits)
+            guard let d = c.distributed else { return nil }
+            return ScanReport(file: path, format: c.format, pickles: c.pickleScans, readError: nil,
+                              containerVerdict: (false, d.torchLoads ?? note))
+        } catch {
+            if let raw = DistributedFolder.rawScans(path: path, limits: limits) {
+                return ScanReport(file: path, format: raw.format, pickles: raw.scans, readError: error,
+                                  containerVerdict: (false, raw.torchLoads ?? note))
+            }
+            // A folder a distributed reader claimed: its error, not "a folder without weights" (which the
+            // path's own resolution below gives any other folder).
+            if case .wrongKind = error, !DistributedFolder.looksDistributed(path: path) { return nil }
+            throw error
+        }
+    }
+
+    /// Whether a path is a folder (following links).
+    static func isFolder(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     /// What torch.load(weights_only=True) says of a TorchScript archive (torch/serialization.py).

@@ -151,13 +151,20 @@ extension Checkpoint {
     public static func openForRewriting(path: String, allowUnsafe: Bool, limits: PickleLimits = PickleLimits())
         throws(CheckpointError) -> Checkpoint
     {
-        let audit = allowUnsafe ? nil : ContainerAudit(file: try InputPath.resolve(path))
+        // A distributed checkpoint folder (DCP, DeepSpeed) has no one file torch.load reads: its pickles are judged
+        // below, each as its own loader reads it (ScanBuilder).
+        var audit: ContainerAudit? = nil
+        if !allowUnsafe {
+            do { audit = ContainerAudit(file: try InputPath.resolve(path)) } catch {
+                if !ScanBuilder.isFolder(path) { throw error }
+            }
+        }
         if let audit, audit.isAmbiguous { throw .ambiguousContainer(torchReads: audit.torchReads, audit.ambiguities) }
         let c: Checkpoint
         do {
             c = try Checkpoint(path: path, limits: limits)
         } catch {
-            if audit != nil, let report = try? ScanBuilder(path: path, limits: limits).build() {
+            if !allowUnsafe, let report = try? ScanBuilder(path: path, limits: limits).build() {
                 let bad = report.dangerous.map(\.name)
                 if !bad.isEmpty { throw .dangerousGlobals(bad) }
             }

@@ -73,6 +73,10 @@ public enum ScanAllowList {
         // torch values (beside the weights_only list, which has torch.device and torch.Size)
         .init(name: "torch.device", why: "parses a device name and index"),
         .init(name: "torch.Size", why: "builds a tuple of integers"),
+        // torch.distributed.checkpoint's .metadata (torch/distributed/checkpoint/metadata.py): an Enum called with its
+        // value returns the member
+        .init(name: "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
+              why: "an Enum: called with a value, it returns the member of that value"),
         // framework data classes pickled by calling them
         .init(name: "ultralytics.utils.IterableSimpleNamespace",
               why: "Ultralytics' types.SimpleNamespace subclass: called with no arguments, BUILD sets its attributes"),
@@ -87,6 +91,16 @@ public enum ScanAllowList {
         .init(name: "collections.Counter", why: "BUILD fills its __dict__"),
         .init(name: "collections.defaultdict", why: "BUILD fills its __dict__"),
         .init(name: "builtins.object", why: "an empty object"),
+        // torch.distributed.checkpoint's .metadata: dataclasses (torch/distributed/checkpoint/metadata.py, filesystem.py)
+        .init(name: "torch.distributed.checkpoint.metadata.Metadata", why: "a dataclass without __setstate__: BUILD fills its __dict__"),
+        .init(name: "torch.distributed.checkpoint.metadata.TensorStorageMetadata", why: "a dataclass without __setstate__: BUILD fills its __dict__"),
+        .init(name: "torch.distributed.checkpoint.metadata.ChunkStorageMetadata", why: "a dataclass without __setstate__: BUILD fills its __dict__"),
+        .init(name: "torch.distributed.checkpoint.metadata.BytesStorageMetadata", why: "a dataclass without fields"),
+        .init(name: "torch.distributed.checkpoint.metadata.MetadataIndex", why: "a frozen dataclass without __setstate__: BUILD fills its __dict__"),
+        .init(name: "torch.distributed.checkpoint.metadata.StorageMeta", why: "a dataclass without __setstate__: BUILD fills its __dict__"),
+        .init(name: "torch.distributed.checkpoint.metadata.TensorProperties",
+              why: "TensorProperties.__setstate__ unpacks a 5-tuple into its fields and maps the memory-format Enum to a torch.memory_format"),
+        .init(name: "torch.distributed.checkpoint.filesystem._StorageInfo", why: "a dataclass without __setstate__: BUILD fills its __dict__"),
     ]
 
     /// Module prefixes whose classes may be built with NEWOBJ and BUILD: torch's modules and optimizers restore

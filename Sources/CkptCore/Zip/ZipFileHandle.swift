@@ -12,10 +12,27 @@ import Musl
 final class ZipFileHandle {
     let path: String
     private(set) var fd: Int32
+    /// A window of the file read as if it were the whole file (a `torch.save` zip stored inside a DCP `.distcp`
+    /// file at `[offset, offset + length)`): offsets are relative to its start and the file ends at its end.
+    private(set) var window: Range<UInt64>? = nil
 
     private init(path: String, fd: Int32) {
         self.path = path
         self.fd = fd
+    }
+
+    /// Where byte 0 of this handle is in the file.
+    var windowStart: UInt64 { window?.lowerBound ?? 0 }
+
+    /// Opens `range` of the file at `path` read-only as a file of its own (see ``window``).
+    static func openForReading(_ path: String, window range: Range<UInt64>) throws(ZipError) -> ZipFileHandle {
+        let h = try openForReading(path)
+        let size = try h.size()
+        guard range.upperBound <= size else {
+            throw ZipError.io("'\(path)' is cut short: bytes \(range.lowerBound)..<\(range.upperBound) are needed, the file has \(size)")
+        }
+        h.window = range
+        return h
     }
 
     /// Opens `path` read-only.
@@ -45,6 +62,7 @@ final class ZipFileHandle {
 
     /// The file's size in bytes.
     func size() throws(ZipError) -> UInt64 {
+        if let w = window { return w.upperBound - w.lowerBound }
         var info = stat()
         if fstat(fd, &info) != 0 { throw ZipError.io(Self.systemMessage("cannot stat '\(path)'")) }
         return UInt64(info.st_size)
@@ -52,6 +70,18 @@ final class ZipFileHandle {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns fewer only at end of file.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ZipError) -> Int {
+        if let w = window {
+            // Inside the window only: its end is the end of the file.
+            let size = w.upperBound - w.lowerBound
+            guard offset < size else { return 0 }
+            let n = Int(min(UInt64(buffer.count), size - offset))
+            guard w.lowerBound <= UInt64(Int64.max) - size else { return 0 }
+            return try readRaw(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]), at: w.lowerBound + offset)
+        }
+        return try readRaw(into: buffer, at: offset)
+    }
+
+    private func readRaw(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ZipError) -> Int {
         // Offsets come from the file; past what off_t can hold there is nothing to read.
         guard offset <= UInt64(Int64.max) - UInt64(buffer.count) else { return 0 }
         var done = 0
@@ -96,7 +126,7 @@ final class ZipFileHandle {
     ///   ``ZipError/io(_:)`` when a copy that had started fails.
     func copyRange(from source: ZipFileHandle, at offset: UInt64, count: UInt64, record: String) throws(ZipError) -> Bool {
         #if os(Linux)
-        var position = Int64(offset)
+        var position = Int64(offset + source.windowStart)
         var left = count
         while left > 0 {
             let n = ckpt_copy_file_range(source.fd, &position, fd, min(left, 1 << 30))

@@ -31,6 +31,9 @@ public final class ZipReader {
     /// The archive's size in bytes.
     public let fileSize: UInt64
 
+    /// Where the zip starts in the file at ``path`` when it was opened as a window of it (nil for a whole file).
+    let windowStart: UInt64?
+
     /// Read stored records through libzip instead of `pread` (for tests and benchmarks of both paths).
     var readsStoredThroughLibzip = false
 
@@ -75,10 +78,21 @@ public final class ZipReader {
     ///   skip the CRC. For finding what torch would unpickle (``ContainerAudit``), never for rewriting.
     /// - Throws: ``ZipError`` (`notAZip`, `truncatedArchive`, `inconsistent`, `duplicateRecord`, `unsafeRecordName`,
     ///   `tooManyRecords`, `io`).
-    public init(path: String, maxRecords: Int = ZipReader.defaultMaxRecords, lenient: Bool = false) throws(ZipError) {
+    public convenience init(path: String, maxRecords: Int = ZipReader.defaultMaxRecords, lenient: Bool = false) throws(ZipError) {
+        try self.init(path: path, window: nil, maxRecords: maxRecords, lenient: lenient)
+    }
+
+    /// Opens the zip stored at `window` of the file at `path` (a DCP item: a whole `torch.save` zip inside a
+    /// `.distcp` file), offsets inside it relative to its start. Only stored records can be read from a window:
+    /// libzip opens whole files.
+    init(path: String, window: Range<UInt64>?, maxRecords: Int = ZipReader.defaultMaxRecords, lenient: Bool = false) throws(ZipError) {
         self.path = path
         self.lenient = lenient
-        let file = try ZipFileHandle.openForReading(path)
+        self.windowStart = window?.lowerBound
+        let file: ZipFileHandle
+        if let window { file = try ZipFileHandle.openForReading(path, window: window) } else {
+            file = try ZipFileHandle.openForReading(path)
+        }
         let fileSize = try file.size()
         self.fileSize = fileSize
 
@@ -234,6 +248,9 @@ public final class ZipReader {
     /// libzip's handle on the archive, opened on first use.
     private func libzipArchive() throws(ZipError) -> OpaquePointer {
         if let archive { return archive }
+        if let w = windowStart {
+            throw ZipError.io("'\(path)': the zip at byte \(w) holds a compressed record, which ckpt reads only in whole zip files")
+        }
         guard let file else { throw ZipError.misuse("read from '\(path)' after close()") }
         var code: Int32 = 0
         guard let opened = zip_open(path, ZIP_RDONLY, &code) else {
