@@ -109,7 +109,8 @@ final class GatheredSource: StorageSource {
     {
         guard count > 0 else { return }
         let item = t.sourceDType.itemSize
-        let capacity = max(item, chunkSize / item * item)
+        // A buffer that stays in the cache: each byte is copied in (pread) and out (the writer) while still there.
+        let capacity = max(item, min(chunkSize, 256 << 10) / item * item)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 64)
         defer { buffer.deallocate() }
         var converter = t.sourceDType == t.dtype ? nil : try DTypeConverter(from: t.sourceDType, to: t.dtype, chunkSize: capacity)
