@@ -315,6 +315,8 @@ extension DeepSpeedReader {
         let prefix: String
         let limits: PickleLimits
         var opened: [Opened] = []
+        /// The tensors located so far, by file and node.
+        var located: [Int: [NodeID: FileTensor]] = [:]
 
         init(prefix: String, limits: PickleLimits) {
             self.prefix = prefix
@@ -355,11 +357,34 @@ extension DeepSpeedReader {
             // parse_model_states, then parse_optim_states (_get_fp32_state_dict_from_zero_checkpoint).
             let modelNames = try files(dir, "_model_states.pt")
             let optimNames = try files(dir, "_optim_states.pt")
+            // The optimizer files first (the stage decides what the model files must hold), each closed once read.
+            let optim = try OptimStates(dir: dir, names: optimNames, self)
+            let stage = optim.stage, ws = optim.worldSize
+            if stage <= 2, modelNames.count > 1 {
+                throw bad("\(modelNames.count) *_model_states.pt files at stage \(stage) (model parallelism?): "
+                          + "zero_to_fp32 reads only \(prefix)\(modelNames[0]); ckpt does not read this layout")
+            }
+            if stage == 3, modelNames.count != ws {
+                throw bad("expected \(ws) *_model_states.pt files at stage 3 (one per rank) but found \(modelNames.count)")
+            }
             var models: [ModelState] = []
-            for n in modelNames { models.append(try ModelState(file: try open(dir, n), self)) }
-            var optims: [Int] = []
-            for n in optimNames { optims.append(try open(dir, n)) }
-            let optim = try OptimStates(files: optims, self)
+            for n in modelNames {
+                let f = try open(dir, n)
+                let m = try ModelState(file: f, self)
+                // Locate what the state dict reads from this file: rank 0's buffers and frozen fragments, and at
+                // stage 3 every rank's frozen fragments.
+                if models.isEmpty {
+                    for (k, id) in m.module where m.bufferNames.contains(k) { _ = try requireTensor(f, id, what: "module['\(k)']") }
+                }
+                if let names = (models.first ?? m).frozenShapes?.map(\.name), models.isEmpty || stage == 3 {
+                    for name in names {
+                        guard let id = m.frozenFragments?[name] else { throw badFile(f, "frozen_param_fragments has no '\(name)'") }
+                        _ = try requireTensor(f, id, what: "frozen_param_fragments['\(name)']")
+                    }
+                }
+                close(f)
+                models.append(m)
+            }
             let paths = opened.map { dir + "/" + ($0.name.dropFirst(prefix.count)) }
             var assembly = Assembly(models: models, optim: optim, reading: self)
             let assembled = try assembly.build()
@@ -379,8 +404,6 @@ extension DeepSpeedReader {
             graph[graph.root] = .object(od)
 
             let layout = try self.layout(models: models, optim: optim, assembled: assembled)
-            // Release the files' descriptors: the data is read through `gfiles`; the pickles stay for scan.
-            for o in opened { (o.checkpoint.source as? ZipStorageSource)?.zip.close() }
             let checkpoints = opened
             let scans = {
                 checkpoints.flatMap { o in
@@ -433,8 +456,18 @@ extension DeepSpeedReader {
 
         /// A located tensor at `id`, refused when it is none.
         func requireTensor(_ f: Int, _ id: NodeID, what: String) throws(CheckpointError) -> FileTensor {
+            if let t = located[f]?[id] { return t }
             guard let t = try tensorRef(f, id, what: what) else { throw badFile(f, "\(what) is not a tensor") }
-            return try fileTensor(f, t, what: what)
+            let ft = try fileTensor(f, t, what: what)
+            located[f, default: [:]][id] = ft
+            return ft
+        }
+
+        /// Closes a file's zip once every tensor read from it is located (``located``): the data is read through
+        /// ``GatheredFiles``, which keeps few files open, so a folder of thousands of ranks does not hold thousands
+        /// of descriptors. Its pickles stay for `scan`.
+        func close(_ f: Int) {
+            (opened[f].checkpoint.source as? ZipStorageSource)?.zip.close()
         }
     }
 }
@@ -596,9 +629,10 @@ extension DeepSpeedReader {
         var stageNode: NodeID
         var partitionCountNode: NodeID
 
-        init(files: [Int], _ r: Reading) throws(CheckpointError) {
-            self.files = files
-            let first = files[0]
+        /// Opens the files one after another, each closed once its groups are located.
+        init(dir: String, names: [String], _ r: Reading) throws(CheckpointError) {
+            let first = try r.open(dir, names[0])
+            var files = [first]
             func osd(_ f: Int) throws(CheckpointError) -> NodeID {
                 let g = r.opened[f].graph
                 guard let o = g.lookup(g.root, "optimizer_state_dict"), g.dictEntries(o) != nil else {
@@ -620,14 +654,17 @@ extension DeepSpeedReader {
             guard let ws = counts?.max(), ws > 0, ws <= 1 << 24 else {
                 throw r.badFile(first, "partition_count is \(v0.render(pc)), not a world size")
             }
-            guard ws == files.count else {
-                throw r.bad("expected \(ws) *_optim_states.pt files (partition_count) but found \(files.count): "
+            guard ws == names.count else {
+                throw r.bad("expected \(ws) *_optim_states.pt files (partition_count) but found \(names.count): "
                             + "a checkpoint overwritten, or not saved by every process")
             }
             worldSize = Int(ws)
             let key = stage <= 2 ? "single_partition_of_fp32_groups" : "fp32_flat_groups"
             var groups: [[FileTensor]] = []
-            for f in files {
+            for i in names.indices {
+                let f = i == 0 ? first : try r.open(dir, names[i])
+                if i > 0 { files.append(f) }
+                defer { r.close(f) }
                 let g = r.opened[f].graph
                 let o = try osd(f)
                 guard let list = g.lookup(o, key), let items = g.sequence(list) else { throw r.badFile(f, "it has no \(key) list") }
@@ -639,6 +676,7 @@ extension DeepSpeedReader {
                 }
                 groups.append(ts)
             }
+            self.files = files
             self.groups = groups
             if let p = g0.lookup(o0, "param_alignment_paddings"), !g0.isNone(p) {
                 guard let lists = g0.sequence(p) else { throw r.badFile(first, "param_alignment_paddings is not a list") }
