@@ -38,7 +38,25 @@ enum DeepSpeedReader {
         return try Reading.read(tagDir: found.tagDir, prefix: found.prefix, limits: limits)
     }
 
-    static func bad(_ why: String) -> CheckpointError { .invalidFile(format: formatName, why) }
+    /// A folder DeepSpeed's reader refuses, in one line (`not a torch checkpoint: <file>: <why>`, as the DCP reader says).
+    static func bad(_ why: String) -> CheckpointError { .notACheckpoint(why) }
+
+    /// The files of ranks missing from `names` (`bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt`): the ranks in
+    /// `zero_pp_rank_<r>_` of the names present, the missing ones spelled like the first; empty when a name does not
+    /// follow DeepSpeed's pattern (`_get_zero_ckpt_name`, `_get_ckpt_name` in runtime/engine.py).
+    static func missingRankFiles(_ names: [String], worldSize: Int) -> [String] {
+        let marker = "zero_pp_rank_"
+        func rank(_ n: String) -> (head: Substring, rank: Int, tail: Substring)? {
+            guard let m = n.range(of: marker) else { return nil }
+            let digits = n[m.upperBound...].prefix { $0.isASCII && $0.isNumber }
+            guard !digits.isEmpty, let r = Int(digits), n[digits.endIndex...].hasPrefix("_") else { return nil }
+            return (n[..<m.upperBound], r, n[digits.endIndex...])
+        }
+        let parsed = names.compactMap(rank)
+        guard parsed.count == names.count, let first = parsed.first else { return [] }
+        let present = Set(parsed.map(\.rank))
+        return (0..<worldSize).filter { !present.contains($0) }.map { "\(first.head)\($0)\(first.tail)" }
+    }
 
     // MARK: - Finding the tag folder
 
@@ -212,13 +230,15 @@ enum DeepSpeedReader {
     /// partitions, the running offset moving by its numel and its alignment padding; then zero_to_fp32's sanity
     /// check, `zero2_align(offset) == zero2_align(available)` with `zero2_align(x) = ceil(x / 2ws) · 2ws`.
     /// - Throws: a reason, when a parameter reaches past the partitions or the check fails.
-    static func zero2Offsets(numels: [Int64], paddings: [Int64]?, available: Int64, worldSize: Int) throws(LayoutError) -> [Int64] {
+    static func zero2Offsets(numels: [Int64], paddings: [Int64]?, available: Int64, worldSize: Int,
+                             names: [String] = []) throws(LayoutError) -> [Int64] {
         var offsets: [Int64] = []
         var offset: Int64 = 0
         for (i, n) in numels.enumerated() {
             let (end, o) = offset.addingReportingOverflow(n)
             guard !o, end <= available else {
-                throw LayoutError("parameter \(i) needs elements \(offset)..<\(o ? Int64.max : end), the partitions hold \(available)")
+                let what = i < names.count ? "'\(names[i])'" : "parameter \(i)"
+                throw LayoutError("\(what) needs elements \(offset)..<\(o ? Int64.max : end), the partitions hold \(available)")
             }
             offsets.append(offset)
             offset = end
@@ -365,7 +385,9 @@ extension DeepSpeedReader {
                           + "zero_to_fp32 reads only \(prefix)\(modelNames[0]); ckpt does not read this layout")
             }
             if stage == 3, modelNames.count != ws {
-                throw bad("expected \(ws) *_model_states.pt files at stage 3 (one per rank) but found \(modelNames.count)")
+                let missing = ws > modelNames.count ? DeepSpeedReader.missingRankFiles(modelNames, worldSize: ws) : []
+                throw .io((missing.isEmpty ? "" : "\(prefix)\(missing[0]) is missing: ")
+                          + "expected \(ws) *_model_states.pt files at stage 3 (one per rank) but found \(modelNames.count)")
             }
             var models: [ModelState] = []
             for n in modelNames {
@@ -655,8 +677,10 @@ extension DeepSpeedReader {
                 throw r.badFile(first, "partition_count is \(v0.render(pc)), not a world size")
             }
             guard ws == names.count else {
-                throw r.bad("expected \(ws) *_optim_states.pt files (partition_count) but found \(names.count): "
-                            + "a checkpoint overwritten, or not saved by every process")
+                let missing = ws > names.count ? DeepSpeedReader.missingRankFiles(names, worldSize: Int(ws)) : []
+                throw .io((missing.isEmpty ? "" : "\(r.prefix)\(missing[0]) is missing: ")
+                          + "expected \(ws) *_optim_states.pt files (partition_count) but found \(names.count): "
+                          + "a checkpoint overwritten, or not saved by every process")
             }
             worldSize = Int(ws)
             let key = stage <= 2 ? "single_partition_of_fp32_groups" : "fp32_flat_groups"
@@ -741,14 +765,7 @@ extension DeepSpeedReader {
 
         mutating func build() throws(CheckpointError) -> Assembled {
             let m0 = models[0]
-            let stage = optim.stage, ws = optim.worldSize
-            if stage <= 2, models.count > 1 {
-                throw reading.bad("\(models.count) *_model_states.pt files at stage \(stage) (model parallelism?): "
-                                  + "zero_to_fp32 reads only \(reading.opened[m0.file].name); ckpt does not read this layout")
-            }
-            if stage == 3, models.count != ws {
-                throw reading.bad("expected \(ws) *_model_states.pt files at stage 3 (one per rank) but found \(models.count)")
-            }
+            let stage = optim.stage
             let f0 = m0.file
 
             // 1. Buffers, in module order, `.float()` when floating.
@@ -855,9 +872,11 @@ extension DeepSpeedReader {
                 let numels = shapes[gi].map { $0.shape.reduce(1, *) }
                 let offsets: [Int64]
                 do {
-                    offsets = try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: available, worldSize: ws)
+                    offsets = try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: available,
+                                                               worldSize: ws, names: shapes[gi].map(\.name))
                 } catch {
-                    throw reading.bad("group \(gi) of the fp32 partitions: \(error.description)")
+                    throw bad(models[0].file, "param_shapes[\(gi)] does not fit the ranks' fp32 partitions of group \(gi) "
+                              + "(single_partition_of_fp32_groups[\(gi)]): \(error.description)")
                 }
                 for (i, (name, shape)) in shapes[gi].enumerated() {
                     let ps = DeepSpeedReader.pieces(offsets[i], numels[i], in: sizes)!
@@ -895,7 +914,7 @@ extension DeepSpeedReader {
             do {
                 offsets = try DeepSpeedReader.zero3Offsets(numels: numels, worldSize: ws, rankElements: sizes.reduce(0, +))
             } catch {
-                throw reading.bad("the fp32 partitions: \(error.description)")
+                throw bad(models[0].file, "param_shapes does not fit the ranks' fp32 partitions (fp32_flat_groups): \(error.description)")
             }
             for (i, name) in names.enumerated() {
                 let pn = DeepSpeedReader.partitioned(numels[i], ws)
@@ -937,10 +956,10 @@ extension DeepSpeedReader.Reading {
             }
         }
         let skip: Set<String> = ["module", "buffer_names", "param_shapes", "frozen_param_shapes", "frozen_param_fragments"]
-        var other: [(name: String, value: String)] = m0.top.filter { !skip.contains($0.key) }.map { ($0.key, v0.render($0.value)) }
         let vo = DeepSpeedReader.Values(g: opened[optim.files[0]].graph)
-        other.append(("zero_stage", String(optim.stage)))
-        other.append(("partition_count", vo.render(optim.partitionCountNode)))
+        var other: [(name: String, value: String)] = [("zero_stage", String(optim.stage)),
+                                                      ("partition_count", vo.render(optim.partitionCountNode))]
+        other += m0.top.filter { !skip.contains($0.key) }.map { ($0.key, v0.render($0.value)) }
         var notes: [String] = []
         if !assembled.leftOut.isEmpty {
             notes.append("\(assembled.leftOut.count) tensor\(assembled.leftOut.count == 1 ? "" : "s") of the model file's module "
@@ -950,7 +969,8 @@ extension DeepSpeedReader.Reading {
         }
         let chunks = assembled.entries.map { (name: $0.name, count: assembled.pieces[$0.tensor]) }
         return DistributedLayout(format: "DeepSpeed ZeRO stage \(optim.stage)", worldSize: optim.worldSize,
-                                 files: opened.map(\.name), chunks: chunks, modelBytes: modelBytes,
+                                 files: models.map { opened[$0.file].name } + optim.files.map { opened[$0].name },
+                                 chunks: chunks, modelBytes: modelBytes,
                                  optimizerBytes: optimizerBytes, otherItems: other, notes: notes)
     }
 }
