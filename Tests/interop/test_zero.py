@@ -11,39 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import distlib
 from conftest import assert_clean_failure, run, run_json
 
-ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "fixtures" / "distributed"
-ZERO = ["zero1", "zero2", "zero3", "zero3-fp32-ws4"]
-
-
-def ds_python():
-    """A python with DeepSpeed: CKPT_DS_PYTHON, the repository's .venv-ds (scripts/setup makes it), or skip."""
-    for p in (os.environ.get("CKPT_DS_PYTHON"), ROOT / ".venv-ds" / "bin" / "python", "/tmp/dsvenv/bin/python"):
-        if p and Path(p).exists():
-            return str(p)
-    pytest.skip("no python with DeepSpeed (.venv-ds; scripts/setup makes it)")
+DIST = distlib.DIST
+ZERO = distlib.ZERO_FOLDERS
 
 
 def ds_run(script, *args):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PATH=f"{Path(ds_python()).parent}:{os.environ.get('PATH', '')}")
-    return subprocess.run([ds_python(), "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
+    """Runs `script` with DeepSpeed's python (distlib.ds_python: .venv-ds, or CKPT_DS_PYTHON)."""
+    py = distlib.ds_python()
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PATH=f"{Path(py).parent}:{os.environ.get('PATH', '')}")
+    return subprocess.run([py, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
 
-
-_ORACLE = r"""
-import sys, torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-torch.save(get_fp32_state_dict_from_zero_checkpoint(sys.argv[1]), sys.argv[2])
-"""
-
-
-def zero_oracle(folder, tmp_path):
-    """The dict get_fp32_state_dict_from_zero_checkpoint returns (torch.save keeps its tied tensors one)."""
-    out = tmp_path / "oracle.pt"
-    p = ds_run(_ORACLE, folder, out)
-    assert p.returncode == 0, p.stderr
-    return torch.load(out, weights_only=True)
 
 _DS_FACTS = r"""
 import glob, json, os, sys, torch
@@ -90,7 +70,7 @@ def tag_of(folder):
 
 
 @pytest.mark.parametrize("folder", ZERO)
-def test_info_layout_against_deepspeed_and_torch(folder, tmp_path):
+def test_info_layout_against_deepspeed_and_torch(folder):
     info = run_json("info", DIST / folder)
     if "distributed" not in info:
         pytest.skip("info does not render DistributedLayout on this branch (branch dcp renders it)")
@@ -102,7 +82,7 @@ def test_info_layout_against_deepspeed_and_torch(folder, tmp_path):
     assert d["world_size"] == len(facts["optim"])
     assert d["files"] == [f"{tag}/{n}" for n in facts["model"] + facts["optim"]]
     assert d["optimizer_bytes"] == facts["optimizer_bytes"]
-    sd = zero_oracle(DIST / folder, tmp_path)
+    sd = distlib.zero_oracle(DIST / folder)
     assert list(d["chunks"]) == list(sd)
     assert all(1 <= n <= d["world_size"] for n in d["chunks"].values())
     # Tied names are one tensor (stage 1/2's other tensors are views of one flat vector: told apart by their place).
