@@ -676,6 +676,12 @@ extension DeepSpeedReader {
             guard let ws = counts?.max(), ws > 0, ws <= 1 << 24 else {
                 throw r.badFile(first, "partition_count is \(v0.render(pc)), not a world size")
             }
+            // Groups partitioned over fewer ranks (expert parallelism) would be joined from every rank's file all the
+            // same by zero_to_fp32: not a layout ckpt guesses at.
+            guard counts!.allSatisfy({ $0 == ws }) else {
+                throw r.badFile(first, "partition_count is \(v0.render(pc)): groups partitioned over different numbers of "
+                                + "ranks (expert parallelism?), which ckpt does not read")
+            }
             guard ws == names.count else {
                 let missing = ws > names.count ? DeepSpeedReader.missingRankFiles(names, worldSize: Int(ws)) : []
                 throw .io((missing.isEmpty ? "" : "\(r.prefix)\(missing[0]) is missing: ")
