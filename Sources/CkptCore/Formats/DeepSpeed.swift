@@ -30,8 +30,6 @@ import Foundation
 /// sizes), and a few it leaves to Python's errors are made explicit; a folder that fails one is refused with one line
 /// naming the file.
 enum DeepSpeedReader {
-    static let formatName = "DeepSpeed ZeRO checkpoint"
-
     /// The folder as a checkpoint, or nil when it is not a DeepSpeed checkpoint folder.
     static func open(folder: String, limits: PickleLimits) throws(CheckpointError) -> OpenedContainer? {
         guard let found = try find(folder) else { return nil }
