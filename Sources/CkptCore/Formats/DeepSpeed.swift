@@ -36,6 +36,21 @@ enum DeepSpeedReader {
         return try Reading.read(tagDir: found.tagDir, prefix: found.prefix, limits: limits)
     }
 
+    /// How DeepSpeed reads the folder's pickles, for `scan`.
+    static let torchLoads = "torch.load does not read a folder: DeepSpeed's load_checkpoint and zero_to_fp32 unpickle "
+        + "each *_states.pt file with torch.load(weights_only=False), which runs what its pickle calls"
+
+    /// The folder holding the ZeRO files: `folder` itself, or the first subfolder holding them (the tag beside
+    /// `latest`); nil when there is none. For `scan`, which scans them even when the folder cannot be read.
+    static func tagFolder(_ folder: String) -> String? {
+        if holdsStates(folder) { return folder }
+        if InputPath.huggingFaceWeights.contains(where: { isRegularFile(folder + "/" + $0) }) { return nil }
+        if let tag = readTag(folder + "/latest"), !tag.isEmpty, !tag.contains("/"), holdsStates(folder + "/" + tag) {
+            return folder + "/" + tag
+        }
+        return subfolderHoldingStates(folder).map { folder + "/" + $0 }
+    }
+
     /// A folder DeepSpeed's reader refuses, in one line (`not a torch checkpoint: <file>: <why>`, as the DCP reader says).
     static func bad(_ why: String) -> CheckpointError { .notACheckpoint(why) }
 
@@ -975,6 +990,7 @@ extension DeepSpeedReader.Reading {
         return DistributedLayout(format: "DeepSpeed ZeRO stage \(optim.stage)", worldSize: optim.worldSize,
                                  files: models.map { opened[$0.file].name } + optim.files.map { opened[$0].name },
                                  chunks: chunks, modelBytes: modelBytes,
-                                 optimizerBytes: optimizerBytes, otherItems: other, notes: notes)
+                                 optimizerBytes: optimizerBytes, otherItems: other, notes: notes,
+                                 torchLoads: DeepSpeedReader.torchLoads)
     }
 }

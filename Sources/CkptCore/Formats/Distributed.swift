@@ -23,12 +23,26 @@ enum DistributedFolder {
             }
             return (DCPReader.formatName, scans, DCPReader.torchLoads)
         }
+        if let tagDir = DeepSpeedReader.tagFolder(path) {
+            // Every *_states.pt file's pickles, read raw as torch.load would read the file.
+            let files = DeepSpeedReader.globbed(tagDir, suffix: ".pt").sorted(by: DeepSpeedReader.naturalLess)
+            let scans = files.flatMap { name -> [PickleScan] in
+                let file = tagDir + "/" + name
+                let reading = ContainerAudit(file: file).reading
+                guard let raw = try? ContainerPickles.rawScans(path: file, reading: reading, limits: limits) else {
+                    return [PickleScanner.scan([], label: name, limits: limits)]  // reported as unreadable
+                }
+                return raw.scans.map { var s = $0; s.label = "\(name): \(s.label)"; return s }
+            }
+            return ("DeepSpeed ZeRO", scans, DeepSpeedReader.torchLoads)
+        }
         return nil
     }
 
     /// Whether a folder looks like one of the distributed formats (so that its reader's error is the one reported).
     static func looksDistributed(path: String) -> Bool {
         DCPReader.metadataFiles(folder: path) != nil || DCPHuggingFace.shards(folder: path) != nil
+            || DeepSpeedReader.tagFolder(path) != nil
     }
 }
 
