@@ -310,6 +310,9 @@ extension DeepSpeedReader {
         /// The storage record's first byte in the file and its size.
         var recordStart: UInt64
         var recordBytes: UInt64
+        /// The record's CRC-32 as the zip declares it, and its index in ``Reading/records``, when it declares one.
+        var checksum: UInt32?
+        var record: Int?
 
         var base: UInt64 { recordStart + UInt64(ref.storageOffset) * UInt64(ref.dtype.itemSize) }
         var numel: Int64 { ref.numel ?? 0 }
@@ -319,14 +322,15 @@ extension DeepSpeedReader {
         /// The byte run of elements `offset ..< offset + count` of a flat tensor.
         func run(_ offset: Int64, _ count: Int64) -> ByteRun {
             let item = UInt64(ref.dtype.itemSize)
-            return ByteRun(file: file, offset: base + UInt64(offset) * item, count: UInt64(count) * item)
+            return ByteRun(file: file, offset: base + UInt64(offset) * item, count: UInt64(count) * item, record: record)
         }
 
         /// The whole tensor as one chunk box (any strides), as `.contiguous()` of it reads it.
         func box(label: String) -> GatheredChunk {
             GatheredChunk(offsets: ref.shape.map { _ in 0 }, sizes: ref.shape,
                           location: ChunkLocation(file: file, base: base, strides: ref.stride,
-                                                  extent: recordStart..<(recordStart + recordBytes), label: label))
+                                                  extent: recordStart..<(recordStart + recordBytes), label: label,
+                                                  checksum: checksum))
         }
     }
 
@@ -350,6 +354,9 @@ extension DeepSpeedReader {
         var opened: [Opened] = []
         /// The tensors located so far, by file and node.
         var located: [Int: [NodeID: FileTensor]] = [:]
+        /// The storage records runs are cut from, checked whole before they are read (by file and first byte).
+        var records: [CheckedRecord] = []
+        private var recordIndex: [[UInt64]: Int] = [:]
 
         init(prefix: String, limits: PickleLimits) {
             self.prefix = prefix
@@ -425,7 +432,7 @@ extension DeepSpeedReader {
             let assembled = try assembly.build()
             let gfiles = try GatheredFiles(paths: paths)
             for t in assembled.tensors { try t.checkCoverage() }
-            let source = GatheredSource(tensors: assembled.tensors, files: gfiles)
+            let source = GatheredSource(tensors: assembled.tensors, files: gfiles, records: records)
 
             // The graph: the unique tensors by their first name, then every entry (aliases share the tensor node).
             var sg = StateDictGraph()
@@ -458,7 +465,19 @@ extension DeepSpeedReader {
             do { start = try h.reader.dataOffset(of: h.entry) } catch { throw .io("\(opened[f].name): \(error.description)") }
             guard let start else { throw badFile(f, "\(what): its storage record is compressed (torch.save stores records)") }
             do { try t.check(name: what, recordBytes: Int64(h.entry.size)) } catch { throw badFile(f, error.description) }
-            return FileTensor(file: f, ref: t, recordStart: start, recordBytes: h.entry.size)
+            var record: Int? = nil
+            if h.entry.hasChecksum {
+                let key = [UInt64(f), start]
+                record = recordIndex[key]
+                if record == nil {
+                    record = records.count
+                    recordIndex[key] = records.count
+                    records.append(CheckedRecord(file: f, range: start..<(start + h.entry.size), crc: h.entry.crc32,
+                                                 label: "\(opened[f].name), record '\(h.entry.name)'"))
+                }
+            }
+            return FileTensor(file: f, ref: t, recordStart: start, recordBytes: h.entry.size,
+                              checksum: h.entry.hasChecksum ? h.entry.crc32 : nil, record: record)
         }
 
         /// A tensor node, or `_rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor, args, state)` (how stage 3 pickles
