@@ -51,8 +51,8 @@ enum DeepSpeedReader {
         return subfolderHoldingStates(folder).map { folder + "/" + $0 }
     }
 
-    /// A folder DeepSpeed's reader refuses, in one line (`not a torch checkpoint: <file>: <why>`, as the DCP reader says).
-    static func bad(_ why: String) -> CheckpointError { .notACheckpoint(why) }
+    /// A folder DeepSpeed's reader refuses, in one line (`not a readable DeepSpeed ZeRO checkpoint: <file>: <why>`).
+    static func bad(_ why: String) -> CheckpointError { .io("not a readable DeepSpeed ZeRO checkpoint: \(why)") }
 
     /// The files of ranks missing from `names` (`bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt`): the ranks in
     /// `zero_pp_rank_<r>_` of the names present, the missing ones spelled like the first; empty when a name does not
@@ -385,7 +385,9 @@ extension DeepSpeedReader {
         func open(_ dir: String, _ name: String) throws(CheckpointError) -> Int {
             let path = dir + "/" + name
             let c: Checkpoint
-            do { c = try Checkpoint(path: path, limits: limits) } catch { throw .io("\(prefix)\(name): \(error.description)") }
+            do { c = try Checkpoint(path: path, limits: limits, part: true) } catch {
+                throw .io("\(prefix)\(name): \(error.description)")
+            }
             guard case .torchZip = c.containerFormat else {
                 throw bad("\(prefix)\(name) is \(c.containerFormat), not a torch zip file")
             }
@@ -396,6 +398,12 @@ extension DeepSpeedReader {
         func read(_ dir: String) throws(CheckpointError) -> OpenedContainer {
             // parse_model_states, then parse_optim_states (_get_fp32_state_dict_from_zero_checkpoint).
             let modelNames = try files(dir, "_model_states.pt")
+            if DeepSpeedReader.globbed(dir, suffix: "_optim_states.pt").isEmpty, let first = modelNames.first {
+                // Stage 0 (plain data parallel) saves no partitions; zero_to_fp32 fails on it. Its weights are whole.
+                throw bad("no *_optim_states.pt file in \(prefix.isEmpty ? "the folder" : prefix): no ZeRO partitions to "
+                          + "merge (a stage 0 checkpoint, or its optimizer files are missing); the record `module` of "
+                          + "\(prefix)\(first) holds the weights as saved: pass that file")
+            }
             let optimNames = try files(dir, "_optim_states.pt")
             // The optimizer files first (the stage decides what the model files must hold), each closed once read.
             let optim = try OptimStates(dir: dir, names: optimNames, self)
