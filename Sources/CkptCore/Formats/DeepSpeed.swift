@@ -266,6 +266,12 @@ enum DeepSpeedReader {
         guard offset <= available + align, aligned(offset) == aligned(available) else {
             throw LayoutError("consumed \(offset) numels out of \(available) - something is wrong")
         }
+        // Files that list their alignment paddings save each partition cut by its group padding (stage_1_and_2.py
+        // `_get_groups_without_padding`), so their elements are exactly the parameters and those paddings: any
+        // element left over means param_shapes do not describe these partitions (zero_to_fp32 lets up to 2·ws pass).
+        if paddings != nil, offset != available {
+            throw LayoutError("param_shapes account for \(offset) of the partitions' \(available) elements")
+        }
         return offsets
     }
 
