@@ -185,9 +185,12 @@ public struct ScanReport: Sendable {
 
     /// The report as a table for people.
     public var table: String {
-        let pickleText = pickles.map { p in
+        // A distributed folder holds a pickle an item: the first few are named, and every one torch's weights_only
+        // loader would refuse or that could not be read; --json lists them all.
+        let named = pickles.enumerated().filter { i, p in i < 6 || p.weightsOnlyRefusal != nil || p.error != nil }.map(\.element)
+        let pickleText = named.map { p in
             p.label + (p.protocolVersion.map { ", protocol \($0)" } ?? "")
-        }.joined(separator: "; ")
+        }.joined(separator: "; ") + (named.count < pickles.count ? "; and \(pickles.count - named.count) more (--json lists them)" : "")
         var out = "\(file): \(format), \(pickles.count) pickle\(pickles.count == 1 ? "" : "s") (\(pickleText))\n\n"
         var rows: [[String]] = [["class", "use", "count", "global", "framework", ""]]
         for g in globals {
