@@ -114,15 +114,15 @@ extension Checkpoint {
     /// (a bare tensor record is named by the record), and a warning when the record holds tensors its view leaves
     /// out (they are not written). A record whose view is empty while it holds tensors is refused.
     ///
-    /// `weightsOnly` (`consolidate`): never optimizer state. A record named that is optimizer state (a dict with
-    /// `state` and `param_groups`, as ``InfoBuilder/kind(of:)`` says) is refused; when the default record is the whole
-    /// file, the tensors of its top-level optimizer records are left out, with a warning.
+    /// `weightsOnly` (`consolidate`): never optimizer state. A record named that is optimizer state
+    /// (``PickleGraph/isOptimizerState(_:)``, as ``InfoBuilder/kind(of:)`` says) is refused; when the default record is
+    /// the whole file, the tensors of its top-level optimizer records are left out, with a warning.
     func convertSource(record: String?, weightsOnly: Bool = false) throws(CheckpointError)
         -> (name: String?, node: NodeID, tensors: [NamedTensor], warning: String?)
     {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
-        func isOptimizer(_ id: NodeID) -> Bool { graph.lookup(id, "state") != nil && graph.lookup(id, "param_groups") != nil }
+        func isOptimizer(_ id: NodeID) -> Bool { graph.isOptimizerState(id) }
         if weightsOnly, isOptimizer(node) {
             throw .invalidOperation("record '\(name ?? "")' is optimizer state, not weights: name the weights record (ckpt info lists them)")
         }

@@ -1,0 +1,100 @@
+"""DCP folders laid out the ways users' trainers save them (issue 15's stranger test, notes B2-B5), made here in one
+process with torch in a few seconds:
+
+- a flattened optimizer state dict (`get_optimizer_state_dict(..., StateDictOptions(flatten_optimizer_state_dict=True))`,
+  torch/distributed/checkpoint/state_dict.py `_flatten_optim_state_dict`: keys `state.<fqn>.<name>` and
+  `param_groups.<fqn>.<key>`) is optimizer state wherever ckpt judges it;
+- torchtitan's layout (torchtitan/components/checkpoint.py `CheckpointManager._flattened_model_states_sd`: the model's
+  keys at the root of the DCP state dict, beside `optimizer` (flattened), `lr_scheduler`, `dataloader`, `train_state`):
+  `keys` and `consolidate` give the model's tensors only, saying on stderr what was left out;
+- a bytes value (torchtitan's `dataloader` state) shown as Python's repr shows it.
+"""
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from conftest import assert_clean_failure, run, run_json
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def trained():
+    """A small model after one AdamW step, its LR scheduler stepped once."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    sched.step()
+    return m, opt, sched
+
+
+def flat_optimizer(m, opt):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(m, opt, options=StateDictOptions(flatten_optimizer_state_dict=True))
+
+
+DATALOADER = b"\x80\x04K\x07.'\\\t\xff"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """{name: path}: `flat-optim` ({"model", "optimizer"} with the flattened optimizer, as fsdp2 users save it),
+    `torchtitan` (its layout), `flat-optim.pt` (torch.save of the model and the flattened optimizer under a name that
+    says nothing: the rule is the structure, not the name)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    root = tmp_path_factory.mktemp("layouts")
+    m, opt, sched = trained()
+    osd = flat_optimizer(m, opt)
+    assert osd and all(k.startswith(("state.", "param_groups.")) for k in osd)  # the premise: torch's flat form
+    dcp.save({"model": get_model_state_dict(m), "optimizer": osd}, checkpoint_id=root / "flat-optim")
+    # torchtitan/components/checkpoint.py: states {"model", "optimizer", "lr_scheduler", "dataloader", "train_state"};
+    # _flattened_model_states_sd drops "model" and puts model.state_dict() at the root; its OptimizersContainer gives
+    # the flattened optimizer state dict, its dataloader state is {"dp_rank_<r>": pickled bytes}.
+    sd = {"optimizer": osd, "lr_scheduler": {"lr_scheduler_0": {k: v for k, v in sched.state_dict().items()
+                                                                 if k != "lr_lambdas"}},
+          "dataloader": {"dp_rank_0": DATALOADER}, "train_state": {"step": 2, "global_avg_losses": [2.5]}}
+    sd.update(get_model_state_dict(m))
+    dcp.save(sd, checkpoint_id=root / "torchtitan")
+    torch.save({"model": m.state_dict(), "extra": osd}, root / "flat-optim.pt")
+    return {"flat-optim": root / "flat-optim", "torchtitan": root / "torchtitan", "flat-optim.pt": root / "flat-optim.pt",
+            "model": {k: v.detach().clone() for k, v in get_model_state_dict(m).items()}}
+
+
+def oracle(folder):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = folder.parent / (folder.name + ".oracle.pt")
+    if not out.exists():
+        dcp_to_torch_save(folder, out)
+    return torch.load(out, weights_only=False)
+
+
+@pytest.mark.parametrize("name,record", [("flat-optim", "optimizer"), ("flat-optim.pt", "extra")])
+def test_a_flattened_optimizer_state_dict_is_optimizer_state(folders, tmp_path, name, record):
+    """info calls the record optimizer state; consolidate --record refuses it as optimizer state (exit 2, one line,
+    nothing written), as it refuses an unflattened one; consolidate of the folder writes the model's weights."""
+    src = folders[name]
+    kinds = {r["name"]: r["kind"] for r in run_json("info", src)["records"]}
+    assert kinds[record] == "optimizer", kinds
+    out = tmp_path / "o.pt"
+    p = run("consolidate", src, out, "--record", record)
+    assert_clean_failure(p, "optimizer state")
+    assert not out.exists()
+    st = tmp_path / "w.safetensors"
+    run("consolidate", src, st, check=0)
+    got = load_file(st)
+    want = folders["model"]
+    assert sorted(got) == sorted(want)
+    for k, t in want.items():
+        assert same_bits(got[k], t), k
