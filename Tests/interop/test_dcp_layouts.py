@@ -98,3 +98,27 @@ def test_a_flattened_optimizer_state_dict_is_optimizer_state(folders, tmp_path, 
     assert sorted(got) == sorted(want)
     for k, t in want.items():
         assert same_bits(got[k], t), k
+
+
+def test_torchtitan_layout_gives_the_model_tensors_only(folders, tmp_path):
+    """The model's keys at the root beside `optimizer`: keys lists the model's tensors, in dcp_to_torch_save's order,
+    and a note names the optimizer record left out; consolidate writes them bit-identical to dcp_to_torch_save's, with
+    the line on stderr; --record optimizer still lists the optimizer's tensors."""
+    folder = folders["torchtitan"]
+    want = {k: v for k, v in oracle(folder).items() if torch.is_tensor(v)}
+    assert sorted(want) == sorted(folders["model"])  # the premise: the root tensors are the model's
+    p = run("keys", folder, check=0)
+    assert [line.split()[0] for line in p.stdout.splitlines()] == list(want)
+    assert "optimizer state left out" in p.stderr and "'optimizer'" in p.stderr
+    for ext in ("safetensors", "pt"):
+        out = tmp_path / f"tt.{ext}"
+        p = run("consolidate", folder, out, check=0)
+        assert "optimizer state left out" in p.stderr and "'optimizer'" in p.stderr
+        got = load_file(out) if ext == "safetensors" else torch.load(out, weights_only=True)
+        if ext == "pt":
+            assert list(got) == list(want)
+        assert sorted(got) == sorted(want)
+        for k, t in want.items():
+            assert same_bits(got[k], t), (ext, k)
+    optim = [k["name"] for k in run_json("keys", folder, "--record", "optimizer")]
+    assert optim == [k for k, v in oracle(folder)["optimizer"].items() if torch.is_tensor(v)]
