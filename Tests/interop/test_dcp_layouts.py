@@ -122,3 +122,13 @@ def test_torchtitan_layout_gives_the_model_tensors_only(folders, tmp_path):
             assert same_bits(got[k], t), (ext, k)
     optim = [k["name"] for k in run_json("keys", folder, "--record", "optimizer")]
     assert optim == [k for k, v in oracle(folder)["optimizer"].items() if torch.is_tensor(v)]
+
+
+def test_a_bytes_value_is_shown_as_python_shows_it(folders):
+    """torchtitan's dataloader state is bytes, pickled by torch.save (protocol 2) as _codecs.encode(str, 'latin1'):
+    info shows it as Python's repr of the value torch.load gives."""
+    folder = folders["torchtitan"]
+    items = run_json("info", folder)["distributed"]["other_items"]
+    value = oracle(folder)["dataloader"]["dp_rank_0"]
+    assert value == DATALOADER
+    assert items["dataloader.dp_rank_0"] == repr(value)

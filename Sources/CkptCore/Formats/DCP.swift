@@ -729,6 +729,24 @@ enum DCPNames {
         return first.lowercased().hasPrefix("optim")
     }
 
+    /// Bytes as Python's `repr` writes them (`b'\\x80\\x04K\\x07.'`: CPython's bytes_repr quoting and escapes), the
+    /// first 64 bytes.
+    static func bytesRepr(_ b: [UInt8]) -> String {
+        let quote: UInt8 = b.contains(0x27) && !b.contains(0x22) ? 0x22 : 0x27
+        var out = "b" + String(UnicodeScalar(quote))
+        for c in b.prefix(64) {
+            switch c {
+            case quote, 0x5C: out += "\\" + String(UnicodeScalar(c))
+            case 0x09: out += "\\t"
+            case 0x0A: out += "\\n"
+            case 0x0D: out += "\\r"
+            case 0x20..<0x7F: out.append(Character(UnicodeScalar(c)))
+            default: out += "\\x" + (c < 16 ? "0" : "") + String(c, radix: 16)
+            }
+        }
+        return out + (b.count > 64 ? "..." : "") + String(UnicodeScalar(quote))
+    }
+
     /// The world size: ranks numbered in the `__R_N.distcp` names (`prepare_global_plan`'s `__{i}_` prefix) of the
     /// items and of the folder's other data files (a rank whose plan was emptied by dedup still writes one).
     static func ranks(folder: String, referenced: [String]) -> Int {
@@ -756,8 +774,13 @@ enum DCPNames {
         case .string(let s): return "'" + (s.count > 64 ? String(s.prefix(61)) + "..." : s) + "'"
         case .list(let ids): return "[" + items(ids) + "]"
         case .tuple(let ids): return "(" + items(ids) + (ids.count == 1 ? ",)" : ")")
-        case .bytes(let b): return "<\(b.count) bytes>"
+        case .bytearray(let b): return "bytearray(" + bytesRepr(b) + ")"
         default:
+            // bytes, also as protocol 2 pickles them: `_codecs.encode(str, 'latin1')`, which torch's weights_only
+            // unpickler allows for this (torch/_weights_only_unpickler.py); read as data (``PickleGraph/bytesValue(_:)``).
+            if let b = g.bytesValue(id) {
+                return g.className(id)?.hasSuffix(".bytearray") == true ? "bytearray(" + bytesRepr(b) + ")" : bytesRepr(b)
+            }
             if let entries = g.dictEntries(id) {
                 return "{" + entries.prefix(16).map { repr(g, $0.key, depth: depth + 1) + ": " + repr(g, $0.value, depth: depth + 1) }
                     .joined(separator: ", ") + (entries.count > 16 ? ", ..." : "") + "}"
