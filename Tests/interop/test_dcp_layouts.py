@@ -178,3 +178,34 @@ def test_a_nested_value_saved_whole_with_its_tensors_is_read(tmp_path):
     md = pickle.load(open(folder / ".metadata", "rb"))
     assert len(report["pickles"]) == 1 + len(md.storage_data)  # every item is a torch.save zip with one data.pkl
     assert report["dangerous"] == 0 and report["verdict"] == "safe"
+
+
+def test_a_damaged_storage_of_a_nested_value_is_refused(tmp_path):
+    """One bit of a storage record inside the `extra` item flipped (the zip's CRC-32 no longer matches, as torch's
+    writer computed it): keys and convert refuse the folder with one line naming the record, nothing written."""
+    import io
+    import zipfile
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    folder = tmp_path / "noflatten"
+    dcp.save({"w": torch.ones(3), "extra": {"epoch": 4, "t": torch.arange(6.)}}, checkpoint_id=folder,
+             planner=DefaultSavePlanner(flatten_state_dict=False))
+    md = pickle.load(open(folder / ".metadata", "rb"))
+    info = next(s for i, s in md.storage_data.items() if i.fqn == "extra")
+    path = folder / info.relative_path
+    data = bytearray(path.read_bytes())
+    item = bytes(data[info.offset:info.offset + info.length])
+    z = zipfile.ZipFile(io.BytesIO(item))
+    record = next(n for n in z.namelist() if n.endswith("/data/0"))
+    h = item[z.getinfo(record).header_offset:][:30]
+    at = info.offset + z.getinfo(record).header_offset + 30 + int.from_bytes(h[26:28], "little") \
+        + int.from_bytes(h[28:30], "little")
+    data[at + 4] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert_clean_failure(run("keys", folder), "corrupted")
+    out = tmp_path / "o.safetensors"
+    p = run("convert", folder, out)
+    assert_clean_failure(p, "data/0")
+    assert not out.exists()

@@ -569,7 +569,7 @@ enum DCPItems {
 
     /// A storage of a non-tensor item's `torch.save` zip, as one gathered tensor: its record `data/<key>`, stored
     /// (uncompressed, as torch.save writes it), one byte run of the `.distcp` file, of the storage's dtype (bytes for
-    /// an untyped storage) and element count.
+    /// an untyped storage) and element count. Its CRC-32 is checked when the folder is opened.
     static func itemStorage(_ g: PickleGraph, _ id: NodeID, zip z: ZipReader, file: Int, storage s: DCPMetadata.Storage,
                             what: String) throws(CheckpointError) -> (key: String, tensor: GatheredTensor)
     {
@@ -584,6 +584,8 @@ enum DCPItems {
         let dataOffset: UInt64?
         do { dataOffset = try z.dataOffset(of: record) } catch { throw bad(error.description) }
         guard let start = dataOffset.map({ $0 + s.offset }) else { throw bad("its storage record data/\(ref.key) is compressed") }
+        // The record's CRC-32, checked here since a byte run carries none: streamed once, in bounded chunks.
+        do { try z.stream(record, chunkSize: 1 << 20) { _ in } } catch { throw bad("\(error)") }
         let t = GatheredTensor(name: "\(what) storage \(ref.key)", dtype: dtype, shape: [ref.numel],
                                layout: .runs([ByteRun(file: file, offset: start, count: record.size)]))
         try t.checkCoverage()
