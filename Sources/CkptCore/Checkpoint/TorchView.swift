@@ -56,6 +56,22 @@ extension PickleGraph {
         return f
     }
 
+    /// Whether a value is an optimizer's state, the one rule every command judges it by: a dict with `state` and
+    /// `param_groups` (`torch.optim.Optimizer.state_dict()`), or that dict flattened as
+    /// `get_optimizer_state_dict(..., StateDictOptions(flatten_optimizer_state_dict=True))` gives it
+    /// (torch/distributed/checkpoint/state_dict.py `_flatten_optim_state_dict`; torchtitan's default): every key
+    /// `state.<fqn>.<name>` or `param_groups.<fqn>.<key>`, and at least one of the latter (every parameter has a group).
+    public func isOptimizerState(_ id: NodeID) -> Bool {
+        guard let entries = dictEntries(id), !entries.isEmpty else { return false }
+        if lookup(id, "state") != nil && lookup(id, "param_groups") != nil { return true }
+        var groups = false
+        for e in entries {
+            guard case .string(let k) = self[e.key] else { return false }
+            if k.hasPrefix("param_groups.") { groups = true } else if !k.hasPrefix("state.") { return false }
+        }
+        return groups
+    }
+
     /// The class name of a module or other object (`models.yolo.DetectionModel`).
     public func className(_ id: NodeID) -> String? {
         guard case .object(let o) = self[id] else { return nil }

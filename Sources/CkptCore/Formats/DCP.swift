@@ -438,13 +438,26 @@ private struct DCPFolderReader {
                     throw .notACheckpoint("no storage_data entry holds the non-tensor item '\(fqn)'")
                 }
                 let i = fileIndex[s.relativePath]!
-                let (g, _) = try DCPItems.readPickle(path: files.paths[i], name: s.relativePath, storage: s,
-                                                     what: "non-tensor item '\(fqn)'", limits: limits)
-                if g.nodes.contains(where: { if case .persistent = $0 { true } else { false } }) {
-                    throw .notACheckpoint("\(s.relativePath): non-tensor item '\(fqn)' holds a tensor storage, which ckpt does not read")
+                let what = "non-tensor item '\(fqn)'"
+                let (g, z) = try DCPItems.readPickle(path: files.paths[i], name: s.relativePath, storage: s,
+                                                     what: what, limits: limits)
+                // A value holding tensors (saved with DefaultSavePlanner(flatten_state_dict=False), which stores every
+                // top-level value that is not a tensor as one bytes item: a whole torch.save zip). Its storages are
+                // records of that zip, served from their byte ranges; its graph is the value (dcp_to_torch_save
+                // torch.loads the item).
+                var renamed: [String: String] = [:]
+                for id in g.nodes.indices {
+                    guard case .persistent = g.nodes[id] else { continue }
+                    let ref = try DCPItems.itemStorage(g, NodeID(id), zip: z, file: i, storage: s, what: what)
+                    guard renamed[ref.key] == nil else { continue }
+                    renamed[ref.key] = String(tensors.count)
+                    tensors.append(ref.tensor)
+                    chunkStorage.append([])
+                    let bytes = ref.tensor.numel * Int64(ref.tensor.dtype.itemSize)
+                    if DCPNames.isOptimizer(path) { optimizerBytes += bytes } else { modelBytes += bytes }
                 }
                 var memo: [NodeID: NodeID] = [:]
-                let node = sd.importing(g.root, from: g, memo: &memo)
+                let node = sd.importing(g.root, from: g, memo: &memo) { renamed[$0] ?? $0 }
                 try sd.set(path, node)
                 others.append((fqn, DCPNames.repr(g, g.root)))
                 bytesItems.append((fqn, s))
@@ -552,6 +565,31 @@ enum DCPItems {
         do { return (try PickleDecoder.decode(bytes, limits: limits), z) } catch {
             throw .pickle(record: "\(name) (\(what)) \(pkl.name)", error)
         }
+    }
+
+    /// A storage of a non-tensor item's `torch.save` zip, as one gathered tensor: its record `data/<key>`, stored
+    /// (uncompressed, as torch.save writes it), one byte run of the `.distcp` file, of the storage's dtype (bytes for
+    /// an untyped storage) and element count. Its CRC-32 is checked when the folder is opened.
+    static func itemStorage(_ g: PickleGraph, _ id: NodeID, zip z: ZipReader, file: Int, storage s: DCPMetadata.Storage,
+                            what: String) throws(CheckpointError) -> (key: String, tensor: GatheredTensor)
+    {
+        func bad(_ why: String) -> CheckpointError { .io("\(s.relativePath): \(what): \(why)") }
+        guard let ref = g.storageRef(id) else { throw bad("a persistent id that is not a torch storage") }
+        let dtype = ref.dtype ?? .uint8
+        guard let record = z.entry(named: "data/\(ref.key)") else { throw bad("its storage record data/\(ref.key) is missing") }
+        let (bytes, o) = ref.numel.multipliedReportingOverflow(by: Int64(dtype.itemSize))
+        guard ref.numel >= 0, !o, UInt64(bytes) == record.size else {
+            throw bad("storage data/\(ref.key) is \(record.size) bytes, its \(ref.storageName) of \(ref.numel) needs \(bytes)")
+        }
+        let dataOffset: UInt64?
+        do { dataOffset = try z.dataOffset(of: record) } catch { throw bad(error.description) }
+        guard let start = dataOffset.map({ $0 + s.offset }) else { throw bad("its storage record data/\(ref.key) is compressed") }
+        // The record's CRC-32, checked here since a byte run carries none: streamed once, in bounded chunks.
+        do { try z.stream(record, chunkSize: 1 << 20) { _ in } } catch { throw bad("\(error)") }
+        let t = GatheredTensor(name: "\(what) storage \(ref.key)", dtype: dtype, shape: [ref.numel],
+                               layout: .runs([ByteRun(file: file, offset: start, count: record.size)]))
+        try t.checkCoverage()
+        return (ref.key, t)
     }
 
     /// Where a chunk stored as a `torch.save` zip item is: its data.pkl must be one tensor of the metadata's dtype
@@ -730,6 +768,24 @@ enum DCPNames {
         return first.lowercased().hasPrefix("optim")
     }
 
+    /// Bytes as Python's `repr` writes them (`b'\\x80\\x04K\\x07.'`: CPython's bytes_repr quoting and escapes), the
+    /// first 64 bytes.
+    static func bytesRepr(_ b: [UInt8]) -> String {
+        let quote: UInt8 = b.contains(0x27) && !b.contains(0x22) ? 0x22 : 0x27
+        var out = "b" + String(UnicodeScalar(quote))
+        for c in b.prefix(64) {
+            switch c {
+            case quote, 0x5C: out += "\\" + String(UnicodeScalar(c))
+            case 0x09: out += "\\t"
+            case 0x0A: out += "\\n"
+            case 0x0D: out += "\\r"
+            case 0x20..<0x7F: out.append(Character(UnicodeScalar(c)))
+            default: out += "\\x" + (c < 16 ? "0" : "") + String(c, radix: 16)
+            }
+        }
+        return out + (b.count > 64 ? "..." : "") + String(UnicodeScalar(quote))
+    }
+
     /// The world size: ranks numbered in the `__R_N.distcp` names (`prepare_global_plan`'s `__{i}_` prefix) of the
     /// items and of the folder's other data files (a rank whose plan was emptied by dedup still writes one).
     static func ranks(folder: String, referenced: [String]) -> Int {
@@ -757,8 +813,15 @@ enum DCPNames {
         case .string(let s): return "'" + (s.count > 64 ? String(s.prefix(61)) + "..." : s) + "'"
         case .list(let ids): return "[" + items(ids) + "]"
         case .tuple(let ids): return "(" + items(ids) + (ids.count == 1 ? ",)" : ")")
-        case .bytes(let b): return "<\(b.count) bytes>"
+        case .bytearray(let b): return "bytearray(" + bytesRepr(b) + ")"
         default:
+            // A tensor inside a non-tensor item (saved with flatten_state_dict=False): its dtype and shape.
+            if let t = (try? g.tensor(id)) ?? nil { return "<tensor \(t.dtype.rawValue) \(t.shape)>" }
+            // bytes, also as protocol 2 pickles them: `_codecs.encode(str, 'latin1')`, which torch's weights_only
+            // unpickler allows for this (torch/_weights_only_unpickler.py); read as data (``PickleGraph/bytesValue(_:)``).
+            if let b = g.bytesValue(id) {
+                return g.className(id)?.hasSuffix(".bytearray") == true ? "bytearray(" + bytesRepr(b) + ")" : bytesRepr(b)
+            }
             if let entries = g.dictEntries(id) {
                 return "{" + entries.prefix(16).map { repr(g, $0.key, depth: depth + 1) + ": " + repr(g, $0.value, depth: depth + 1) }
                     .joined(separator: ", ") + (entries.count > 16 ? ", ..." : "") + "}"

@@ -171,8 +171,9 @@ struct StateDictGraph {
     private func isFree(_ node: NodeID) -> Bool { graph.isNone(node) && dicts[node] == nil && lists[node] == nil }
 
     /// Copies a value of another graph (an item's own pickle) into this one (see ``PickleGraph/importing``).
-    mutating func importing(_ node: NodeID, from other: PickleGraph, memo: inout [NodeID: NodeID]) -> NodeID {
-        graph.importing(node, from: other, memo: &memo) { $0 }
+    mutating func importing(_ node: NodeID, from other: PickleGraph, memo: inout [NodeID: NodeID],
+                            renameKey: (String) -> String = { $0 }) -> NodeID {
+        graph.importing(node, from: other, memo: &memo, renameStorageKey: renameKey)
     }
 
     /// Appends `name: <a tensor node of another graph>`, copying the nodes it reaches (sharing kept through

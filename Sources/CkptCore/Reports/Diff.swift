@@ -493,7 +493,7 @@ struct StructureDiff {
         default: break
         }
         if g.moduleState(id) != nil, let c = g.className(id) { return c.split(separator: ".").last.map(String.init) ?? c }
-        if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "optimizer state" }
+        if g.isOptimizerState(id) { return "optimizer state" }
         if let entries = g.dictEntries(id) {
             if !entries.isEmpty, entries.allSatisfy({ ((try? g.tensor($0.value)) ?? nil) != nil }) {
                 return "state dict (\(entries.count) tensors)"

@@ -124,7 +124,7 @@ public struct InfoBuilder {
         if ((try? graph.tensor(id)) ?? nil) != nil { return .tensor }
         if graph.moduleState(id) != nil { return .module }
         if checkpoint.isStateDict(id) { return .stateDict }
-        if graph.lookup(id, "state") != nil, graph.lookup(id, "param_groups") != nil { return .optimizer }
+        if graph.isOptimizerState(id) { return .optimizer }
         if let (shape, _) = graph.numpyValue(id) { return shape.isEmpty ? .scalar : .array }
         if graph.scalarJSON(id) != nil { return .scalar }
         if graph.string(id) != nil { return .string }

@@ -6,13 +6,17 @@ public struct KeyListing: Sendable {
     public var coverage: ViewCoverage
     /// The framework's EMA keys left out of a default listing (LitEma's `model_ema.*` inside `state_dict`), and their prefix.
     public var emaLeftOut: (count: Int, prefix: String)? = nil
+    /// When the weights are the whole file: what of its top-level optimizer records was left out
+    /// (``Checkpoint/leavingOutOptimizerRecords(_:)``), as `consolidate` leaves it out.
+    public var optimizerLeftOut: (note: String, records: [String])? = nil
 
     /// The note for stderr when the view leaves tensors out (see ``ViewCoverage/note(file:)``), or when the framework's
     /// EMA keys were left out.
     public func note(file: String) -> String? {
         let ema = emaLeftOut.map { "note: \($0.count) EMA tensors (\(record.map { "\($0)." } ?? "")\($0.prefix)*) are not "
             + "the model's weights and are not listed; --record \(record ?? "state_dict") lists them" }
-        let notes = [coverage.note(file: file), ema].compactMap { $0 }
+        let optimizer = optimizerLeftOut.map { "note: \($0.note); --record \($0.records[0]) lists them" }
+        let notes = [coverage.note(file: file), ema, optimizer].compactMap { $0 }
         return notes.isEmpty ? nil : notes.joined(separator: "\n")
     }
 
@@ -35,7 +39,8 @@ public struct KeyListing: Sendable {
 /// Builds `ckpt keys`' listing (``KeyListing``): the state_dict view of a record (see
 /// ``Checkpoint/defaultRecord()``), filtered by prefix and glob, with what the view covers of the record. With `all`,
 /// every tensor the record holds, by its path in the object graph (``PickleGraph/allTensors(from:limits:)``), each
-/// tensor once.
+/// tensor once. When the weights are the whole file, its top-level optimizer records are left out with a note, as
+/// `consolidate` leaves them out.
 public struct KeysBuilder {
     /// The checkpoint listed.
     public let checkpoint: Checkpoint
@@ -70,8 +75,15 @@ public struct KeysBuilder {
         if tensors.count == 1, tensors[0].name.isEmpty, let n = name { tensors[0].name = n }  // a bare tensor record
         let (kept, emaLeftOut) = c.modelWeights(tensors, recordNamed: record != nil || all)
         tensors = kept
+        var optimizerLeftOut: (note: String, records: [String])? = nil
+        if record == nil, name == nil, !all {
+            let (kept, note, records) = c.leavingOutOptimizerRecords(tensors)
+            tensors = kept
+            optimizerLeftOut = note.map { ($0, records) }
+        }
         if let p = prefix { tensors = tensors.filter { $0.name.hasPrefix(p) } }
         if let m = match { tensors = tensors.filter { globMatches(m, $0.name) } }
-        return KeyListing(record: name, tensors: tensors, coverage: coverage, emaLeftOut: emaLeftOut)
+        return KeyListing(record: name, tensors: tensors, coverage: coverage, emaLeftOut: emaLeftOut,
+                          optimizerLeftOut: optimizerLeftOut)
     }
 }

@@ -114,15 +114,16 @@ extension Checkpoint {
     /// (a bare tensor record is named by the record), and a warning when the record holds tensors its view leaves
     /// out (they are not written). A record whose view is empty while it holds tensors is refused.
     ///
-    /// `weightsOnly` (`consolidate`): never optimizer state. A record named that is optimizer state (a dict with
-    /// `state` and `param_groups`, as ``InfoBuilder/kind(of:)`` says) is refused; when the default record is the whole
-    /// file, the tensors of its top-level optimizer records are left out, with a warning.
+    /// `weightsOnly` (`consolidate`): never optimizer state. A record named that is optimizer state
+    /// (``PickleGraph/isOptimizerState(_:)``, as ``InfoBuilder/kind(of:)`` says) is refused; when the default record is
+    /// the whole file, the tensors of its top-level optimizer records are left out, with a warning
+    /// (``leavingOutOptimizerRecords(_:)``).
     func convertSource(record: String?, weightsOnly: Bool = false) throws(CheckpointError)
         -> (name: String?, node: NodeID, tensors: [NamedTensor], warning: String?)
     {
         let (name, node): (String?, NodeID)
         if let r = record { (name, node) = (r, try self.record(named: r)) } else { (name, node) = defaultRecord() }
-        func isOptimizer(_ id: NodeID) -> Bool { graph.lookup(id, "state") != nil && graph.lookup(id, "param_groups") != nil }
+        func isOptimizer(_ id: NodeID) -> Bool { graph.isOptimizerState(id) }
         if weightsOnly, isOptimizer(node) {
             throw .invalidOperation("record '\(name ?? "")' is optimizer state, not weights: name the weights record (ckpt info lists them)")
         }
@@ -131,15 +132,7 @@ extension Checkpoint {
         if tensors.count == 1, tensors[0].name.isEmpty { tensors[0].name = name ?? "tensor" }
         let coverage = try requireView(tensors.map(\.tensor), of: node, record: name, doing: "convert writes")
         var optimizerNote: String? = nil
-        if weightsOnly, name == nil {
-            let optimizers = (graph.dictEntries(graph.root) == nil ? [] : graph.recordsOf(graph.root)).filter { isOptimizer($0.node) }
-            let before = tensors.count
-            tensors.removeAll { t in optimizers.contains { t.name.hasPrefix($0.name + ".") } }
-            if tensors.count < before {
-                optimizerNote = "optimizer state left out: \(before - tensors.count) tensors of "
-                    + optimizers.map { "'\($0.name)'" }.joined(separator: ", ")
-            }
-        }
+        if weightsOnly, name == nil { (tensors, optimizerNote, _) = leavingOutOptimizerRecords(tensors) }
         guard !tensors.isEmpty else {
             if let note = torchScript?.constantsNote { throw .invalidOperation("the state_dict view is empty: " + note) }
             throw .invalidOperation(name.map { "record '\($0)' holds no tensors" } ?? "the file holds no tensors")
@@ -158,6 +151,19 @@ extension Checkpoint {
             }
         }
         return (name, node, tensors, warning)
+    }
+
+    /// The whole file's view without the tensors of its top-level optimizer records (``PickleGraph/isOptimizerState(_:)``:
+    /// `{**model.state_dict(), "optimizer": opt.state_dict()}`, torchtitan's DCP root), and the note saying what was left
+    /// out (nil when nothing was): what `consolidate` writes and `keys` lists when the weights are the whole file.
+    func leavingOutOptimizerRecords(_ tensors: [NamedTensor]) -> (kept: [NamedTensor], note: String?, records: [String]) {
+        let optimizers = (graph.dictEntries(graph.root) == nil ? [] : graph.recordsOf(graph.root))
+            .filter { graph.isOptimizerState($0.node) }
+        guard !optimizers.isEmpty else { return (tensors, nil, []) }
+        let kept = tensors.filter { t in !optimizers.contains { t.name.hasPrefix($0.name + ".") } }
+        guard kept.count < tensors.count else { return (tensors, nil, []) }
+        return (kept, "optimizer state left out: \(tensors.count - kept.count) tensors of "
+            + optimizers.map { "'\($0.name)'" }.joined(separator: ", "), optimizers.map(\.name))
     }
 
     /// Plans `convert` to a torch file: the record's state dict as the whole file (an `OrderedDict` of tensors, or

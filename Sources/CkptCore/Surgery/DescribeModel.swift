@@ -203,7 +203,7 @@ extension PickleGraph {
                 for (i, v) in items.enumerated() { walk(v, path.map { "\($0).\(i)" } ?? String(i), depth + 1) }
                 return
             }
-            guard let entries = dictEntries(id), !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else {
+            guard let entries = dictEntries(id), !isOptimizerState(id) else {
                 return
             }
             for e in entries {

@@ -31,7 +31,7 @@ func expandReplacement(_ template: String, _ m: Regex<AnyRegexOutput>.Match) -> 
 /// What a value that is not a weights record is, for `--record`'s refusal: `an optimizer state`, `a dict of 3
 /// entries without tensors`, `a string`.
 func weightsDescription(_ g: PickleGraph, _ id: NodeID) -> String {
-    if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "an optimizer state" }
+    if g.isOptimizerState(id) { return "an optimizer state" }
     if let entries = g.dictEntries(id) { return "a dict of \(entries.count) entries, no module and no state dict" }
     if let c = g.className(id) { return "a \(c) object, not a module" }
     switch g[id] {
@@ -45,7 +45,7 @@ func weightsDescription(_ g: PickleGraph, _ id: NodeID) -> String {
 
 func kindDescription(_ g: PickleGraph, _ id: NodeID) -> String {
     if let c = g.className(id), g.moduleState(id) != nil { return c.split(separator: ".").last.map(String.init) ?? c }
-    if g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil { return "optimizer state" }
+    if g.isOptimizerState(id) { return "optimizer state" }
     if let entries = g.dictEntries(id) { return "dict of \(entries.count)" }
     switch g[id] {
     case .float(let d): return "\(d)"
@@ -60,7 +60,7 @@ extension PickleGraph {
     /// state and whose state_dict view holds a tensor (a state dict, or a dict holding one or a module).
     func isWeightsRecord(_ id: NodeID) throws(CheckpointError) -> Bool {
         if moduleFields(id) != nil { return true }
-        guard dictEntries(id) != nil, !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else { return false }
+        guard dictEntries(id) != nil, !isOptimizerState(id) else { return false }
         return !(try stateDictTensors(id)).isEmpty
     }
 
@@ -104,7 +104,7 @@ extension PickleGraph {
             }
             return id
         }
-        guard let entries = dictEntries(id), !(lookup(id, "state") != nil && lookup(id, "param_groups") != nil) else {
+        guard let entries = dictEntries(id), !isOptimizerState(id) else {
             return id
         }
         for (i, e) in entries.enumerated() {

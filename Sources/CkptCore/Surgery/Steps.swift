@@ -289,7 +289,7 @@ struct ClearTrainingState: SurgeryStep {
     /// level down: a list of them, a trainer's dict), or its name says optimizer, scheduler, scaler, rng, loop,
     /// callback, trainer, EMA or state (a name ending in `state_dict` says state only with one of the others).
     func looksLikeTrainingState(_ name: String, _ node: NodeID, _ g: PickleGraph) -> String? {
-        func isOptimizer(_ id: NodeID) -> Bool { g.lookup(id, "state") != nil && g.lookup(id, "param_groups") != nil }
+        func isOptimizer(_ id: NodeID) -> Bool { g.isOptimizerState(id) }
         if isOptimizer(node) { return "an optimizer state" }
         let children = (g.dictEntries(node)?.map(\.value) ?? []) + (g.sequence(node) ?? [])
         if children.prefix(64).contains(where: isOptimizer) { return "it holds an optimizer state" }
