@@ -80,11 +80,21 @@ public enum ScanAllowList {
         // framework data classes pickled by calling them
         .init(name: "ultralytics.utils.IterableSimpleNamespace",
               why: "Ultralytics' types.SimpleNamespace subclass: called with no arguments, BUILD sets its attributes"),
+        // DeepSpeed's ZeRO optimizer files (deepspeedai/DeepSpeed: deepspeed/runtime/zero/config.py)
+        .init(name: "deepspeed.runtime.zero.config.ZeroStageEnum",
+              why: "DeepSpeed's `ZeroStageEnum(int, Enum)`: called with a value, it returns the member of that value"),
     ]
 
     /// Classes that may be built with NEWOBJ (or `copyreg._reconstructor`) and then BUILD, beside the calls above:
     /// their `__setstate__` (if any) only stores the state it is given.
     public static let constructions: [Entry] = [
+        // DeepSpeed's ZeRO optimizer files (deepspeedai/DeepSpeed): plain classes without __setstate__ or __slots__
+        .init(name: "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+              why: "DeepSpeed's static loss scaler (deepspeed/runtime/fp16/loss_scaler.py): no __setstate__, BUILD fills its __dict__"),
+        .init(name: "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+              why: "DeepSpeed's dynamic loss scaler (deepspeed/runtime/fp16/loss_scaler.py): no __setstate__, BUILD fills its __dict__"),
+        .init(name: "deepspeed.utils.tensor_fragment.fragment_address",
+              why: "DeepSpeed's `@dataclass fragment_address(numel, start)` (deepspeed/utils/tensor_fragment.py): BUILD fills its __dict__"),
         .init(name: "argparse.Namespace", why: "no __setstate__: BUILD fills its __dict__"),
         .init(name: "types.SimpleNamespace", why: "no __setstate__: BUILD fills its __dict__"),
         .init(name: "collections.OrderedDict", why: "BUILD fills its __dict__"),
