@@ -249,7 +249,41 @@ def make_leaves(out):
     dcp.save(sd, checkpoint_id=out)
 
 
-CASES = {"fsdp1-sharded": (w_fsdp1, 2), "fsdp2-options": (w_fsdp2_options, 2), "mesh2d": (w_mesh2d, 4),
+def w_nocollectives(rank, ws, port, out):
+    mesh = setup(rank, ws, port)
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    m = fsdp2_model(mesh)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    train(m, opt, rank)
+    msd, osd = get_state_dict(m, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=out, use_collectives=False)  # one __R.metadata a rank
+    dist.destroy_process_group()
+
+
+def w_hf_consolidated(rank, ws, port, out):
+    mesh = setup(rank, ws, port)
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    m = fsdp2_model(mesh)
+    # enable_consolidation: shards in OUT/sharded/, consolidated model-0000K-of-0000N.safetensors in OUT
+    dcp.save(get_model_state_dict(m), storage_writer=HuggingFaceStorageWriter(
+        path=out, save_distributed=True, enable_consolidation=True,
+        fqn_to_index_mapping={k: (1 if k.startswith(("tok", "layers.0")) else 2) for k in m.state_dict()}))
+    dist.destroy_process_group()
+
+
+def make_leaves2(out):
+    torch.manual_seed(0)
+    conv = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)
+    sd = {"model": {"conv.weight": conv, "f8": torch.randn(5).to(torch.float8_e4m3fn),
+                    "f8b": torch.randn(2, 3).to(torch.float8_e5m2), "u16": torch.arange(4).to(torch.uint16),
+                    "u32": torch.arange(3).to(torch.uint32), "param": torch.nn.Parameter(torch.randn(3)),
+                    "big_i": torch.tensor([2 ** 62, -1]), "view": torch.arange(12.).reshape(3, 4)[:, 1:3]}}
+    dcp.save(sd, checkpoint_id=out)
+
+
+CASES = {"nocollectives": (w_nocollectives, 2), "hf-consolidated": (w_hf_consolidated, 2),
+         "leaves2": (make_leaves2, 0),"fsdp1-sharded": (w_fsdp1, 2), "fsdp2-options": (w_fsdp2_options, 2), "mesh2d": (w_mesh2d, 4),
          "fsdp-tp": (w_fsdp_tp, 4), "async": (w_async, 2), "noflatten": (w_noflatten, 2),
          "dedup-lowest": (w_dedup, 2), "torchtitan": (w_torchtitan, 2), "safetensors-tt": (w_safetensors_tt, 2),
          "torch-save-to-dcp": (make_torch_save_to_dcp, 0), "leaves": (make_leaves, 0)}
