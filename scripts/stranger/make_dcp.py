@@ -282,7 +282,33 @@ def make_leaves2(out):
     dcp.save(sd, checkpoint_id=out)
 
 
-CASES = {"nocollectives": (w_nocollectives, 2), "hf-consolidated": (w_hf_consolidated, 2),
+def w_hf_gpt2(rank, ws, port, out):
+    """transformers GPT-2 (tied lm_head) sharded with FSDP2, {"model": get_model_state_dict} as torchtune/axolotl-style
+    trainers save it; the config is saved beside (rank 0) so the consolidated folder can be from_pretrained."""
+    mesh = setup(rank, ws, port)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import torchvision_ops
+    torchvision_ops.declare()
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=37, n_positions=12)
+    m = GPT2LMHeadModel(cfg)
+    for b in m.transformer.h:
+        fully_shard(b, mesh=mesh)
+    fully_shard(m, mesh=mesh)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    x = torch.randint(0, 37, (2, 8), generator=torch.Generator().manual_seed(rank))
+    m(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    dcp.save({"model": get_model_state_dict(m)}, checkpoint_id=out)
+    if rank == 0:
+        cfg.save_pretrained(out + "-config")
+    dist.destroy_process_group()
+
+
+CASES = {"hf-gpt2": (w_hf_gpt2, 2), "nocollectives": (w_nocollectives, 2), "hf-consolidated": (w_hf_consolidated, 2),
          "leaves2": (make_leaves2, 0),"fsdp1-sharded": (w_fsdp1, 2), "fsdp2-options": (w_fsdp2_options, 2), "mesh2d": (w_mesh2d, 4),
          "fsdp-tp": (w_fsdp_tp, 4), "async": (w_async, 2), "noflatten": (w_noflatten, 2),
          "dedup-lowest": (w_dedup, 2), "torchtitan": (w_torchtitan, 2), "safetensors-tt": (w_safetensors_tt, 2),

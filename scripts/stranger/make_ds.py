@@ -11,6 +11,8 @@ optimizer passed in, 2 real steps, engine.save_checkpoint on every rank.
 - z3-ws3-tag      ZeRO-3 bf16, 3 ranks, save_checkpoint(tag="best-ckpt", client_state={...}), two param groups.
 - z2-exclude      ZeRO-2 bf16, save_checkpoint(exclude_frozen_parameters=True) with a frozen layer.
 - z3-exclude      ZeRO-3 bf16, save_checkpoint(exclude_frozen_parameters=True) with a frozen layer, 2 ranks.
+- z0-bf16 / z0-fp32  ZeRO stage 0 (bf16: DeepSpeed's BF16_Optimizer; fp32: the torch optimizer as is), 2 ranks.
+- z3-offload      ZeRO-3 bf16 with offload_optimizer and offload_param to cpu (a torch AdamW), 2 ranks.
 - z2-two-saves    ZeRO-2, saved at step 1 (tag global_step1) and step 2 (global_step2) in one folder; latest -> 2.
 """
 import os
@@ -56,7 +58,7 @@ def worker(rank, ws, case, out, port):
     groups = [{"params": [p for n, p in named if "norm" in n or n.endswith("bias")], "weight_decay": 0.0, "lr": 3e-3},
               {"params": [p for n, p in named if not ("norm" in n or n.endswith("bias"))], "weight_decay": 0.1}]
     stage = {"z2-fp16-rr": 2, "z2-groups": 2, "z1-groups-bf16": 1, "z3-ws3-tag": 3, "z2-exclude": 2,
-             "z3-exclude": 3, "z2-two-saves": 2}[case]
+             "z3-exclude": 3, "z2-two-saves": 2, "z0-bf16": 0, "z0-fp32": 0, "z3-offload": 3}[case]
     cfg = {"train_batch_size": ws, "train_micro_batch_size_per_gpu": 1, "steps_per_print": 1000,
            "zero_optimization": {"stage": stage}}
     if case == "z2-fp16-rr":
@@ -66,7 +68,11 @@ def worker(rank, ws, case, out, port):
         get_accelerator().is_fp16_supported = lambda: True
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
         cfg["zero_optimization"]["round_robin_gradients"] = True
-    elif case in ("z1-groups-bf16", "z3-ws3-tag", "z2-exclude", "z3-exclude"):
+    elif case == "z3-offload":
+        cfg["zero_optimization"].update({"offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}})
+        cfg["zero_force_ds_cpu_optimizer"] = False
+        cfg["bf16"] = {"enabled": True}
+    elif case in ("z1-groups-bf16", "z3-ws3-tag", "z2-exclude", "z3-exclude", "z0-bf16"):
         cfg["bf16"] = {"enabled": True}
     if case in ("z2-groups", "z1-groups-bf16", "z3-ws3-tag"):
         opt = torch.optim.AdamW(groups, lr=1e-2)
@@ -93,7 +99,7 @@ def worker(rank, ws, case, out, port):
 
 
 CASES = {"z2-fp16-rr": 2, "z2-groups": 2, "z1-groups-bf16": 2, "z3-ws3-tag": 3, "z2-exclude": 2, "z3-exclude": 2,
-         "z2-two-saves": 2}
+         "z2-two-saves": 2, "z0-bf16": 2, "z0-fp32": 2, "z3-offload": 2}
 
 
 def main():
