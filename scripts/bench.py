@@ -14,6 +14,9 @@ under /usr/bin/time -v (peak RSS):
                     (plain, and followed by an fsync of the copy: ckpt fsyncs its output, cp does not);
   ckpt keys / info  against a Python script that loads with torch and lists the same;
   ckpt diff --values against the same comparison in torch (skipped with a note when `ckpt diff` is absent);
+  ckpt consolidate  (one run each) a 2 GB DCP checkpoint of world size 2 written by torch against
+                    dcp_to_torch_save, and a ZeRO-2 checkpoint written by DeepSpeed against zero_to_fp32;
+  ckpt average      (one run) three 0.6 GB state dicts against the same job in Python (timm's method);
 and checks end to end that the stripped 5 GiB file loads in torch with the same bytes (sha256 computed by
 torch in chunks over an mmap load, never two copies in memory). Prints a table of ratios and the targets met.
 The big part needs ~15 GB free disk; it is skipped with a note when there is less.
@@ -49,6 +52,8 @@ TARGETS = {
     "big_rss_mb": 100.0,  # every command on the 5 GiB file
     "consolidate_vs_reference": 0.2,  # ckpt consolidate time / dcp_to_torch_save's or zero_to_fp32's (5x faster)
     "consolidate_rss_mb": 100.0,
+    "average_vs_torch": 0.2,  # ckpt average time / the Python average's (5x faster)
+    "average_rss_mb": 100.0,
 }
 
 
@@ -442,11 +447,11 @@ def bench_dist(ckpt, py, work, results):
     shutil.rmtree(zref, ignore_errors=True)
 
 
-def measure_once(label, cmd, folders, work, cleanup, env=None):
-    """One run under /usr/bin/time -v (wall time, CPU time and peak RSS of that run), with the files of `folders`
-    read into the page cache first and `cleanup` before and after."""
+def measure_once(label, cmd, folders, work, cleanup, env=None, files=()):
+    """One run under /usr/bin/time -v (wall time, CPU time and peak RSS of that run), with `files` and the files of
+    `folders` read into the page cache first and `cleanup` before and after."""
     cleanup()
-    warm([os.path.join(d, f) for folder in folders for d, _, fs in os.walk(folder) for f in fs])
+    warm([*files, *(os.path.join(d, f) for folder in folders for d, _, fs in os.walk(folder) for f in fs)])
     load = os.getloadavg()[0]
     old = dict(os.environ)
     if env:
@@ -460,6 +465,73 @@ def measure_once(label, cmd, folders, work, cleanup, env=None):
     print(f"  {label:<26} {fmt_time(run.seconds):>9}  cpu {fmt_time(run.cpu):>9}  peak RSS {run.rss_mb:7.1f} MB"
           f"  load {load:4.1f}", flush=True)
     return {"seconds": run.seconds, "cpu": run.cpu, "rss_mb": run.rss_mb, "load": load, "runs": [run.seconds]}
+
+# ---- averaging checkpoints (issue 16) ----------------------------------------------------------------
+
+
+def gen_avg(out_dir, count="3", total_bytes=str(600 * 10**6)):
+    """`count` state dicts of about `total_bytes` each, the same names, shapes and dtypes, different values (as the
+    last checkpoints of one run): float32 matrices, float16 and bfloat16 ones, 0-d and integer buffers."""
+    torch = _torch()
+    for n in range(int(count)):
+        g = torch.Generator().manual_seed(100 + n)
+        sd, made, i = {}, 0, 0
+        while made < int(total_bytes):
+            dtype = (torch.float32, torch.float32, torch.float16, torch.bfloat16)[i % 4]
+            w = torch.randn(2048, 4096, generator=g).to(dtype)
+            sd[f"blocks.{i}.weight"] = w
+            sd[f"blocks.{i}.bias"] = torch.randn(4096, generator=g)
+            sd[f"blocks.{i}.num_batches_tracked"] = torch.tensor(1000 * (n + 1) + i)
+            sd[f"blocks.{i}.scale"] = torch.randn((), generator=g)
+            made += w.numel() * w.element_size() + 4096 * 4 + 12
+            i += 1
+        torch.save(sd, os.path.join(out_dir, f"avg-{n}.pt"))
+
+
+def torch_average(dst, *srcs):
+    """The same job in Python, as timm's avg_checkpoints.py does it: each checkpoint loaded in turn, every tensor
+    accumulated in float64, divided by the count, converted back (here to each tensor's own dtype, and integer
+    tensors taken from the last checkpoint, the rule `ckpt average` follows), saved."""
+    torch = _torch()
+    acc, last = {}, None
+    for src in srcs:
+        last = torch.load(src, map_location="cpu", weights_only=True)
+        for k, v in last.items():
+            if v.is_floating_point():
+                if k in acc:
+                    acc[k] += v.to(torch.float64)
+                else:
+                    acc[k] = v.to(torch.float64)
+    out = {}
+    for k, v in last.items():
+        out[k] = (acc[k] / len(srcs)).to(v.dtype) if v.is_floating_point() else v
+    torch.save(out, dst)
+
+
+def bench_average(ckpt, py, work, results):
+    """ckpt average of three ~0.6 GB state dicts against torch_average, one run each, then the outputs' tensors
+    compared by sha256 (computed by torch)."""
+    me = [py, os.path.abspath(__file__)]
+    r = results["avg"] = {}
+    srcs = [os.path.join(work, f"avg-{n}.pt") for n in range(3)]
+    if not all(os.path.exists(p) for p in srcs):
+        print("\ngenerating avg-0.pt .. avg-2.pt with torch ...", flush=True)
+        subprocess.run([*me, "gen-avg", work], check=True, stdout=subprocess.DEVNULL)
+    r["input_bytes"] = os.path.getsize(srcs[0])
+    print(f"\naverage of 3 state dicts of {r['input_bytes'] / 1e9:.2f} GB each, one run each", flush=True)
+    out, ref = os.path.join(work, "avg-out.pt"), os.path.join(work, "avg-ref.pt")
+    r["ckpt"] = measure_once("ckpt average", [ckpt, "average", *srcs, out], [], work, remover(out), files=srcs)
+    r["torch"] = measure_once("torch (timm's method)", [*me, "torch-average", ref, *srcs], [], work, remover(ref),
+                              files=srcs)
+    subprocess.run([ckpt, "average", *srcs, out], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*me, "torch-average", ref, *srcs], check=True, stdout=subprocess.DEVNULL)
+    got = json.loads(subprocess.run([*me, "torch-dist-checksums", out], check=True, capture_output=True).stdout)
+    want = json.loads(subprocess.run([*me, "torch-dist-checksums", ref], check=True, capture_output=True).stdout)
+    r["ok"], r["tensors"] = got == want and len(want) > 0, len(want)
+    print(f"  {len(want)} tensors {'bit-identical' if r['ok'] else 'DIFFER'} to the Python average", flush=True)
+    for p in (out, ref):
+        os.remove(p)
+
 
 # ---- measuring ---------------------------------------------------------------------------------
 
@@ -739,6 +811,17 @@ def report(results, md_path):
             checks.append((f"{job}: tensors bit-identical to {ref}'s", f"{d[ok.replace('ok', 'tensors')]} tensors",
                            d[ok]))
 
+    a = results.get("avg")
+    if a:
+        job = f"average 3 x {a['input_bytes'] / 1e9:.2f} GB"
+        row(job, a["ckpt"], a["torch"], "torch (timm's way)")
+        checks.append((f"{job} at least {1 / TARGETS['average_vs_torch']:.0f}x faster than torch",
+                       f"{a['torch']['seconds'] / a['ckpt']['seconds']:.1f}x",
+                       ratio(a["ckpt"], a["torch"]) <= TARGETS["average_vs_torch"]))
+        checks.append((f"{job} peak RSS under {TARGETS['average_rss_mb']:.0f} MB (torch: {a['torch']['rss_mb']:.0f} MB)",
+                       f"{a['ckpt']['rss_mb']:.1f} MB", a["ckpt"]["rss_mb"] < TARGETS["average_rss_mb"]))
+        checks.append((f"{job}: tensors bit-identical to torch's average", f"{a['tensors']} tensors", a["ok"]))
+
     head = ("job", "ckpt", "ckpt cpu", "ckpt RSS", "vs", "time", "cpu", "RSS", "ckpt / vs")
     table = [head, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
@@ -750,7 +833,7 @@ def report(results, md_path):
         print(f"  note: {results['big_skipped']}")
     if d and d.get("zero_skipped"):
         print(f"  note: {d['zero_skipped']}")
-    if "ckpt_diff" not in (s or {}):
+    if s and "ckpt_diff" not in s:
         print("  note: ckpt diff is not in this build; its rows are missing")
 
     if md_path:
@@ -776,7 +859,8 @@ def report(results, md_path):
 def main():
     jobs = {"torch-strip": torch_strip, "torch-keys": torch_keys, "torch-info": torch_info, "torch-diff": torch_diff,
             "torch-checksums": torch_checksums, "gen-yolo": gen_yolo, "gen-big": gen_big, "gen-dcp": gen_dcp,
-            "torch-dcp-consolidate": torch_dcp_consolidate, "torch-dist-checksums": torch_dist_checksums}
+            "torch-dcp-consolidate": torch_dcp_consolidate, "torch-dist-checksums": torch_dist_checksums,
+            "gen-avg": gen_avg, "torch-average": torch_average}
     if len(sys.argv) > 1 and sys.argv[1] in jobs:
         sys.path.insert(0, FIXTURELIB)
         jobs[sys.argv[1]](*sys.argv[2:])
@@ -790,6 +874,8 @@ def main():
     ap.add_argument("--skip-small", action="store_true", help="skip the 0.7 GB file")
     ap.add_argument("--skip-dist", action="store_true", help="skip the distributed checkpoints (consolidate)")
     ap.add_argument("--only-dist", action="store_true", help="only the distributed checkpoints (consolidate)")
+    ap.add_argument("--skip-average", action="store_true", help="skip ckpt average")
+    ap.add_argument("--only", choices=["dist", "average"], help="only this part")
     ap.add_argument("--workdir", help="where to generate the checkpoints (default: a new folder under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--markdown", help="also write the table as markdown to this file")
@@ -809,18 +895,21 @@ def main():
     print(f"ckpt {ckpt}\nwork folder {work}\nmachine: {m['cpu']}, {m['nproc']} cores, {m['memory']} RAM, "
           f"disk {m['disk']}, load {m['load'][0]:.1f}")
     try:
-        if not args.skip_small and not args.only_dist:
+        only = "dist" if args.only_dist else args.only
+        if not args.skip_small and not only:
             bench_small(ckpt, sys.executable, work, args.reps, results)
-        if not args.skip_big and not args.only_dist:
+        if not args.skip_big and not only:
             bench_big(ckpt, sys.executable, work, args.big_reps, results)
-        if not args.skip_dist:
+        if not args.skip_dist and only in (None, "dist"):
             bench_dist(ckpt, sys.executable, work, results)
+        if not args.skip_average and only in (None, "average"):
+            bench_average(ckpt, sys.executable, work, results)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     ok = report(results, args.markdown)
     if args.json:
-        for part in ("small", "big", "dist"):
+        for part in ("small", "big", "dist", "avg"):
             for v in results.get(part, {}).values():
                 if isinstance(v, dict):
                     v.pop("stdout", None)

@@ -74,13 +74,13 @@ import Testing
     }
 
     /// Paths as torch's `set_element` (torch/distributed/checkpoint/_traverse.py) applies them to `{}`: str elements
-    /// make dicts, int elements lists (extended with None), a key set again keeps its place.
+    /// make dicts, int elements lists (extended with None into which later items go).
     @Test func nestingAsSetElement() throws {
         let paths: [[StateDictGraph.PathKey]] = [
             [.key("model"), .key("0.weight")], [.key("optim"), .key("param_groups"), .index(0), .key("lr")],
             [.key("optim"), .key("state"), .key("0"), .key("step")], [.key("l"), .index(2)],
             [.key("l"), .index(0), .key("k")], [.key("model"), .key("1.bias")], [.key("top")],
-            [.key("optim"), .key("param_groups"), .index(1), .key("params")], [.key("model"), .key("0.weight")],
+            [.key("optim"), .key("param_groups"), .index(1), .key("params")], [.key("l"), .index(1)],
         ]
         var b = StateDictGraph()
         for (i, p) in paths.enumerated() {
@@ -112,6 +112,14 @@ import Testing
         #expect(throws: CheckpointError.self) { try b.set([.key("a"), .key("x")], v) }  // through a value
         try b.set([.key("l"), .index(0)], v)
         #expect(throws: CheckpointError.self) { try b.set([.key("l"), .key("x")], v) }  // a str key on a list
+        // Two items at one place (a crafted planner_data; torch's set_element keeps the last, losing the first).
+        #expect(throws: CheckpointError.self) { try b.set([.key("a")], v) }
+        #expect(throws: CheckpointError.self) { try b.set([.key("l"), .index(0)], v) }
+        try b.set([.key("l"), .index(2)], v)
+        try b.set([.key("l"), .index(1)], v)  // the None the list was extended with takes a value
+        // A dict made on the way, then an item at its place (a path through what becomes a tensor).
+        try b.set([.key("m"), .key("x")], v)
+        #expect(throws: CheckpointError.self) { try b.set([.key("m")], v) }
     }
 
     /// A zip read from a window of a bigger file reads as the zip alone (a DCP item inside a .distcp).

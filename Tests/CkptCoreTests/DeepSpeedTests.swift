@@ -72,15 +72,21 @@ import Testing
         // Offsets are the running sums of numel + padding.
         let offsets = try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: used, worldSize: 2)
         #expect(offsets == [0, numels[0] + paddings[0], numels[0] + paddings[0] + numels[1] + paddings[1]])
+        // With alignment paddings listed, the partitions (cut by their group padding when saved) hold exactly the
+        // parameters and paddings: one element more is refused. Without them (zero_to_fp32's own tolerance),
         // zero2_align: anything up to the next multiple of 2·ws beyond the consumed offset passes, one alignment more
         // does not; a parameter past the partitions is refused.
+        #expect(throws: DeepSpeedReader.LayoutError.self) {
+            try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: used + 1, worldSize: 2)
+        }
         let align: Int64 = 4
-        let top = (used + align - 1) / align * align
-        for available in [used, top] {
-            #expect(throws: Never.self) { try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: available, worldSize: 2) }
+        let bare = numels.reduce(0, +)
+        let top = (bare + align - 1) / align * align
+        for available in [bare, top] {
+            #expect(throws: Never.self) { try DeepSpeedReader.zero2Offsets(numels: numels, paddings: nil, available: available, worldSize: 2) }
         }
         #expect(throws: DeepSpeedReader.LayoutError.self) {
-            try DeepSpeedReader.zero2Offsets(numels: numels, paddings: paddings, available: top + 1, worldSize: 2)
+            try DeepSpeedReader.zero2Offsets(numels: numels, paddings: nil, available: top + 1, worldSize: 2)
         }
         #expect(throws: DeepSpeedReader.LayoutError.self) {
             try DeepSpeedReader.zero2Offsets(numels: numels, paddings: nil, available: numels.reduce(0, +) - 1, worldSize: 2)

@@ -60,7 +60,13 @@ public final class Checkpoint {
     /// `torch.save` would write for their state dict. Nothing in a file is executed. A path that is no checkpoint
     /// (a FIFO, a device, an empty, HTML or text file, another folder) is refused with
     /// ``CheckpointError/wrongKind(_:)`` before it is read.
-    public init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
+    public convenience init(path: String, limits: PickleLimits = PickleLimits()) throws(CheckpointError) {
+        try self.init(path: path, limits: limits, part: false)
+    }
+
+    /// Opens a checkpoint; with `part`, also a file that is one part of a distributed folder (its reader opens them:
+    /// ``DistributedFolder/refusePart(file:)`` refuses them otherwise).
+    init(path: String, limits: PickleLimits, part: Bool) throws(CheckpointError) {
         self.path = path
         let file: String
         let c: OpenedContainer
@@ -68,6 +74,7 @@ public final class Checkpoint {
             (file, c) = (path, d)
         } else {
             file = try InputPath.resolve(path)
+            if !part { try DistributedFolder.refusePart(file: file) }
             c = try Self.open(file: file, limits: limits)
         }
         self.file = file

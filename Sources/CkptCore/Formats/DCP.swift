@@ -574,7 +574,8 @@ enum DCPItems {
         do { dataOffset = try z.dataOffset(of: record) } catch { throw bad(error.description) }
         guard let start = dataOffset.map({ $0 + s.offset }) else { throw bad("its storage record is compressed") }
         return ChunkLocation(file: file, base: start + UInt64(t.storageOffset) * UInt64(t.dtype.itemSize), strides: t.stride,
-                             extent: start..<(start + record.size), label: label)
+                             extent: start..<(start + record.size), label: "\(label), record '\(record.name)'",
+                             checksum: record.hasChecksum ? record.crc32 : nil)
     }
 
     /// Where a chunk is in a safetensors `.distcp` (`serialization_format=SAFETENSORS`): the tensor of its name,

@@ -36,8 +36,23 @@ enum DeepSpeedReader {
         return try Reading.read(tagDir: found.tagDir, prefix: found.prefix, limits: limits)
     }
 
-    /// A folder DeepSpeed's reader refuses, in one line (`not a torch checkpoint: <file>: <why>`, as the DCP reader says).
-    static func bad(_ why: String) -> CheckpointError { .notACheckpoint(why) }
+    /// How DeepSpeed reads the folder's pickles, for `scan`.
+    static let torchLoads = "torch.load does not read a folder: DeepSpeed's load_checkpoint and zero_to_fp32 unpickle "
+        + "each *_states.pt file with torch.load(weights_only=False), which runs what its pickle calls"
+
+    /// The folder holding the ZeRO files: `folder` itself, or the first subfolder holding them (the tag beside
+    /// `latest`); nil when there is none. For `scan`, which scans them even when the folder cannot be read.
+    static func tagFolder(_ folder: String) -> String? {
+        if holdsStates(folder) { return folder }
+        if InputPath.huggingFaceWeights.contains(where: { isRegularFile(folder + "/" + $0) }) { return nil }
+        if let tag = readTag(folder + "/latest"), !tag.isEmpty, !tag.contains("/"), holdsStates(folder + "/" + tag) {
+            return folder + "/" + tag
+        }
+        return subfolderHoldingStates(folder).map { folder + "/" + $0 }
+    }
+
+    /// A folder DeepSpeed's reader refuses, in one line (`not a readable DeepSpeed ZeRO checkpoint: <file>: <why>`).
+    static func bad(_ why: String) -> CheckpointError { .io("not a readable DeepSpeed ZeRO checkpoint: \(why)") }
 
     /// The files of ranks missing from `names` (`bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt`): the ranks in
     /// `zero_pp_rank_<r>_` of the names present, the missing ones spelled like the first; empty when a name does not
@@ -251,6 +266,12 @@ enum DeepSpeedReader {
         guard offset <= available + align, aligned(offset) == aligned(available) else {
             throw LayoutError("consumed \(offset) numels out of \(available) - something is wrong")
         }
+        // Files that list their alignment paddings save each partition cut by its group padding (stage_1_and_2.py
+        // `_get_groups_without_padding`), so their elements are exactly the parameters and those paddings: any
+        // element left over means param_shapes do not describe these partitions (zero_to_fp32 lets up to 2·ws pass).
+        if paddings != nil, offset != available {
+            throw LayoutError("param_shapes account for \(offset) of the partitions' \(available) elements")
+        }
         return offsets
     }
 
@@ -295,6 +316,9 @@ extension DeepSpeedReader {
         /// The storage record's first byte in the file and its size.
         var recordStart: UInt64
         var recordBytes: UInt64
+        /// The record's CRC-32 as the zip declares it, and its index in ``Reading/records``, when it declares one.
+        var checksum: UInt32?
+        var record: Int?
 
         var base: UInt64 { recordStart + UInt64(ref.storageOffset) * UInt64(ref.dtype.itemSize) }
         var numel: Int64 { ref.numel ?? 0 }
@@ -304,14 +328,15 @@ extension DeepSpeedReader {
         /// The byte run of elements `offset ..< offset + count` of a flat tensor.
         func run(_ offset: Int64, _ count: Int64) -> ByteRun {
             let item = UInt64(ref.dtype.itemSize)
-            return ByteRun(file: file, offset: base + UInt64(offset) * item, count: UInt64(count) * item)
+            return ByteRun(file: file, offset: base + UInt64(offset) * item, count: UInt64(count) * item, record: record)
         }
 
         /// The whole tensor as one chunk box (any strides), as `.contiguous()` of it reads it.
         func box(label: String) -> GatheredChunk {
             GatheredChunk(offsets: ref.shape.map { _ in 0 }, sizes: ref.shape,
                           location: ChunkLocation(file: file, base: base, strides: ref.stride,
-                                                  extent: recordStart..<(recordStart + recordBytes), label: label))
+                                                  extent: recordStart..<(recordStart + recordBytes), label: label,
+                                                  checksum: checksum))
         }
     }
 
@@ -335,6 +360,9 @@ extension DeepSpeedReader {
         var opened: [Opened] = []
         /// The tensors located so far, by file and node.
         var located: [Int: [NodeID: FileTensor]] = [:]
+        /// The storage records runs are cut from, checked whole before they are read (by file and first byte).
+        var records: [CheckedRecord] = []
+        private var recordIndex: [[UInt64]: Int] = [:]
 
         init(prefix: String, limits: PickleLimits) {
             self.prefix = prefix
@@ -363,7 +391,9 @@ extension DeepSpeedReader {
         func open(_ dir: String, _ name: String) throws(CheckpointError) -> Int {
             let path = dir + "/" + name
             let c: Checkpoint
-            do { c = try Checkpoint(path: path, limits: limits) } catch { throw .io("\(prefix)\(name): \(error.description)") }
+            do { c = try Checkpoint(path: path, limits: limits, part: true) } catch {
+                throw .io("\(prefix)\(name): \(error.description)")
+            }
             guard case .torchZip = c.containerFormat else {
                 throw bad("\(prefix)\(name) is \(c.containerFormat), not a torch zip file")
             }
@@ -374,6 +404,12 @@ extension DeepSpeedReader {
         func read(_ dir: String) throws(CheckpointError) -> OpenedContainer {
             // parse_model_states, then parse_optim_states (_get_fp32_state_dict_from_zero_checkpoint).
             let modelNames = try files(dir, "_model_states.pt")
+            if DeepSpeedReader.globbed(dir, suffix: "_optim_states.pt").isEmpty, let first = modelNames.first {
+                // Stage 0 (plain data parallel) saves no partitions; zero_to_fp32 fails on it. Its weights are whole.
+                throw bad("no *_optim_states.pt file in \(prefix.isEmpty ? "the folder" : prefix): no ZeRO partitions to "
+                          + "merge (a stage 0 checkpoint, or its optimizer files are missing); the record `module` of "
+                          + "\(prefix)\(first) holds the weights as saved: pass that file")
+            }
             let optimNames = try files(dir, "_optim_states.pt")
             // The optimizer files first (the stage decides what the model files must hold), each closed once read.
             let optim = try OptimStates(dir: dir, names: optimNames, self)
@@ -410,7 +446,7 @@ extension DeepSpeedReader {
             let assembled = try assembly.build()
             let gfiles = try GatheredFiles(paths: paths)
             for t in assembled.tensors { try t.checkCoverage() }
-            let source = GatheredSource(tensors: assembled.tensors, files: gfiles)
+            let source = GatheredSource(tensors: assembled.tensors, files: gfiles, records: records)
 
             // The graph: the unique tensors by their first name, then every entry (aliases share the tensor node).
             var sg = StateDictGraph()
@@ -443,7 +479,19 @@ extension DeepSpeedReader {
             do { start = try h.reader.dataOffset(of: h.entry) } catch { throw .io("\(opened[f].name): \(error.description)") }
             guard let start else { throw badFile(f, "\(what): its storage record is compressed (torch.save stores records)") }
             do { try t.check(name: what, recordBytes: Int64(h.entry.size)) } catch { throw badFile(f, error.description) }
-            return FileTensor(file: f, ref: t, recordStart: start, recordBytes: h.entry.size)
+            var record: Int? = nil
+            if h.entry.hasChecksum {
+                let key = [UInt64(f), start]
+                record = recordIndex[key]
+                if record == nil {
+                    record = records.count
+                    recordIndex[key] = records.count
+                    records.append(CheckedRecord(file: f, range: start..<(start + h.entry.size), crc: h.entry.crc32,
+                                                 label: "\(opened[f].name), record '\(h.entry.name)'"))
+                }
+            }
+            return FileTensor(file: f, ref: t, recordStart: start, recordBytes: h.entry.size,
+                              checksum: h.entry.hasChecksum ? h.entry.crc32 : nil, record: record)
         }
 
         /// A tensor node, or `_rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor, args, state)` (how stage 3 pickles
@@ -975,6 +1023,7 @@ extension DeepSpeedReader.Reading {
         return DistributedLayout(format: "DeepSpeed ZeRO stage \(optim.stage)", worldSize: optim.worldSize,
                                  files: models.map { opened[$0.file].name } + optim.files.map { opened[$0].name },
                                  chunks: chunks, modelBytes: modelBytes,
-                                 optimizerBytes: optimizerBytes, otherItems: other, notes: notes)
+                                 optimizerBytes: optimizerBytes, otherItems: other, notes: notes,
+                                 torchLoads: DeepSpeedReader.torchLoads)
     }
 }

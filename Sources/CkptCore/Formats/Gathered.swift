@@ -19,6 +19,11 @@ import Foundation
 /// Where a chunk's bytes are is often only known by reading its container (DCP's nested `torch.save` zips), so
 /// chunks may be located lazily by the reader's `locate` closure; ``prepare(_:)`` locates and checks every chunk of
 /// the storages a writer will read before it writes anything.
+///
+/// The bytes are checked against the CRC-32 their container declares (a torch zip record), as every storage ckpt reads
+/// is: a chunk whose data is its whole record, contiguous (a DCP chunk), while it streams, since the row-major walk
+/// reads such a chunk's bytes in their own order; any other chunk's record, and the records runs are cut from
+/// (DeepSpeed's partitions, read a parameter at a time), once, before the first tensor that reads them streams.
 final class GatheredSource: StorageSource {
     /// The tensors; storage key `"i"` is `tensors[i]`.
     let tensors: [GatheredTensor]
@@ -27,14 +32,20 @@ final class GatheredSource: StorageSource {
     /// Locates the data of chunk `chunk` of `tensors[tensor]` when the reader left it nil.
     private let locate: (_ tensor: Int, _ chunk: Int) throws -> ChunkLocation
     private var located: [Int: [ChunkLocation]] = [:]
+    /// Records whose checksum is checked before a run of theirs is read (``ByteRun/record``).
+    let records: [CheckedRecord]
+    /// The records, and chunk records (by their file and first byte), already checked whole.
+    private var checked = Set<Int>()
+    private var checkedChunks = Set<[UInt64]>()
 
-    init(tensors: [GatheredTensor], files: GatheredFiles,
+    init(tensors: [GatheredTensor], files: GatheredFiles, records: [CheckedRecord] = [],
          locate: @escaping (_ tensor: Int, _ chunk: Int) throws -> ChunkLocation = { t, c in
              throw CheckpointError.io("chunk \(c) of tensor \(t) has no location")
          })
     {
         self.tensors = tensors
         self.files = files
+        self.records = records
         self.locate = locate
     }
 
@@ -70,7 +81,55 @@ final class GatheredSource: StorageSource {
                     try files.checkRange(l.file, l.extent.lowerBound, l.extent.upperBound - l.extent.lowerBound, what: l.label)
                 }
             }
+            try checkRecords(i, t)
         }
+    }
+
+    /// Checks, once each, the checksums that cannot be checked while tensor `i` streams: the records its runs are
+    /// cut from, and its chunks that are not their whole record read in order. Returns the chunks checked while
+    /// streaming (index -> the checksum their bytes must have).
+    @discardableResult
+    private func checkRecords(_ i: Int, _ t: GatheredTensor) throws -> [Int: UInt32] {
+        var whileStreaming: [Int: UInt32] = [:]
+        switch t.layout {
+        case .runs(let runs):
+            for r in Set(runs.compactMap(\.record)).sorted() where !checked.contains(r) {
+                let rec = records[r]
+                try checkWhole(file: rec.file, range: rec.range, crc: rec.crc, label: rec.label)
+                checked.insert(r)
+            }
+        case .boxes(let chunks):
+            for (c, l) in try locations(i).enumerated() {
+                guard let crc = l.checksum else { continue }
+                if l.isWholeRecord(sizes: chunks[c].sizes, itemSize: t.sourceDType.itemSize) {
+                    whileStreaming[c] = crc
+                } else if checkedChunks.insert([UInt64(l.file), l.extent.lowerBound]).inserted {
+                    try checkWhole(file: l.file, range: l.extent, crc: crc, label: l.label)
+                }
+            }
+        }
+        return whileStreaming
+    }
+
+    /// Reads a record's bytes in bounded chunks and compares their CRC-32 with the declared one.
+    private func checkWhole(file: Int, range: Range<UInt64>, crc: UInt32, label: String) throws {
+        let size = Int(min(UInt64(256 << 10), max(range.upperBound - range.lowerBound, 1)))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { buffer.deallocate() }
+        var at = range.lowerBound, sum: UInt32 = 0
+        while at < range.upperBound {
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(UInt64(size), range.upperBound - at))])
+            try files.read(file, at: at, into: part, what: label)
+            sum = ZipCRC32.update(sum, UnsafeRawBufferPointer(part))
+            at += UInt64(part.count)
+        }
+        guard sum == crc else { throw Self.corrupted(label, declared: crc, actual: sum) }
+    }
+
+    static func corrupted(_ label: String, declared: UInt32, actual: UInt32) -> CheckpointError {
+        func hex(_ v: UInt32) -> String { String(format: "%08x", v) }
+        return .io("\(label) is corrupted: crc-32 is \(hex(actual)) but the archive says \(hex(declared)); restore the "
+                   + "file from a good copy")
     }
 
     func storageBytes(_ key: String) -> Int64? {
@@ -122,8 +181,12 @@ final class GatheredSource: StorageSource {
             filled = 0
         }
         let start = UInt64(first) * UInt64(item), end = UInt64(first + count) * UInt64(item)
+        // Streaming the whole tensor: checksums are checked (a part cannot be).
+        let whole = first == 0 && count == t.numel
+        let expected = whole ? try checkRecords(i, t) : [:]
+        var sums = expected.mapValues { _ in UInt32(0) }
         var position: UInt64 = 0  // bytes of the tensor passed so far
-        try forEachRun(i, t) { file, offset, bytes in
+        try forEachRun(i, t) { file, offset, bytes, chunk in
             // The part of this run inside [start, end).
             let lo = max(position, start), hi = min(position + bytes, end)
             defer { position += bytes }
@@ -131,8 +194,9 @@ final class GatheredSource: StorageSource {
             var at = offset + (lo - position), left = hi - lo
             while left > 0 {
                 let n = Int(min(UInt64(capacity - filled), left))
-                try files.read(file, at: at, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)]),
-                               what: "tensor '\(t.name)'")
+                let part = UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
+                try files.read(file, at: at, into: part, what: "tensor '\(t.name)'")
+                if let c = chunk, let sum = sums[c] { sums[c] = ZipCRC32.update(sum, UnsafeRawBufferPointer(part)) }
                 filled += n
                 at += UInt64(n)
                 left -= UInt64(n)
@@ -142,35 +206,42 @@ final class GatheredSource: StorageSource {
         }
         try flush()
         try converter?.finish()
+        if whole, !expected.isEmpty {
+            let locs = try locations(i)
+            for (c, crc) in expected.sorted(by: { $0.key < $1.key }) where sums[c] != crc {
+                throw Self.corrupted(locs[c].label, declared: crc, actual: sums[c] ?? 0)
+            }
+        }
     }
 
-    /// Calls `body(file, offset, bytes)` for each contiguous run of tensor `i`'s bytes (in the files' dtype), in the
-    /// tensor's row-major order, runs adjacent in one file joined; stops when `body` returns false.
-    func forEachRun(_ i: Int, _ t: GatheredTensor, _ body: (Int, UInt64, UInt64) throws -> Bool) throws {
-        var pending: (file: Int, offset: UInt64, bytes: UInt64)? = nil
+    /// Calls `body(file, offset, bytes, chunk)` for each contiguous run of tensor `i`'s bytes (in the files' dtype),
+    /// in the tensor's row-major order, runs adjacent in one file (and one chunk) joined; stops when `body` returns
+    /// false. `chunk` is the box the run is read from, nil for runs.
+    func forEachRun(_ i: Int, _ t: GatheredTensor, _ body: (Int, UInt64, UInt64, Int?) throws -> Bool) throws {
+        var pending: (file: Int, offset: UInt64, bytes: UInt64, chunk: Int?)? = nil
         var more = true
-        func emit(_ file: Int, _ offset: UInt64, _ bytes: UInt64) throws {
+        func emit(_ file: Int, _ offset: UInt64, _ bytes: UInt64, _ chunk: Int?) throws {
             guard more, bytes > 0 else { return }
-            if let p = pending, p.file == file, p.offset + p.bytes == offset {
+            if let p = pending, p.file == file, p.chunk == chunk, p.offset + p.bytes == offset {
                 pending!.bytes += bytes
                 return
             }
-            if let p = pending { more = try body(p.file, p.offset, p.bytes) }
-            pending = (file, offset, bytes)
+            if let p = pending { more = try body(p.file, p.offset, p.bytes, p.chunk) }
+            pending = (file, offset, bytes, chunk)
         }
         switch t.layout {
         case .runs(let runs):
-            for r in runs where more { try emit(r.file, r.offset, r.count) }
+            for r in runs where more { try emit(r.file, r.offset, r.count, nil) }
         case .boxes(let chunks):
             let locs = try locations(i)
             try BoxWalk(shape: t.shape, chunks: chunks.map { ($0.offsets, $0.sizes) }, strides: locs.map(\.strides))
                 .forEachRun { c, element, elements in
                     try emit(locs[c].file, locs[c].base + UInt64(element) * UInt64(t.sourceDType.itemSize),
-                             UInt64(elements) * UInt64(t.sourceDType.itemSize))
+                             UInt64(elements) * UInt64(t.sourceDType.itemSize), c)
                     return more
                 }
         }
-        if more, let p = pending { _ = try body(p.file, p.offset, p.bytes) }
+        if more, let p = pending { _ = try body(p.file, p.offset, p.bytes, p.chunk) }
     }
 }
 
@@ -267,6 +338,19 @@ struct ChunkLocation {
     var extent: Range<UInt64>
     /// How messages name the chunk (`__0_0.distcp, item of 'model.w' at [4, 0]`).
     var label: String
+    /// The CRC-32 its container declares for the bytes of `extent` (a torch zip record), or nil (safetensors).
+    var checksum: UInt32? = nil
+
+    /// Whether the chunk's elements are all of `extent`, contiguous and row-major from its first byte: then the
+    /// row-major walk of the tensor reads its bytes in their order, and their checksum is taken while streaming.
+    func isWholeRecord(sizes: [Int64], itemSize: Int) -> Bool {
+        let count = sizes.reduce(Int64(1), *)
+        guard base == extent.lowerBound, UInt64(count) * UInt64(itemSize) == extent.upperBound - extent.lowerBound else {
+            return false
+        }
+        let want = StateDictGraph.contiguousStrides(sizes)
+        return sizes.indices.allSatisfy { sizes[$0] <= 1 || strides[$0] == want[$0] }
+    }
 
     func check(sizes: [Int64], itemSize: Int, tensor: String) throws(CheckpointError) {
         func bad(_ why: String) -> CheckpointError { .tensor(TensorCheckError(tensor: tensor, reason: "\(label): \(why)")) }
@@ -292,6 +376,18 @@ struct ByteRun {
     var file: Int
     var offset: UInt64
     var count: UInt64
+    /// The checked record (``GatheredSource/records``) the run is cut from, when its container declares a checksum.
+    var record: Int? = nil
+}
+
+/// A byte range of a file whose CRC-32 its container declares (a torch zip record), checked whole before a run cut
+/// from it is read.
+struct CheckedRecord {
+    var file: Int
+    var range: Range<UInt64>
+    var crc: UInt32
+    /// How messages name it (`global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt, record .../data/3`).
+    var label: String
 }
 
 /// The files a ``GatheredSource`` reads, opened when first read (a DCP folder saved with one file per item may hold

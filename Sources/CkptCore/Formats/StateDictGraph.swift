@@ -105,8 +105,9 @@ struct StateDictGraph {
 
     /// Sets the value at `path` of the nested state dict, creating the dicts and lists on the way as torch's
     /// `set_element` does (torch/distributed/checkpoint/_traverse.py): the container under a key is a dict when the
-    /// next path element is a `str`, a list when it is an int; lists are extended with None up to an index; a key
-    /// met again keeps its place and takes the new value.
+    /// next path element is a `str`, a list when it is an int; lists are extended with None up to an index. A place
+    /// that already holds a value (other than the None a list was extended with) is refused: torch's flattening never
+    /// sends two items to one place, and its `set_element` would silently keep only the last.
     /// - Throws: when the path goes through a value that is not a container, or a list is given a `str` key
     ///   (where torch would fail too).
     mutating func set(_ path: [PathKey], _ value: NodeID) throws(CheckpointError) {
@@ -144,6 +145,9 @@ struct StateDictGraph {
     private mutating func put(_ c: NodeID, _ key: PathKey, _ value: NodeID, _ bad: (String) -> CheckpointError) throws(CheckpointError) {
         if dicts[c] != nil {
             if let i = dicts[c]!.index[key] {
+                // torch's flatten_state_dict gives every value its own path: two items at one place (a crafted
+                // planner_data) would lose one of them, so the folder is refused rather than read with one missing.
+                guard isFree(dicts[c]!.entries[i].value) else { throw bad("another item is already at this place") }
                 dicts[c]!.entries[i].value = value
             } else {
                 let k: NodeID = switch key {
@@ -158,8 +162,13 @@ struct StateDictGraph {
         guard case .index(let i) = key else { throw bad("the key '\(key)' indexes a list") }
         guard i >= 0, i < 1 << 24 else { throw bad("list index \(i) is out of range") }
         while lists[c]!.count <= i { lists[c]!.append(graph.add(.none)) }
+        guard isFree(lists[c]![i]) else { throw bad("another item is already at this place") }
         lists[c]![i] = value
     }
+
+    /// Whether a place holds nothing yet: None, and not a dict or list made on the way (those are None nodes until
+    /// ``finished(plainDict:)`` fills them in).
+    private func isFree(_ node: NodeID) -> Bool { graph.isNone(node) && dicts[node] == nil && lists[node] == nil }
 
     /// Copies a value of another graph (an item's own pickle) into this one (see ``PickleGraph/importing``).
     mutating func importing(_ node: NodeID, from other: PickleGraph, memo: inout [NodeID: NodeID]) -> NodeID {

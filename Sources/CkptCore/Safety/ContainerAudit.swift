@@ -155,7 +155,11 @@ extension Checkpoint {
         // below, each as its own loader reads it (ScanBuilder).
         var audit: ContainerAudit? = nil
         if !allowUnsafe {
-            do { audit = ContainerAudit(file: try InputPath.resolve(path)) } catch {
+            do {
+                let file = try InputPath.resolve(path)
+                try DistributedFolder.refusePart(file: file)  // what it is, before how torch would read it
+                audit = ContainerAudit(file: file)
+            } catch {
                 if !ScanBuilder.isFolder(path) { throw error }
             }
         }
