@@ -2,7 +2,7 @@
 parallel on a 2-D mesh (`_StridedShard`), torchtitan's layout (model keys at the root beside a flattened optimizer),
 get_optimizer_state_dict(flatten_optimizer_state_dict=True), DefaultSavePlanner(flatten_state_dict=False), and a
 chunk with a corrupted byte. Each is compared with torch's dcp_to_torch_save. The xfail(strict=True) tests are bugs
-found by the stranger pass (/work/notes/stranger15.md B1-B5): they fail today, and XPASS (an error, strict) once
+found by the stranger pass (/work/notes/stranger15.md B2, B3, B5; B1 is fixed): they fail today, and XPASS (an error, strict) once
 fixed, so the marker must then be removed."""
 import io
 import os
@@ -106,7 +106,6 @@ def test_flattened_optimizer_record_is_refused(tmp_path_factory, tmp_path):
     assert "optimizer state" in p.stderr and not (tmp_path / "o.pt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="stranger15 B1: the CRC-32 of a chunk's nested zip record is not checked")
 def test_corrupted_chunk_byte_is_refused(tmp_path_factory, tmp_path):
     src = made(tmp_path_factory, "fsdp2-options")
     folder = tmp_path / "flip"
