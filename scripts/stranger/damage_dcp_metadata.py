@@ -60,6 +60,8 @@ for fn in [abs_path, parent_path, huge_offset, negative_length, negative_chunk_o
         print(f"BUG {fn.__name__}: hangs"); continue
     lines = p.stderr.strip().splitlines()
     ok = p.returncode == 2 and len(lines) == 1 and lines[0].startswith("ckpt: ") and not os.path.exists(out)
+    if fn is planner_missing:  # torch puts the item at the root under its flat name; so may ckpt
+        ok = ok or p.returncode == 0
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     try:
         dcp_to_torch_save(d, os.path.join(tmp, "t.pt")); tv = "torch accepts"
