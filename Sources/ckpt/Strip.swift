@@ -131,14 +131,17 @@ struct Strip: ParsableCommand, OptionTexts {
         let plan = try Phase.reading(input).run { try ckpt.planStrip(o) }
         let output = try Phase.preparing(self.output).run { try AtomicOutput.destination(for: self.output, input: input) }
         try Phase.preparing(output).run { try OutputFormat.requireTorch(path: output, command: "strip") }
-        for w in plan.report.warnings { warn("\(input): \(w)") }
         if !dryRun {
             let reporter = progress.reporter(label: "strip", total: plan.sourceBytes)
             defer { reporter?.finish() }
             try Phase.writing(output, from: input).run {
                 try Checkpoint.write(.torch(plan), sources: [ckpt], to: output, progress: reporter.map { r in { r.update($0) } })
             }
+        } else {
+            try Phase.reading(input).run { try Checkpoint.prepare(.torch(plan), sources: [ckpt]) }
         }
+        // After the write: a refusal is one line, not the warnings of a plan that was not written.
+        for w in plan.report.warnings { warn("\(input): \(w)") }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.map { $0.int64Value }
         let summary = StripSummary(input: input, output: output, inputBytes: Int64(ckpt.fileSize),
                                    outputBytes: outSize ?? nil, dryRun: dryRun, report: plan.report)

@@ -50,6 +50,8 @@ struct WeightsOutput {
             try Phase.writing(output, from: input).run {
                 try Checkpoint.write(plan, sources: [ckpt], to: output, progress: reporter.map { r in { r.update($0) } })
             }
+        } else {
+            try Phase.reading(input).run { try Checkpoint.prepare(plan, sources: [ckpt]) }
         }
         for w in report.warnings { warn("\(input): \(w)") }
         emit(json ? report.json.rendered() : (dryRun ? "dry run: nothing written\n" : "") + report.text)

@@ -75,3 +75,18 @@ def test_a_zero_folder_without_partitions_says_where_the_weights_are(tmp_path):
     p = run("info", folder)
     one_line_refusal(p, "no *_optim_states.pt", "mp_rank_00_model_states.pt", "module")
     assert "not a torch checkpoint" not in p.stderr
+
+
+def test_dry_run_refuses_what_writing_would_refuse(tmp_path):
+    """--dry-run locates and checks every chunk as writing does (a chunk whose shape disagrees with .metadata), so it
+    does not report success for an output the real run refuses."""
+    import distlib
+
+    src, name = distlib.damaged_dcp(DIST / "dcp-fsdp2-ws2", tmp_path, "size-mismatch")
+    for cmd in (["consolidate"], ["convert"], ["strip", "--state-dict"]):
+        out = tmp_path / ("o.pt" if cmd[0] != "strip" else "s.pt")
+        real = run(cmd[0], *cmd[1:], src, out)
+        dry = run(cmd[0], *cmd[1:], src, out, "--dry-run")
+        assert real.returncode == 2 and dry.returncode == 2, (cmd, real.stderr, dry.stderr)
+        assert name in dry.stderr and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
+        assert not out.exists()

@@ -123,8 +123,9 @@ extension Checkpoint {
         }
     }
 
-    /// Has every source check that the storages the plan reads can be read whole, before anything is written.
-    static func prepare(_ plan: OutputPlan, sources: [Checkpoint]) throws {
+    /// Has every source check that the storages the plan reads can be read whole, before anything is written (and
+    /// for `--dry-run`, which writes nothing but should refuse what writing would refuse).
+    public static func prepare(_ plan: OutputPlan, sources: [Checkpoint]) throws {
         do {
             switch plan {
             case .torch(let p):
