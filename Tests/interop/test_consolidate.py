@@ -339,3 +339,23 @@ def test_trainer_folder_shards_are_save_pretrained_shards(tmp):
     want, _ = loaded(src, tmp)
     same_tensors(got, want)
     assert facts["tied"]
+
+
+def test_a_tensor_named_like_the_safetensors_header_is_refused(tmp_path):
+    """safetensors' own save_file writes a tensor named `__metadata__` into a file that no reader opens (the header key
+    twice); ckpt refuses it with one line and writes nothing, to every safetensors output."""
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "in.pt"
+    torch.save({"__metadata__": torch.zeros(2), "w": torch.ones(3)}, src)
+    ref = tmp_path / "ref.safetensors"
+    save_file({"__metadata__": torch.zeros(2), "w": torch.ones(3)}, ref)
+    with pytest.raises(Exception):
+        load_file(ref)
+    for cmd, out, extra in (("convert", "o.safetensors", []), ("consolidate", "c.safetensors", []),
+                            ("consolidate", "shards", ["--max-shard-size", "8"])):
+        p = run(cmd, src, tmp_path / out, *extra)
+        assert p.returncode == 2 and "__metadata__" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / out).exists()
+    # To a torch file the name is an ordinary key.
+    assert run("consolidate", src, tmp_path / "ok.pt").returncode == 0

@@ -331,6 +331,11 @@ extension SafetensorsPlan {
          report: ConvertReport) throws(CheckpointError)
     {
         func dtype(_ t: NamedTensor) -> DType { outputDTypes[t.tensor.storage.key] ?? t.tensor.dtype }
+        // The header's own key: safetensors' save_file writes such a tensor, into a file no reader opens (the key twice).
+        if all.contains(where: { $0.name == "__metadata__" }) {
+            throw .invalidOperation("a tensor named '__metadata__' cannot be written to safetensors: the format reserves "
+                                    + "that name for its metadata (rename it: --rename __metadata__=NEW on strip)")
+        }
         var tensors = all
         tensors.sort { a, b in
             let ra = Safetensors.layoutRank(Safetensors.name(of: dtype(a))!)
