@@ -402,6 +402,7 @@ private struct DCPFolderReader {
 
         var sd = StateDictGraph()
         var tensors: [GatheredTensor] = []
+        var checkedRecords: [CheckedRecord] = []  // the records of non-tensor items holding storages
         var chunkStorage: [[DCPMetadata.Storage]] = []
         var others: [(name: String, value: String)] = []
         var bytesItems: [(fqn: String, storage: DCPMetadata.Storage)] = []
@@ -448,7 +449,8 @@ private struct DCPFolderReader {
                 var renamed: [String: String] = [:]
                 for id in g.nodes.indices {
                     guard case .persistent = g.nodes[id] else { continue }
-                    let ref = try DCPItems.itemStorage(g, NodeID(id), zip: z, file: i, storage: s, what: what)
+                    let ref = try DCPItems.itemStorage(g, NodeID(id), zip: z, file: i, storage: s, what: what,
+                                                       records: &checkedRecords)
                     guard renamed[ref.key] == nil else { continue }
                     renamed[ref.key] = String(tensors.count)
                     tensors.append(ref.tensor)
@@ -488,7 +490,7 @@ private struct DCPFolderReader {
             return try DCPItems.locateZip(path: files.paths[fi], file: fi, storage: s, tensor: tensor, chunk: chunks[c],
                                           label: label, limits: limits)
         }
-        let source = GatheredSource(tensors: tensors, files: files, locate: locate)
+        let source = GatheredSource(tensors: tensors, files: files, records: checkedRecords, locate: locate)
 
         let ranks = DCPNames.ranks(folder: folder, referenced: relPaths)
         // The variant, by the first chunk's bytes: a torch.save zip, or a safetensors header.
@@ -569,9 +571,11 @@ enum DCPItems {
 
     /// A storage of a non-tensor item's `torch.save` zip, as one gathered tensor: its record `data/<key>`, stored
     /// (uncompressed, as torch.save writes it), one byte run of the `.distcp` file, of the storage's dtype (bytes for
-    /// an untyped storage) and element count. Its CRC-32 is checked when the folder is opened.
+    /// an untyped storage) and element count. Its CRC-32 is checked before the storage is first read (a
+    /// ``CheckedRecord`` appended to `records`).
     static func itemStorage(_ g: PickleGraph, _ id: NodeID, zip z: ZipReader, file: Int, storage s: DCPMetadata.Storage,
-                            what: String) throws(CheckpointError) -> (key: String, tensor: GatheredTensor)
+                            what: String, records: inout [CheckedRecord])
+        throws(CheckpointError) -> (key: String, tensor: GatheredTensor)
     {
         func bad(_ why: String) -> CheckpointError { .io("\(s.relativePath): \(what): \(why)") }
         guard let ref = g.storageRef(id) else { throw bad("a persistent id that is not a torch storage") }
@@ -584,10 +588,14 @@ enum DCPItems {
         let dataOffset: UInt64?
         do { dataOffset = try z.dataOffset(of: record) } catch { throw bad(error.description) }
         guard let start = dataOffset.map({ $0 + s.offset }) else { throw bad("its storage record data/\(ref.key) is compressed") }
-        // The record's CRC-32, checked here since a byte run carries none: streamed once, in bounded chunks.
-        do { try z.stream(record, chunkSize: 1 << 20) { _ in } } catch { throw bad("\(error)") }
+        var checked: Int? = nil
+        if record.hasChecksum {
+            checked = records.count
+            records.append(CheckedRecord(file: file, range: start..<(start + record.size), crc: record.crc32,
+                                         label: "\(s.relativePath): \(what), record '\(record.name)'"))
+        }
         let t = GatheredTensor(name: "\(what) storage \(ref.key)", dtype: dtype, shape: [ref.numel],
-                               layout: .runs([ByteRun(file: file, offset: start, count: record.size)]))
+                               layout: .runs([ByteRun(file: file, offset: start, count: record.size, record: checked)]))
         try t.checkCoverage()
         return (ref.key, t)
     }
