@@ -67,6 +67,8 @@ public final class TorchZipWriter {
     private var buffered = 0
 
     private static let bufferSize = 4 << 20
+    /// Chunks at least this large are written as they are, not through the buffer.
+    static let directWriteBytes = 64 << 10
     private static let max32: UInt64 = 0xFFFF_FFFF
 
     /// Creates (or truncates) `path` and starts an archive whose records live under `root`.
@@ -417,7 +419,13 @@ public final class TorchZipWriter {
 
     private func emit(_ bytes: UnsafeRawBufferPointer) throws(ZipError) {
         guard bytes.count > 0 else { return }
-        if buffered + bytes.count <= buffer.count {
+        if bytes.count >= Self.directWriteBytes {
+            // A large chunk goes to the kernel from where it is, while it is still in the cache (the reader's buffer
+            // was just filled and checksummed): copying it into the 4 MiB buffer first would make the kernel's copy
+            // read it back from memory.
+            try flush()
+            try rawWrite(bytes)
+        } else if buffered + bytes.count <= buffer.count {
             UnsafeMutableRawBufferPointer(rebasing: buffer[buffered...]).copyMemory(from: bytes)
             buffered += bytes.count
         } else {
