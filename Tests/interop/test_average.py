@@ -420,3 +420,31 @@ def test_a_corrupted_input_names_that_input(tmp, sds):
     p = run("average", paths[0], bad, paths[2], tmp / "avg.pt")
     assert_clean_failure(p, bad)
     nothing_written(tmp, tmp / "avg.pt")
+
+
+# MARK: - streaming
+
+
+def test_storages_larger_than_a_block(tmp):
+    """Storages of more elements than the writer averages at once (a block is 256 Ki elements), with an odd count,
+    so blocks and the last partial block are all reached."""
+    srcs, paths = [], []
+    for i in range(3):
+        g = torch.Generator().manual_seed(70 + i)
+        sd = {"big": torch.randn(600_001, generator=g) * 10, "bigh": torch.randn(300_007, generator=g).bfloat16(),
+              "bigd": torch.randn(270_000, generator=g).double()}
+        paths.append(tmp / f"big{i}.pt")
+        torch.save(sd, paths[-1])
+        srcs.append(sd)
+    check_weights(load(average(tmp, paths, "--weights", "1,3,5")), srcs, [1, 3, 5])
+
+
+def test_progress_on_a_terminal(tmp, sds):
+    from test_scale import run_on_terminal
+
+    paths, _ = sds
+    code, shown = run_on_terminal("average", *paths, tmp / "avg.pt", env_extra={"CKPT_PROGRESS_DELAY": "0"})
+    assert code == 0
+    assert "\raverage: " in shown and "%)" in shown and shown.endswith("\r\x1b[K"), repr(shown)
+    code, shown = run_on_terminal("average", "-q", *paths, tmp / "avg2.pt", env_extra={"CKPT_PROGRESS_DELAY": "0"})
+    assert code == 0 and shown == "", repr(shown)
