@@ -375,8 +375,8 @@ def test_mismatch_is_refused_naming_file_and_tensor(tmp, sds, case):
 
 
 @pytest.mark.parametrize("weights,phrase", [
-    ("0,1,1", "0.0 is not a positive finite number"),
-    ("1,-2,1", "-2.0 is not a positive finite number"),
+    ("0,1,1", "0 is not a positive finite number"),
+    ("1,-2,1", "-2 is not a positive finite number"),
     ("1,nan,1", "nan is not a positive finite number"),
     ("1,1,inf", "inf is not a positive finite number"),
     ("1,1", "2 weights for 3 inputs"),
@@ -384,10 +384,12 @@ def test_mismatch_is_refused_naming_file_and_tensor(tmp, sds, case):
     ("1,x,1", "'x' is not a number"),
     ("1,,1", "'' is not a number"),
     ("1e308,1e308,1e308", "their sum is not finite"),
+    ("-0,1,1", "0 is not"),
+    ("1e-400,1,1", "0 is not"),  # rounds to zero
 ], ids=str)
 def test_bad_weights_are_refused(tmp, sds, weights, phrase):
     paths, _ = sds
-    p = run("average", *paths, tmp / "avg.pt", "--weights", weights)
+    p = run("average", *paths, tmp / "avg.pt", f"--weights={weights}")
     assert_clean_failure(p)
     assert p.stderr.startswith("ckpt: --weights: ") and phrase in p.stderr, p.stderr
     nothing_written(tmp, tmp / "avg.pt")

@@ -43,6 +43,11 @@ public struct AverageReport: Sendable {
     public var outsideTensors = 0
 }
 
+/// A weight as the summary shows it: `2` for 2.0, `0.25`, `nan`, `inf`.
+func averageWeightText(_ w: Double) -> String {
+    w.isFinite && w == w.rounded() && abs(w) < 1e15 ? String(Int64(w)) : String(w)
+}
+
 /// Name of the record that lists the inputs of an average.
 public let averagedFromRecord = "averaged_from"
 
@@ -54,7 +59,7 @@ extension Checkpoint {
             throw .invalidOperation("--weights: \(given.count) weights for \(inputs) inputs; give one per input")
         }
         if let bad = given.first(where: { !($0.isFinite && $0 > 0) }) {
-            throw .invalidOperation("--weights: \(bad) is not a positive finite number")
+            throw .invalidOperation("--weights: \(averageWeightText(bad)) is not a positive finite number")
         }
         guard given.reduce(0.0, +).isFinite else { throw .invalidOperation("--weights: their sum is not finite") }
         return given

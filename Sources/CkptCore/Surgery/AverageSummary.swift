@@ -18,10 +18,6 @@ public struct AverageSummary: Sendable {
             + (r.weightsDType.map { ", \($0.rawValue)" } ?? "")
     }
 
-    private static func number(_ w: Double) -> String {
-        w == w.rounded() && abs(w) < 1e15 ? String(Int64(w)) : String(w)
-    }
-
     /// `averaged 3 checkpoints into avg.pt: 15.3 MB (model: 1.87M parameters, float32)` and, under it, the inputs,
     /// what was averaged and what is the last input's.
     public var text: String {
@@ -33,14 +29,14 @@ public struct AverageSummary: Sendable {
         } else {
             lines.append("averaged \(n) checkpoints into \(output): \(Figures.bytes(outputBytes ?? 0)) (\(weights))")
         }
-        lines.append("  inputs: " + report.inputs.map { "\($0.file) (weight \(Self.number($0.weight)))" }
+        lines.append("  inputs: " + report.inputs.map { "\($0.file) (weight \(averageWeightText($0.weight)))" }
             .joined(separator: ", "))
         lines.append("  averaged: \(report.averagedTensors) floating tensors in \(report.averagedStorages) storages, "
             + "sum_i(w_i * x_i) / sum_i(w_i) in float64, then each tensor's dtype")
         if !report.copiedTensors.isEmpty {
             let c = report.copiedTensors
             lines.append("  from \(lastFile) (the last input): \(c.count) integer and bool tensors ("
-                + c.prefix(4).joined(separator: ", ") + (c.count > 4 ? ", ..." : "") + ")")
+                + c.prefix(3).joined(separator: ", ") + (c.count > 3 ? ", ..." : "") + ")")
         }
         if report.outsideTensors > 0 {
             lines.append("  from \(lastFile) (the last input): \(report.outsideTensors) tensors outside the weights' "
