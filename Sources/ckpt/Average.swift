@@ -91,7 +91,9 @@ struct Average: ParsableCommand, OptionTexts {
         _ = try Phase.reading(last).run { try Checkpoint.planAverage(ckpts, placeholder, options: options) }
         var sources: [AverageInput] = []
         for (i, path) in inputs.enumerated() {
-            let sha = try Phase.reading(path).run { try SHA256.hex(ofFile: ckpts[i].file) }
+            var isFolder: ObjCBool = false
+            let folder = FileManager.default.fileExists(atPath: ckpts[i].file, isDirectory: &isFolder) && isFolder.boolValue
+            let sha = folder ? nil : try Phase.reading(path).run { try SHA256.hex(ofFile: ckpts[i].file) }
             sources.append(AverageInput(path: path, file: Self.name(path), sha256: sha, weight: w[i]))
         }
         let (plan, report) = try Phase.reading(last).run { try Checkpoint.planAverage(ckpts, sources, options: options) }

@@ -450,3 +450,39 @@ def test_progress_on_a_terminal(tmp, sds):
     assert "\raverage: " in shown and "%)" in shown and shown.endswith("\r\x1b[K"), repr(shown)
     code, shown = run_on_terminal("average", "-q", *paths, tmp / "avg2.pt", env_extra={"CKPT_PROGRESS_DELAY": "0"})
     assert code == 0 and shown == "", repr(shown)
+
+
+def flat_tensors(x, prefix=""):
+    """path -> tensor for every tensor in nested dicts and modules' state dicts."""
+    out = {}
+    if torch.is_tensor(x):
+        out[prefix] = x
+    elif isinstance(x, nn.Module):
+        for k, v in x.state_dict().items():
+            out[f"{prefix}.{k}"] = v
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            out.update(flat_tensors(v, f"{prefix}.{k}"))
+    return out
+
+
+@pytest.mark.parametrize("folder", ["dcp-fsdp2-ws2", "dcp-fsdp2-bf16-ws4", "zero2"])
+def test_distributed_folders_as_inputs(tmp, folder):
+    """A distributed checkpoint folder averaged with itself and with what strip writes of it: identical inputs average
+    to themselves exactly (2x, 3x and the division are exact in float64), so OUT is strip's output of the folder.
+    A folder is many files: averaged_from gives it no sha256."""
+    path = FIXTURES / "distributed" / folder
+    stripped = tmp / "strip.pt"
+    run("strip", path, stripped, check=0)
+    want = flat_tensors(load(stripped))
+    assert want
+    for inputs in ([path, path], [stripped, path, path]):
+        out = average(tmp, inputs)
+        got = load(out)
+        rec = got.pop("averaged_from", None) if isinstance(got, dict) else None
+        rec = rec if rec is not None else getattr(got, "averaged_from", None)
+        flat = flat_tensors(got)
+        assert sorted(flat) == sorted(want)
+        for k in want:
+            assert bits(flat[k]) == bits(want[k]) and flat[k].dtype == want[k].dtype, k
+        assert [r["sha256"] for r in rec] == [None if p == path else sha(p) for p in inputs]

@@ -17,10 +17,11 @@ public struct AverageInput: Sendable {
     public var path: String
     /// The file name recorded (the path's last component).
     public var file: String
-    /// The lowercase hex SHA-256 of the file read (for a folder or a sharded index, the file ckpt opened).
-    public var sha256: String
+    /// The lowercase hex SHA-256 of the file read (for a model folder or a sharded index, the file ckpt opened); nil
+    /// for a distributed checkpoint folder (DCP, DeepSpeed), which is many files.
+    public var sha256: String?
     public var weight: Double
-    public init(path: String, file: String, sha256: String, weight: Double) {
+    public init(path: String, file: String, sha256: String?, weight: Double) {
         self.path = path
         self.file = file
         self.sha256 = sha256
@@ -233,7 +234,7 @@ extension SurgeryPlan {
         let list = g.add(.list(inputs.map { i in
             g.add(.dict([
                 DictEntry(key: g.add(.string("file")), value: g.add(.string(i.file))),
-                DictEntry(key: g.add(.string("sha256")), value: g.add(.string(i.sha256))),
+                DictEntry(key: g.add(.string("sha256")), value: g.add(i.sha256.map { .string($0) } ?? .none)),
                 DictEntry(key: g.add(.string("weight")), value: g.add(.float(i.weight))),
             ]))
         }))

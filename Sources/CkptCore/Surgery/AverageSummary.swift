@@ -42,7 +42,8 @@ public struct AverageSummary: Sendable {
             lines.append("  from \(lastFile) (the last input): \(report.outsideTensors) tensors outside the weights' "
                 + "state dict")
         }
-        lines.append("  \(averagedFromRecord): file, sha256 and weight of each input")
+        lines.append("  \(averagedFromRecord): file, sha256 and weight of each input"
+            + (report.inputs.contains { $0.sha256 == nil } ? " (no sha256 for a distributed checkpoint folder)" : ""))
         if let f = report.strip.framework { lines.append("  conventions: \(f) (ckpt info says why; --framework NAME overrides)") }
         for c in report.strip.recordChanges { lines.append("  \(c.record): \(c.before) -> \(c.after)") }
         lines += ValueConversion.lines(report.strip.conversions, dropped: report.strip.droppedValues)
@@ -55,7 +56,7 @@ public struct AverageSummary: Sendable {
             ("output", .string(output)), ("dry_run", .bool(dryRun)),
             ("output_bytes", outputBytes.map { .int($0) } ?? .null),
             ("inputs", .array(report.inputs.map { i in
-                .object([("path", .string(i.path)), ("file", .string(i.file)), ("sha256", .string(i.sha256)),
+                .object([("path", .string(i.path)), ("file", .string(i.file)), ("sha256", i.sha256.map { .string($0) } ?? .null),
                          ("weight", .double(i.weight))])
             })),
             ("framework", r.framework.map { .string($0) } ?? .null),
