@@ -126,3 +126,6 @@ static inline uint32_t ckpt_crc32_clmul(uint32_t crc, const unsigned char *buf, 
     return ~(uint32_t)_mm_extract_epi32(x1, 1);
 }
 #endif
+
+// SHA-256 from libcrypto (OpenSSL; SHA-NI where the CPU has it): `ckpt average` records each input's digest.
+#include <openssl/evp.h>

@@ -13,7 +13,7 @@ struct Ckpt: ParsableCommand {
         """,
         version: "0.1.0",
         subcommands: [Info.self, Keys.self, Scan.self, Strip.self, Diff.self, Transfer.self, Layers.self, Convert.self,
-                      Consolidate.self]
+                      Consolidate.self, Average.self]
     )
 
     static func main() {

@@ -77,8 +77,29 @@ public struct OutputStorage: Sendable, Equatable {
     /// Bytes the surgery made rather than read from a source (a numpy array's data made a tensor by ``PlainData``):
     /// written as they are.
     public var literal: [UInt8]? = nil
-    /// Bytes read from the source (the viewed elements for a view; differs from ``byteCount`` when the dtype changes).
-    public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) }
+    /// `average`: the bytes are the weighted average of these storages of several sources, computed while streaming
+    /// (``StorageAverage``); `source` and `sourceKey` then name the last input's storage.
+    public var average: StorageAverage? = nil
+    /// Bytes read from the source (the viewed elements for a view; differs from ``byteCount`` when the dtype changes;
+    /// for an average, the bytes of every input).
+    public var sourceByteCount: Int64 { numel * Int64(sourceDType.itemSize) * Int64(average?.parts.count ?? 1) }
+}
+
+/// How `ckpt average` makes one floating storage: element by element, `sum_i(w_i * x_i) / sum_i(w_i)` in float64
+/// (the sum from the first input to the last: `((w_1*x_1 + w_2*x_2) + w_3*x_3) ...`), then converted to the
+/// storage's dtype as torch's `.to(dtype)` converts float64 (to float16 and bfloat16 through float32).
+public struct StorageAverage: Sendable, Equatable {
+    /// One storage of one source (the writer's `sources` index and the storage key there), whole, contiguous.
+    public struct Part: Sendable, Equatable {
+        public var source: Int
+        public var key: String
+        public init(source: Int, key: String) { self.source = source; self.key = key }
+    }
+    /// The storages averaged, in input order; each holds the output's `numel` elements of its dtype.
+    public var parts: [Part]
+    /// One positive finite weight per part.
+    public var weights: [Double]
+    public init(parts: [Part], weights: [Double]) { self.parts = parts; self.weights = weights }
 }
 
 extension SurgeryPlan {

@@ -130,13 +130,19 @@ extension Checkpoint {
             switch plan {
             case .torch(let p):
                 for (i, s) in sources.enumerated() {
-                    try s.source.prepare(p.storages.filter { $0.source == i && $0.literal == nil }.map(\.sourceKey))
+                    let keys = p.storages.filter { $0.source == i && $0.literal == nil }.map(\.sourceKey)
+                        + p.storages.flatMap { $0.average?.parts.filter { $0.source == i }.map(\.key) ?? [] }
+                    do { try s.source.prepare(keys) } catch where sources.count > 1 {
+                        throw FileError(path: s.path, error: sourceFault(error))
+                    }
                 }
             case .safetensors(let p):
                 try sources.first?.source.prepare(p.tensors.map(\.tensor.storage.key))
             case .sharded(let p):
                 try sources.first?.source.prepare(p.files.flatMap { $0.plan.tensors.map(\.tensor.storage.key) })
             }
+        } catch let f as FileError {
+            throw f
         } catch {
             throw sourceFault(error)
         }

@@ -31,7 +31,7 @@ enum TorchCheckpointWriter {
             for s in plan.storages {
                 hash.add(Array(s.key.utf8))
                 do {
-                    try copyStorage(s, from: sources[s.source], to: w, chunkSize: chunkSize) { n in
+                    try copyStorage(s, from: sources, to: w, chunkSize: chunkSize) { n in
                         done += n
                         progress?(done)
                     }
@@ -49,9 +49,14 @@ enum TorchCheckpointWriter {
     }
 
     /// Writes one output storage as a record: the source's record as it is, converted, or a view of it compacted.
-    private static func copyStorage(_ s: OutputStorage, from source: Checkpoint, to w: TorchZipWriter, chunkSize: Int,
-                                    progressed: (Int64) -> Void) throws
+    private static func copyStorage(_ s: OutputStorage, from sources: [Checkpoint], to w: TorchZipWriter,
+                                    chunkSize: Int, progressed: (Int64) -> Void) throws
     {
+        let source = sources[s.source]
+        if let average = s.average {
+            try StorageAverager.write(s, average, sources: sources, to: w, chunkSize: chunkSize, progressed: progressed)
+            return
+        }
         if let bytes = s.literal {
             try w.beginRecord("data/\(s.key)", size: UInt64(bytes.count), crc32: nil)
             try bytes.withUnsafeBytes { try w.write($0) }

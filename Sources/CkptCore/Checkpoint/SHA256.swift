@@ -1,0 +1,31 @@
+import Foundation
+internal import CSys
+
+/// SHA-256 of a file, streamed in bounded chunks (libcrypto's, with the CPU's SHA instructions where it has them).
+public enum SHA256 {
+    /// The lowercase hex digest of the file at `path`, as `sha256sum` and Python's `hashlib.sha256` print it.
+    public static func hex(ofFile path: String, chunkSize: Int = 1 << 20) throws(CheckpointError) -> String {
+        let file = try FileRange.open(path)
+        defer { try? file.close() }
+        let size = try FileRange.size(file)
+        guard let ctx = EVP_MD_CTX_new() else { throw .io("sha256: no digest context") }
+        defer { EVP_MD_CTX_free(ctx) }
+        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else { throw .io("sha256: digest init failed") }
+        var failed = false
+        do {
+            try FileRange.stream(file, offset: 0, count: size, chunkSize: chunkSize, what: path) { chunk in
+                if EVP_DigestUpdate(ctx, chunk.baseAddress, chunk.count) != 1 { failed = true }
+            }
+        } catch let e as CheckpointError {
+            throw e
+        } catch {
+            throw .io("\(error)")
+        }
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard !failed, EVP_DigestFinal_ex(ctx, &digest, &length) == 1, length == 32 else {
+            throw .io("sha256: digest failed")
+        }
+        return digest.map { String(format: "%02x", $0) }.joined()
+    }
+}
