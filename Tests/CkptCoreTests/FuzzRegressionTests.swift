@@ -23,6 +23,7 @@ import Testing
     @Test(arguments: inputs("checkpoint"))
     func checkpointCrasher(_ path: String) throws {
         FuzzEntryPoints.checkpoint(path: path)
+        FuzzEntryPoints.dcpMetadata(path: path)
         // And the reader refuses it cleanly: these inputs are damaged files.
         #expect(throws: CheckpointError.self) { try Checkpoint(path: path) }
     }
@@ -38,6 +39,7 @@ import Testing
                     FuzzEntryPoints.pickle(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
                 } else {
                     FuzzEntryPoints.checkpoint(path: path)
+                    FuzzEntryPoints.dcpMetadata(path: path)
                 }
             }
         }

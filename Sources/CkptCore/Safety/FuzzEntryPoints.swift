@@ -1,3 +1,5 @@
+import Foundation
+
 /// Every reader run over untrusted input, results discarded: the bodies of the libFuzzer targets in `fuzz/`
 /// and of the regression tests that replay their crashers, kept here so that both run exactly the same code.
 /// Errors are the expected outcome for most inputs; a crash, a hang or a sanitizer report is a bug.
@@ -62,5 +64,21 @@ public enum FuzzEntryPoints {
         for s in plan.storages.prefix(64) {
             _ = try? c.streamStorage(s.sourceKey, chunkSize: 4096) { _ in }
         }
+    }
+
+    /// The same bytes as a torch.distributed.checkpoint folder's `.metadata` (a folder made beside `path` holding
+    /// only it): the metadata's interpretation, nesting and coverage checks on arbitrary pickles, then what info,
+    /// keys and scan make of the folder (its data files are missing, which must be refused, not crash).
+    public static func dcpMetadata(path: String) {
+        let folder = path + ".dcp"
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: folder)
+        guard (try? fm.createDirectory(atPath: folder, withIntermediateDirectories: false)) != nil,
+              (try? fm.copyItem(atPath: path, toPath: folder + "/.metadata")) != nil else { return }
+        defer { try? fm.removeItem(atPath: folder) }
+        if let report = try? ScanBuilder(path: folder, limits: limits).build() { _ = report.table }
+        guard let c = try? Checkpoint(path: folder, limits: limits) else { return }
+        _ = try? InfoBuilder(checkpoint: c).build()
+        _ = try? KeysBuilder(checkpoint: c).build()
     }
 }

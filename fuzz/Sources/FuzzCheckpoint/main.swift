@@ -15,6 +15,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     if let data, count > 0 { precondition(write(fd, data, count) == count, "short write to \(path)") }
     close(fd)
     FuzzEntryPoints.checkpoint(path: path)
+    FuzzEntryPoints.dcpMetadata(path: path)
     return 0
 }
 
