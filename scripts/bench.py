@@ -841,7 +841,8 @@ def report(results, md_path):
         lines = [
             f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory']} RAM, disk {m['disk']}, Linux {m['kernel']}; "
             f"load average at start {m['load'][0]:.1f}. Medians of {results['reps']} runs "
-            f"({results['big_reps']} on the 5 GiB file) after one warm-up run each; release build "
+            f"({results['big_reps']} on the 5 GiB file) after one warm-up run each (consolidate and average: one run "
+            f"each); release build "
             f"(--static-swift-stdlib); inputs in the page cache.",
             "",
             "| job | ckpt | ckpt CPU | ckpt peak RSS | compared with | its time | its CPU | its peak RSS | ckpt / it |",

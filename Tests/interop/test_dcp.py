@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES, assert_clean_failure, run, run_json
+from distlib import flat_tensors as flat
 
 DIST = FIXTURES / "distributed"
 DCP = ["dcp-fsdp2-ws2", "dcp-fsdp2-bf16-ws4", "dcp-dtensor-ws2", "dcp-safetensors-ws2", "dcp-threads-ws2",
@@ -33,18 +34,6 @@ def item_bytes(folder, info):
         return f.read(info.length)
 
 
-def flat(value, prefix=""):
-    """{dotted name: tensor} of nested dicts and lists, in order (how ckpt names a nested record's tensors)."""
-    out = {}
-    if torch.is_tensor(value):
-        out[prefix] = value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out.update(flat(v, f"{prefix}.{i}" if prefix else str(i)))
-    return out
 
 
 def same_bits(a, b):

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from distlib import flat_tensors as flat
 from conftest import assert_clean_failure, run, run_json
 
 
@@ -134,15 +135,6 @@ def test_a_bytes_value_is_shown_as_python_shows_it(folders):
     assert items["dataloader.dp_rank_0"] == repr(value)
 
 
-def flat(value, prefix=""):
-    """{dotted name: tensor} of nested dicts, in order (how ckpt names a nested record's tensors)."""
-    out = {}
-    if torch.is_tensor(value):
-        out[prefix] = value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def test_a_nested_value_saved_whole_with_its_tensors_is_read(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from distlib import flat_tensors as flat
 from conftest import ROOT, assert_clean_failure, run, run_json
 
 sys.path.insert(0, str(ROOT / "scripts" / "stranger"))
@@ -45,17 +46,6 @@ def oracle(folder, tmp_path):
     return torch.load(out, weights_only=True)
 
 
-def flat(value, prefix=""):
-    out = {}
-    if torch.is_tensor(value):
-        out[prefix] = value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            out.update(flat(v, f"{prefix}.{i}" if prefix else str(i)))
-    return out
 
 
 def assert_same(got, want):
