@@ -69,6 +69,11 @@ public final class TorchZipWriter {
     private static let bufferSize = 4 << 20
     /// Chunks at least this large are written as they are, not through the buffer.
     static let directWriteBytes = 64 << 10
+    /// Bytes written to the file (by write and copy_file_range), and where the range not yet handed to writeback
+    /// starts; writeback is started every ``writebackBytes``.
+    private var written: UInt64 = 0
+    private var writebackFrom: UInt64 = 0
+    static let writebackBytes: UInt64 = 32 << 20
     private static let max32: UInt64 = 0xFFFF_FFFF
 
     /// Creates (or truncates) `path` and starts an archive whose records live under `root`.
@@ -261,6 +266,8 @@ public final class TorchZipWriter {
         }
         checker.finish()
         offset += entry.size
+        written += entry.size  // its pieces' writeback was started as they were checked
+        writebackFrom = written
         open.count = entry.size
         state = .inRecord(open)
         if let error = checker.error {
@@ -453,6 +460,13 @@ public final class TorchZipWriter {
         } catch {
             state = .failed
             throw error
+        }
+        // Start writing what has piled up to disk now, while the next bytes are made, rather than all at the fsync
+        // (a hint: the range is where the bytes went, the file being written from its start, in order).
+        written += UInt64(bytes.count)
+        if written - writebackFrom >= Self.writebackBytes {
+            file.startWriteback(at: writebackFrom, count: written - writebackFrom)
+            writebackFrom = written
         }
     }
 
