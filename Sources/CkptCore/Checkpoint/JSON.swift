@@ -54,9 +54,15 @@ public indirect enum JSONValue: Equatable, Sendable {
     }
 
     /// A JSON string literal as serde_json writes it (`\b`, `\f` and the usual short escapes, `\u00XX` for
-    /// other control characters): one spelling for `--json` output and for safetensors headers.
-    static func quote(_ s: String) -> String {
+    /// other control characters): one spelling for `--json` output and for safetensors headers. With `asciiOnly`,
+    /// as Python's `json` writes it by default (`ensure_ascii`, `py_encode_basestring_ascii`): every character
+    /// outside space...`~` as `\uxxxx` too (lowercase hex; UTF-16 surrogate pairs above the BMP).
+    static func quote(_ s: String, asciiOnly: Bool = false) -> String {
         var out = "\""
+        func escape(_ unit: UInt16) {
+            let hex = String(unit, radix: 16)
+            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        }
         for u in s.unicodeScalars {
             switch u {
             case "\"": out += "\\\""
@@ -67,9 +73,8 @@ public indirect enum JSONValue: Equatable, Sendable {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                if u.value < 0x20 || (asciiOnly && u.value > 0x7E) {
+                    for unit in String(u).utf16 { escape(unit) }
                 } else {
                     out.unicodeScalars.append(u)
                 }

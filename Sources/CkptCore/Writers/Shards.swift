@@ -208,36 +208,12 @@ enum PythonJSON {
         case .object(let pairs):
             if pairs.isEmpty { return "{}" }
             let inner = String(repeating: " ", count: 2 * (level + 1))
-            let items = pairs.map { inner + quote($0.0) + ": " + dump($0.1, level: level + 1) }
+            let items = pairs.map { inner + JSONValue.quote($0.0, asciiOnly: true) + ": " + dump($0.1, level: level + 1) }
             return "{\n" + items.joined(separator: ",\n") + "\n" + String(repeating: " ", count: 2 * level) + "}"
-        case .string(let s): return quote(s)
+        case .string(let s): return JSONValue.quote(s, asciiOnly: true)
         case .int(let n): return String(n)
         default: return value.rendered(indent: 0)
         }
-    }
-
-    /// `json.encoder.py_encode_basestring_ascii`: `"` and `\` escaped, `\n` `\r` `\t` `\b` `\f` by name, every other
-    /// character outside space...`~` as `\uxxxx` (lowercase hex; UTF-16 surrogate pairs above the BMP).
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            case " "..."~": out.unicodeScalars.append(u)
-            default:
-                for unit in String(u).utf16 {
-                    let h = String(unit, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                }
-            }
-        }
-        return out + "\""
     }
 }
 
