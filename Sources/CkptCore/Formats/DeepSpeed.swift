@@ -43,12 +43,10 @@ enum DeepSpeedReader {
     /// The folder holding the ZeRO files: `folder` itself, or the first subfolder holding them (the tag beside
     /// `latest`); nil when there is none. For `scan`, which scans them even when the folder cannot be read.
     static func tagFolder(_ folder: String) -> String? {
-        if holdsStates(folder) { return folder }
-        if InputPath.huggingFaceWeights.contains(where: { isRegularFile(folder + "/" + $0) }) { return nil }
-        if let tag = readTag(folder + "/latest"), !tag.isEmpty, !tag.contains("/"), holdsStates(folder + "/" + tag) {
-            return folder + "/" + tag
+        do { return try find(folder)?.tagDir } catch {
+            // A folder the reader refuses (no `latest`, one naming nothing): its ZeRO files are still scanned.
+            return subfolderHoldingStates(folder).map { folder + "/" + $0 }
         }
-        return subfolderHoldingStates(folder).map { folder + "/" + $0 }
     }
 
     /// A folder DeepSpeed's reader refuses, in one line (`not a readable DeepSpeed ZeRO checkpoint: <file>: <why>`).
