@@ -81,6 +81,73 @@ import Testing
         #expect(throws: ZipError.self) { try w.copyStoredRecordData(entry, from: reader) }
         #expect(throws: ZipError.self, "the writer is failed after a bad copy") { try w.endRecord() }
     }
+
+    /// Three pieces cut from two plain files (a DCP tensor's chunk records, in the tensor's order), each with the
+    /// CRC-32 of its bytes.
+    static func pieces(in folder: URL, flip: Int? = nil) throws -> (pieces: [StoredPiece], bytes: [UInt8]) {
+        let a = Self.randomBytes(50_000, seed: 5), b = Self.randomBytes(80_000, seed: 6)
+        var bOnDisk = b
+        if let flip { bOnDisk[flip] ^= 0x10 }
+        let pa = folder.appendingPathComponent("a.bin").path, pb = folder.appendingPathComponent("b.bin").path
+        try ZipTestSupport.write(a, to: pa)
+        try ZipTestSupport.write(bOnDisk, to: pb)
+        let fa = try ZipFileHandle.openForReading(pa), fb = try ZipFileHandle.openForReading(pb)
+        let cuts: [(ZipFileHandle, [UInt8], Range<Int>, String)] = [
+            (fb, b, 100..<30_100, "b first"), (fa, a, 7..<49_999, "a"), (fb, b, 30_100..<80_000, "b second"),
+        ]
+        let pieces = cuts.map { f, bytes, r, name in
+            StoredPiece(file: f, offset: UInt64(r.lowerBound), count: UInt64(r.count),
+                        crc: ZipCRC32.checksum(Array(bytes[r])), name: name)
+        }
+        return (pieces, cuts.flatMap { _, bytes, r, _ in bytes[r] })
+    }
+
+    @Test func piecesOfSeveralFilesAreCopiedInOrderUnderTheirCombinedCRC() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (pieces, bytes) = try Self.pieces(in: folder)
+        let combined = pieces.reduce(UInt32(0)) { ZipCRC32.combine($0, $1.crc, lengthOfB: $1.count) }
+        #expect(combined == ZipCRC32.checksum(bytes))
+        let out = folder.appendingPathComponent("out.pt").path
+        let w = try TorchZipWriter(path: out, root: "out")
+        w.copyPieceSize = 4096  // parts of each piece, checked on the second thread
+        try w.beginRecord("data/0", size: UInt64(bytes.count), crc32: combined)
+        var seen = 0
+        #expect(try w.copyStoredPieces(pieces) { seen += $0 })
+        try w.endRecord()
+        try w.finish()
+        #expect(seen == bytes.count)
+        let copy = try ZipReader(path: out)
+        #expect(try copy.readAll(try copy.requireEntry(named: "data/0"), limit: 1 << 20) == bytes)  // checks the CRC
+    }
+
+    @Test func aRecordBegunWithAnotherCRCIsNotCopied() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (pieces, bytes) = try Self.pieces(in: folder)
+        let w = try TorchZipWriter(path: folder.appendingPathComponent("out.pt").path, root: "out")
+        try w.beginRecord("data/0", size: UInt64(bytes.count), crc32: ZipCRC32.checksum(bytes) ^ 1)
+        #expect(try !w.copyStoredPieces(pieces), "the record's CRC would not be its bytes'")
+        try bytes.withUnsafeBytes { try w.write($0) }  // nothing was written: the caller streams instead
+        try w.endRecord()
+    }
+
+    @Test func aDamagedPieceIsNamed() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (pieces, bytes) = try Self.pieces(in: folder, flip: 60_000)  // in "b second"
+        let combined = pieces.reduce(UInt32(0)) { ZipCRC32.combine($0, $1.crc, lengthOfB: $1.count) }
+        let w = try TorchZipWriter(path: folder.appendingPathComponent("out.pt").path, root: "out")
+        w.copyPieceSize = 4096
+        try w.beginRecord("data/0", size: UInt64(bytes.count), crc32: combined)
+        #expect {
+            try w.copyStoredPieces(pieces)
+        } throws: { error in
+            guard case ZipError.crcMismatch(let record, let expected, _) = error else { return false }
+            return record == "b second" && expected == pieces[2].crc
+        }
+        #expect(throws: ZipError.self, "the writer is failed after a bad copy") { try w.endRecord() }
+    }
 }
 
 /// A deterministic generator for test data (SplitMix64).

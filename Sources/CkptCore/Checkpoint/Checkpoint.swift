@@ -215,6 +215,14 @@ public final class Checkpoint {
     /// writer copies inside the kernel (``StorageSource/zipRecord(forStorage:)``).
     func zipRecord(forStorage key: String) -> ZipRecordHandle? { source.zipRecord(forStorage: key) }
 
+    /// The stored byte ranges a storage is, with their CRC-32s, when the source keeps it so: what the torch writer
+    /// copies inside the kernel (``StorageSource/storedPieces(forStorage:)``), and the source's words for a piece
+    /// that fails its check.
+    func storedPieces(forStorage key: String) throws -> [StoredPiece]? { try source.storedPieces(forStorage: key) }
+    func corruptedPiece(_ name: String, declared: UInt32, actual: UInt32) -> Error {
+        source.corruptedPiece(name, declared: declared, actual: actual)
+    }
+
     /// Streams a storage's bytes in bounded chunks. Faults of this file are thrown as
     /// ``CheckpointError``; errors thrown by `body` pass through unchanged.
     public func streamStorage(_ key: String, chunkSize: Int = 1 << 20,

@@ -132,6 +132,33 @@ final class GatheredSource: StorageSource {
                    + "file from a good copy")
     }
 
+    /// A tensor whose chunks are each their whole record, contiguous, and follow one another in the tensor's
+    /// row-major order (`Shard(0)` row blocks, one chunk), in its own dtype: the chunk records, in that order. Nil
+    /// otherwise (the writer streams it), and for chunks spread over more files than are kept open at a time.
+    func storedPieces(forStorage key: String) throws -> [StoredPiece]? {
+        let (i, t) = try tensor(key)
+        guard t.sourceDType == t.dtype, case .boxes(let chunks) = t.layout else { return nil }
+        let locs = try locations(i)
+        var pieces: [StoredPiece] = [], whole = true, used = Set<Int>()
+        try forEachRun(i, t) { file, offset, bytes, chunk in
+            used.insert(file)
+            guard let c = chunk, let crc = locs[c].checksum, locs[c].file == file,
+                  locs[c].isWholeRecord(sizes: chunks[c].sizes, itemSize: t.sourceDType.itemSize),
+                  locs[c].extent == offset..<(offset + bytes), used.count <= GatheredFiles.maxOpen
+            else {
+                whole = false
+                return false
+            }
+            pieces.append(StoredPiece(file: try files.handle(file), offset: offset, count: bytes, crc: crc, name: locs[c].label))
+            return true
+        }
+        return whole && !pieces.isEmpty ? pieces : nil
+    }
+
+    func corruptedPiece(_ name: String, declared: UInt32, actual: UInt32) -> Error {
+        Self.corrupted(name, declared: declared, actual: actual)
+    }
+
     func storageBytes(_ key: String) -> Int64? {
         guard let (_, t) = try? tensor(key) else { return nil }
         return t.numel * Int64(t.dtype.itemSize)

@@ -25,6 +25,14 @@ protocol StorageSource: AnyObject {
     /// keeps storages so (a torch zip): the torch writer can then copy a stored record inside the kernel
     /// (``TorchZipWriter/copyStoredRecordData(_:from:progress:)``). Nil by default: the writer streams the bytes.
     func zipRecord(forStorage key: String) -> ZipRecordHandle?
+    /// Byte ranges of files that, one after another, are a storage's bytes as stored, each with the CRC-32 its
+    /// container declares for it (a torch zip record; a DCP folder's chunk records), when the source keeps the
+    /// storage so: the torch writer then copies them inside the kernel and checks them
+    /// (``TorchZipWriter/copyStoredPieces(_:progress:)``). Nil by default: the writer streams the bytes.
+    func storedPieces(forStorage key: String) throws -> [StoredPiece]?
+    /// The error for a stored piece whose bytes do not match its CRC-32 (``storedPieces(forStorage:)``), in the
+    /// words the source uses for its own checks. By default the zip record's ``ZipError/crcMismatch(record:expected:actual:)``.
+    func corruptedPiece(_ name: String, declared: UInt32, actual: UInt32) -> Error
     /// Checks, before a writer writes anything, that these storages can be read whole (all when nil): a source
     /// that gathers storages from pieces (``GatheredSource``) locates and checks every piece, so a damaged one
     /// refuses the output instead of failing half-way. Nothing by default.
@@ -41,6 +49,10 @@ struct ZipRecordHandle {
 extension StorageSource {
     func checksum(_ key: String) -> (record: String, crc: UInt32)? { nil }
     func zipRecord(forStorage key: String) -> ZipRecordHandle? { nil }
+    func storedPieces(forStorage key: String) throws -> [StoredPiece]? { nil }
+    func corruptedPiece(_ name: String, declared: UInt32, actual: UInt32) -> Error {
+        CheckpointError.container(.crcMismatch(record: name, expected: declared, actual: actual))
+    }
     func prepare(_ keys: [String]?) throws {}
 
     /// Throws unless `[offset, offset + count)` lies inside the storage.
@@ -91,6 +103,15 @@ final class ZipStorageSource: StorageSource {
 
     func zipRecord(forStorage key: String) -> ZipRecordHandle? {
         zip.entry(fullName: dataPrefix + key).map { ZipRecordHandle(reader: zip, entry: $0) }
+    }
+
+    /// The record's data, when it is stored (not compressed), declares a CRC-32 and is read straight from the file.
+    func storedPieces(forStorage key: String) throws -> [StoredPiece]? {
+        guard let e = zip.entry(fullName: dataPrefix + key), e.hasChecksum, e.size > 0, let file = zip.storedDataFile
+        else { return nil }
+        let start: UInt64?
+        do { start = try zip.dataOffset(of: e) } catch { throw CheckpointError.container(error) }
+        return start.map { [StoredPiece(file: file, offset: $0, count: e.size, crc: e.crc32, name: e.name)] }
     }
 }
 

@@ -64,7 +64,11 @@ enum TorchCheckpointWriter {
             return try w.endRecord()
         }
         // A record copied unchanged keeps its checksum, which the read verifies as it streams: no second CRC pass.
-        let knownCRC = s.view == nil && s.sourceDType == s.dtype ? source.storageChecksum(s.sourceKey)?.crc : nil
+        // Pieces stored with their own checksums (a DCP tensor's chunk records) give theirs, combined.
+        let unchanged = s.view == nil && s.sourceDType == s.dtype
+        let pieces = unchanged ? try source.storedPieces(forStorage: s.sourceKey) : nil
+        let knownCRC = pieces.map { $0.reduce(UInt32(0)) { ZipCRC32.combine($0, $1.crc, lengthOfB: $1.count) } }
+            ?? (unchanged ? source.storageChecksum(s.sourceKey)?.crc : nil)
         try w.beginRecord("data/\(s.key)", size: UInt64(s.byteCount), crc32: knownCRC)
         if let view = s.view {
             // A view of a larger storage, or a non-contiguous one: its elements, compacted in row-major order.
@@ -87,7 +91,7 @@ enum TorchCheckpointWriter {
             // Unchanged: copied inside the kernel and checked by reading the output back, where that works; the
             // bytes pass through this process once instead of twice (cp's speed on big files).
             var copied = false
-            if knownCRC != nil { copied = try copyRecord(s.sourceKey, of: source, into: w) { progressed(Int64($0)) } }
+            if let pieces { copied = try copyPieces(pieces, of: source, into: w) { progressed(Int64($0)) } }
             if !copied {
                 try source.streamStorage(s.sourceKey, chunkSize: chunkSize) { chunk in
                     try w.write(chunk)
@@ -105,22 +109,21 @@ enum TorchCheckpointWriter {
         try w.endRecord()
     }
 
-    /// Copies a storage's zip record unchanged into the record `writer` has open (begun with the CRC-32 that
-    /// ``Checkpoint/storageChecksum(_:)`` gives) inside the kernel, checked against that CRC after the copy, when
-    /// the source offers its storages as zip records (``StorageSource/zipRecord(forStorage:)``). Returns false
-    /// when this is not possible (another format, a compressed or unchecked record, no copy_file_range between the
-    /// two files); the caller then streams the bytes. A storage whose bytes do not match its CRC is the source
-    /// file's fault (``CheckpointError/container(_:)``); other failures are thrown as they come (most are the
-    /// output's).
-    private static func copyRecord(_ key: String, of source: Checkpoint, into writer: TorchZipWriter,
+    /// Copies a storage's stored pieces (``Checkpoint/storedPieces(forStorage:)``) unchanged into the record
+    /// `writer` has open (begun with their combined CRC-32) inside the kernel, each checked against its CRC after
+    /// the copy. Returns false when the kernel cannot copy between the files; the caller then streams the bytes. A
+    /// piece whose bytes do not match its CRC is the source file's fault, named in the source's words; other
+    /// failures are thrown as they come (most are the output's).
+    private static func copyPieces(_ pieces: [StoredPiece], of source: Checkpoint, into writer: TorchZipWriter,
                                    progress: (Int) -> Void) throws -> Bool
     {
-        guard let record = source.zipRecord(forStorage: key) else { return false }
         do {
-            return try writer.copyStoredRecordData(record.entry, from: record.reader, progress: progress)
+            return try writer.copyStoredPieces(pieces, progress: progress)
         } catch let z {
             switch z {
-            case .crcMismatch, .truncated: throw CheckpointError.container(z)
+            case .crcMismatch(let name, let declared, let actual):
+                throw source.corruptedPiece(name, declared: declared, actual: actual)
+            case .truncated: throw CheckpointError.container(z)
             default: throw z
             }
         }

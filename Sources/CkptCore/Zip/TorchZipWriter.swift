@@ -218,46 +218,64 @@ public final class TorchZipWriter {
         state = .idle
     }
 
-    /// Fills the open record with the bytes of a stored record of `reader` without passing them through this
-    /// process (copy_file_range), then reads them back from this file and checks them against the record's CRC-32:
-    /// what is checked is what was written. Cheaper than streaming through a buffer: the copy stays in the page
-    /// cache, and the check is one read and one CRC pass (a buffered copy is a read, a CRC pass and a write).
-    ///
-    /// The record must have been begun with `crc32: entry.crc32` and have had nothing written yet. Returns false,
-    /// having written nothing, when the bytes cannot be copied this way (a compressed or unchecked record, a
-    /// kernel or file system pair without copy_file_range): the caller then streams them with ``write(_:)``.
-    /// `progress` gets the bytes checked so far after each chunk.
-    /// - Throws: ``ZipError/crcMismatch(record:expected:actual:)`` (the source's bytes do not match its CRC),
-    ///   ``ZipError/truncated(record:offset:expected:got:)``, ``ZipError/io(_:)``; the writer is then failed.
+    /// Fills the open record with the bytes of a stored record of `reader` (``copyStoredPieces(_:progress:)`` with
+    /// one piece). Returns false, having written nothing, when the record is compressed or unchecked, or when the
+    /// kernel cannot copy between the two files: the caller then streams the bytes with ``write(_:)``.
     public func copyStoredRecordData(_ entry: ZipEntry, from reader: ZipReader, progress: (Int) -> Void = { _ in })
         throws(ZipError) -> Bool
     {
-        guard case .inRecord(var open) = state, open.count == 0, open.written.size == entry.size, entry.size > 0,
-              computesCRC32, entry.hasChecksum, open.knownCRC == entry.crc32, let dataOffset = try reader.dataOffset(of: entry),
-              let source = reader.storedDataFile, let file
+        guard entry.hasChecksum, let dataOffset = try reader.dataOffset(of: entry), let source = reader.storedDataFile else {
+            return false
+        }
+        let piece = StoredPiece(file: source, offset: dataOffset, count: entry.size, crc: entry.crc32, name: entry.name)
+        return try copyStoredPieces([piece], progress: progress)
+    }
+
+    /// Fills the open record with byte ranges of other files, one after another, without passing them through this
+    /// process (copy_file_range), then reads them back from this file and checks each against its CRC-32: what is
+    /// checked is what was written. Cheaper than streaming through a buffer: the copy stays in the page cache, and
+    /// the check is one read and one CRC pass (a buffered copy is a read, a CRC pass and a write, and the record's
+    /// CRC-32 a second pass).
+    ///
+    /// The record must have been begun with the pieces' combined CRC-32 (``ZipCRC32/combine(_:_:lengthOfB:)``) and
+    /// their total size, and have had nothing written yet. Returns false, having written nothing, when it was not,
+    /// or when the kernel cannot copy between the files: the caller then streams the bytes with ``write(_:)``.
+    /// `progress` gets the bytes copied after each part.
+    /// - Throws: ``ZipError/crcMismatch(record:expected:actual:)`` naming the first piece whose bytes do not match
+    ///   its CRC (`record` is the piece's ``StoredPiece/name``), ``ZipError/truncated(record:offset:expected:got:)``,
+    ///   ``ZipError/io(_:)``; the writer is then failed.
+    func copyStoredPieces(_ pieces: [StoredPiece], progress: (Int) -> Void = { _ in }) throws(ZipError) -> Bool {
+        let total = pieces.reduce(UInt64(0)) { $0 + $1.count }
+        let combined = pieces.reduce(UInt32(0)) { ZipCRC32.combine($0, $1.crc, lengthOfB: $1.count) }
+        guard case .inRecord(var open) = state, open.count == 0, open.written.size == total, total > 0, computesCRC32,
+              open.knownCRC == combined, let file
         else { return false }
         try flush()
         let start = offset
-        // Copy in pieces; when there are several, a second thread reads each piece back and checksums it while the
+        // Copy in parts; when there are several, a second thread reads each part back and checksums it while the
         // next one is copied, so the check costs little more than the copy (2 cores). One checker thread with one
         // buffer: memory stays flat. (Not libdispatch: its pool started up to ten threads here, +120 MB.)
-        let piece = max(1, copyPieceSize)
+        let part = max(1, copyPieceSize)
         if checkBuffer == nil { checkBuffer = .allocate(byteCount: buffer.count, alignment: 64) }
-        let checker = ReadBackChecker(file: file, buffer: checkBuffer!, threaded: entry.size > piece)
-        var copied: UInt64 = 0
+        let checker = ReadBackChecker(file: file, buffer: checkBuffer!, pieces: pieces.count, threaded: total > part)
+        var at = start
         do throws(ZipError) {
-            while copied < entry.size {
-                let n = min(piece, entry.size - copied)
-                guard try file.copyRange(from: source, at: dataOffset + copied, count: n, record: entry.name) else {
-                    if copied == 0 {
-                        checker.finish()
-                        return false
+            for (i, p) in pieces.enumerated() {
+                var copied: UInt64 = 0
+                while copied < p.count {
+                    let n = min(part, p.count - copied)
+                    guard try file.copyRange(from: p.file, at: p.offset + copied, count: n, record: p.name) else {
+                        if at == start {
+                            checker.finish()
+                            return false
+                        }
+                        throw ZipError.io("cannot copy into '\(path)': the kernel stopped copying between files")
                     }
-                    throw ZipError.io("cannot copy into '\(path)': the kernel stopped copying between files")
+                    checker.submit(at: at, count: n, piece: i)
+                    at += n
+                    copied += n
+                    progress(Int(n))
                 }
-                checker.submit(at: start + copied, count: n)
-                copied += n
-                progress(Int(n))
             }
         } catch {
             checker.finish()
@@ -265,19 +283,18 @@ public final class TorchZipWriter {
             throw error
         }
         checker.finish()
-        offset += entry.size
-        written += entry.size  // its pieces' writeback was started as they were checked
+        offset += total
+        written += total  // its parts' writeback was started as they were checked
         writebackFrom = written
-        open.count = entry.size
+        open.count = total
         state = .inRecord(open)
         if let error = checker.error {
             state = .failed
             throw error
         }
-        let crc = checker.combinedCRC()
-        guard crc == entry.crc32 else {
+        for (i, p) in pieces.enumerated() where checker.crcs[i] != p.crc {
             state = .failed
-            throw ZipError.crcMismatch(record: entry.name, expected: entry.crc32, actual: crc)
+            throw ZipError.crcMismatch(record: p.name, expected: p.crc, actual: checker.crcs[i])
         }
         return true
     }
@@ -398,12 +415,12 @@ public final class TorchZipWriter {
         state = .finished
     }
 
-    /// The read-back buffer of ``copyStoredRecordData(_:from:progress:)``, allocated once: a new one per record
+    /// The read-back buffer of ``copyStoredPieces(_:progress:)``, allocated once: a new one per record
     /// made glibc's heap grow by 120 MB over the 745 records of a YOLOv5x strip (freed chunks left between others).
     private var checkBuffer: UnsafeMutableRawBufferPointer?
 
-    /// How much ``copyStoredRecordData(_:from:progress:)`` copies before handing a piece to the checker (tests
-    /// lower it to cover several pieces with a small record).
+    /// How much ``copyStoredPieces(_:progress:)`` copies before handing a part to the checker (tests lower it to
+    /// cover several parts with a small record).
     var copyPieceSize: UInt64 = 64 << 20
 
     /// Total bytes written so far (buffered included).
@@ -480,24 +497,39 @@ public final class TorchZipWriter {
     }
 }
 
-/// Reads pieces of a file back and checksums them in order: on its own thread when `threaded` (pieces are
-/// submitted while the next one is being copied), else right away on the caller's. ``finish()`` waits for the
-/// last piece; then ``error`` and ``combinedCRC()`` are final.
+/// A byte range of a file whose CRC-32 is known (a stored zip record, a DCP chunk's record): what
+/// ``TorchZipWriter/copyStoredPieces(_:progress:)`` copies inside the kernel and then checks.
+struct StoredPiece {
+    let file: ZipFileHandle
+    /// The range's first byte, in `file`'s window.
+    let offset: UInt64
+    let count: UInt64
+    let crc: UInt32
+    /// How a mismatch names it (``ZipError/crcMismatch(record:expected:actual:)``'s record).
+    let name: String
+}
+
+/// Reads parts of a file back and checksums them in order, a CRC-32 per piece (a piece is one or more parts): on
+/// its own thread when `threaded` (parts are submitted while the next one is being copied), else right away on
+/// the caller's. ``finish()`` waits for the
+/// last part; then ``error`` and ``crcs`` are final.
 private final class ReadBackChecker: @unchecked Sendable {
     private let file: ZipFileHandle
     private let buffer: UnsafeMutableRawBufferPointer
     private let condition = NSCondition()
-    private var queued: [(offset: UInt64, count: UInt64)] = []
+    private var queued: [(offset: UInt64, count: UInt64, piece: Int)] = []
     private var closed = false
     private var done = false
-    private var crc: UInt32 = 0
+    /// Each piece's CRC-32, of its parts checked so far (final after ``finish()``).
+    private(set) var crcs: [UInt32]
     private(set) var error: ZipError?
     private var thread: Thread?
 
-    /// `buffer` stays the caller's; it must outlive ``finish()``.
-    init(file: ZipFileHandle, buffer: UnsafeMutableRawBufferPointer, threaded: Bool) {
+    /// `buffer` stays the caller's; it must outlive ``finish()``. Parts are submitted for pieces `0..<pieces`.
+    init(file: ZipFileHandle, buffer: UnsafeMutableRawBufferPointer, pieces: Int, threaded: Bool) {
         self.file = file
         self.buffer = buffer
+        self.crcs = Array(repeating: 0, count: pieces)
         if threaded {
             let t = Thread { [self] in self.run() }
             t.name = "ckpt read-back check"
@@ -506,13 +538,13 @@ private final class ReadBackChecker: @unchecked Sendable {
         }
     }
 
-    func submit(at offset: UInt64, count: UInt64) {
+    func submit(at offset: UInt64, count: UInt64, piece: Int) {
         guard thread != nil else {
-            check(offset, count)
+            check(offset, count, piece)
             return
         }
         condition.lock()
-        queued.append((offset, count))
+        queued.append((offset, count, piece))
         condition.signal()
         condition.unlock()
     }
@@ -537,13 +569,13 @@ private final class ReadBackChecker: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let (offset, count) = queued.removeFirst()
+            let (offset, count, piece) = queued.removeFirst()
             condition.unlock()
-            check(offset, count)
+            check(offset, count, piece)
         }
     }
 
-    private func check(_ offset: UInt64, _ count: UInt64) {
+    private func check(_ offset: UInt64, _ count: UInt64, _ piece: Int) {
         guard error == nil else { return }
         var pieceCRC: UInt32 = 0
         var checked: UInt64 = 0
@@ -565,13 +597,11 @@ private final class ReadBackChecker: @unchecked Sendable {
             self.error = .io("\(error)")
             return
         }
-        crc = ZipCRC32.combine(crc, pieceCRC, lengthOfB: count)
+        crcs[piece] = ZipCRC32.combine(crcs[piece], pieceCRC, lengthOfB: count)
         // Checked: start writing the piece to disk now, while the next one is copied, rather than all at the fsync.
         file.startWriteback(at: offset, count: count)
     }
 
-    /// The CRC-32 of all pieces in order (after ``finish()``).
-    func combinedCRC() -> UInt32 { crc }
 }
 
 extension [UInt8] {
