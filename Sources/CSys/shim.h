@@ -1,6 +1,9 @@
 // The C that ckpt's Swift code calls besides libzip: zlib's CRC-32 (crc32_z, crc32_combine), the carry-less
-// multiply CRC-32 for x86-64, and the Linux syscalls Swift's Glibc module does not export (copy_file_range,
-// sync_file_range). Kept out of CLibzip so that module wraps libzip alone.
+// multiply CRC-32 for x86-64, ckpt average's arithmetic (loops the compiler vectorizes, float16 conversions by
+// F16C), and the Linux syscalls Swift's Glibc module does not export (copy_file_range, sync_file_range). Kept out
+// of CLibzip so that module wraps libzip alone.
+#include <stddef.h>
+#include <stdint.h>
 #include <zlib.h>
 
 #if defined(__linux__)
@@ -124,6 +127,129 @@ static inline uint32_t ckpt_crc32_clmul(uint32_t crc, const unsigned char *buf, 
     x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
     x1 = _mm_xor_si128(x1, x2);
     return ~(uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
+// ---- ckpt average's arithmetic (little-endian hosts) ------------------------------------------------------------
+// Each step rounds once, as torch's separate float64 tensor operations do: the product and the sum are separate
+// operations and contraction into fused multiply-adds is off. Four elements at a time in clang's vector types (each
+// lane is the scalar IEEE operation; the compiler picks the instructions), the tail one at a time.
+#pragma STDC FP_CONTRACT OFF
+typedef double ckpt_d4 __attribute__((ext_vector_type(4)));
+typedef float ckpt_f4 __attribute__((ext_vector_type(4)));
+typedef uint16_t ckpt_u16x4 __attribute__((ext_vector_type(4)));
+typedef uint32_t ckpt_u32x4 __attribute__((ext_vector_type(4)));
+
+/// `acc[j] = p[j]` when `first`, else `acc[j] = acc[j] + p[j]`, for lanes j..j+3.
+static inline void ckpt_avg_store4(double *acc, size_t j, ckpt_d4 p, int first) {
+    if (!first) {
+        ckpt_d4 a;
+        __builtin_memcpy(&a, acc + j, sizeof a);
+        p = a + p;
+    }
+    __builtin_memcpy(acc + j, &p, sizeof p);
+}
+
+/// `acc[j] = w * x[j]` when `first`, else `acc[j] = acc[j] + w * x[j]`, for float32 `x`.
+static inline void ckpt_avg_add_f32(const float *x, double *acc, size_t n, double w, int first) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        ckpt_f4 v;
+        __builtin_memcpy(&v, x + j, sizeof v);
+        ckpt_avg_store4(acc, j, w * __builtin_convertvector(v, ckpt_d4), first);
+    }
+    for (; j < n; j++) {
+        double p = w * (double)x[j];
+        acc[j] = first ? p : acc[j] + p;
+    }
+}
+
+/// The same for float64 `x`.
+static inline void ckpt_avg_add_f64(const double *x, double *acc, size_t n, double w, int first) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        ckpt_d4 v;
+        __builtin_memcpy(&v, x + j, sizeof v);
+        ckpt_avg_store4(acc, j, w * v, first);
+    }
+    for (; j < n; j++) {
+        double p = w * x[j];
+        acc[j] = first ? p : acc[j] + p;
+    }
+}
+
+/// The same for bfloat16 `x` (the high half of a float32: exact).
+static inline void ckpt_avg_add_bf16(const uint16_t *x, double *acc, size_t n, double w, int first) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        ckpt_u16x4 h;
+        __builtin_memcpy(&h, x + j, sizeof h);
+        ckpt_u32x4 bits = __builtin_convertvector(h, ckpt_u32x4) << 16;
+        ckpt_f4 f;
+        __builtin_memcpy(&f, &bits, sizeof f);
+        ckpt_avg_store4(acc, j, w * __builtin_convertvector(f, ckpt_d4), first);
+    }
+    for (; j < n; j++) {
+        uint32_t bits = (uint32_t)x[j] << 16;
+        float f;
+        __builtin_memcpy(&f, &bits, 4);
+        double p = w * (double)f;
+        acc[j] = first ? p : acc[j] + p;
+    }
+}
+
+/// `out[j] = acc[j] / total` (float64).
+static inline void ckpt_avg_div_f64(const double *acc, double *out, size_t n, double total) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        ckpt_d4 a;
+        __builtin_memcpy(&a, acc + j, sizeof a);
+        a = a / total;
+        __builtin_memcpy(out + j, &a, sizeof a);
+    }
+    for (; j < n; j++) out[j] = acc[j] / total;
+}
+
+/// `out[j] = (float)(acc[j] / total)`: the quotient rounded once to float32 (round to nearest even).
+static inline void ckpt_avg_div_f32(const double *acc, float *out, size_t n, double total) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        ckpt_d4 a;
+        __builtin_memcpy(&a, acc + j, sizeof a);
+        ckpt_f4 f = __builtin_convertvector(a / total, ckpt_f4);
+        __builtin_memcpy(out + j, &f, sizeof f);
+    }
+    for (; j < n; j++) out[j] = (float)(acc[j] / total);
+}
+
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
+/// Whether the CPU converts float16 in hardware (F16C, with the AVX state the OS saves).
+static inline int ckpt_f16c_available(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if ((c & bit_F16C) == 0 || (c & bit_AVX) == 0 || (c & bit_OSXSAVE) == 0) return 0;
+    unsigned int lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6) == 6;  // XMM and YMM state enabled
+}
+
+/// float16 -> float32, exact (F16C). Call only when ckpt_f16c_available().
+__attribute__((target("avx,f16c")))
+static inline void ckpt_f16c_to_float(const uint16_t *src, float *dst, size_t n) {
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + j))));
+    for (; j < n; j++) dst[j] = _cvtsh_ss(src[j]);
+}
+
+/// float32 -> float16, rounded to nearest even; a NaN keeps its sign and the high bits of its payload, quieted
+/// (F16C, bit for bit what compiler-rt's __truncsfhf2 gives). Call only when ckpt_f16c_available().
+__attribute__((target("avx,f16c")))
+static inline void ckpt_f16c_from_float(const float *src, uint16_t *dst, size_t n) {
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        _mm_storeu_si128((__m128i *)(dst + j), _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; j < n; j++) dst[j] = _cvtss_sh(src[j], _MM_FROUND_TO_NEAREST_INT);
 }
 #endif
 

@@ -86,17 +86,21 @@ struct Average: ParsableCommand, OptionTexts {
         options.useEMA = useEMA
         options.stateDict = stateDict
         options.record = recordOption.record
-        // Planned before the inputs are hashed: a refusal costs no read of the storages.
-        let placeholder = zip(inputs, w).map { AverageInput(path: $0, file: Self.name($0), sha256: "", weight: $1) }
-        _ = try Phase.reading(last).run { try Checkpoint.planAverage(ckpts, placeholder, options: options) }
-        var sources: [AverageInput] = []
-        for (i, path) in inputs.enumerated() {
+        // Each file input is hashed on a second thread while the storages are averaged; the writer puts the digests
+        // into averaged_from at the end, in place of same-length placeholders (SurgeryPlan.lateStrings).
+        let hashed: [String?] = ckpts.map { c in
             var isFolder: ObjCBool = false
-            let folder = FileManager.default.fileExists(atPath: ckpts[i].file, isDirectory: &isFolder) && isFolder.boolValue
-            let sha = folder ? nil : try Phase.reading(path).run { try SHA256.hex(ofFile: ckpts[i].file) }
-            sources.append(AverageInput(path: path, file: Self.name(path), sha256: sha, weight: w[i]))
+            return FileManager.default.fileExists(atPath: c.file, isDirectory: &isFolder) && isFolder.boolValue ? nil : c.file
         }
-        let (plan, report) = try Phase.reading(last).run { try Checkpoint.planAverage(ckpts, sources, options: options) }
+        let digests = BackgroundDigests(paths: hashed)
+        let placeholder = String(repeating: "0", count: 64)
+        let sources = inputs.indices.map { i in
+            AverageInput(path: inputs[i], file: Self.name(inputs[i]), sha256: hashed[i] == nil ? nil : placeholder, weight: w[i])
+        }
+        let (plan, planned) = try Phase.reading(last).run {
+            try Checkpoint.planAverage(ckpts, sources, options: options, digests: { try digests.wait() })
+        }
+        var report = planned
         for warning in plan.report.warnings { warn("\(last): \(warning)") }
         let dryRun = rewriteOptions.dryRun
         if !dryRun {
@@ -106,6 +110,8 @@ struct Average: ParsableCommand, OptionTexts {
                 try Checkpoint.write(.torch(plan), sources: ckpts, to: dest, progress: reporter.map { r in { r.update($0) } })
             }
         }
+        let done = try digests.wait()  // written into the output already; waited for here with --dry-run
+        for i in report.inputs.indices { report.inputs[i].sha256 = done[i] }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: dest)[.size] as? NSNumber)?.map { $0.int64Value }
         let summary = AverageSummary(output: dest, outputBytes: outSize ?? nil, dryRun: dryRun, report: report)
         emit(jsonOption.json ? summary.json.rendered() : summary.text)

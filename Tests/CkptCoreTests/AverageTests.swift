@@ -5,6 +5,33 @@ import Testing
 /// `ckpt average`'s planning (issue 16). The interop tests compare its output with torch's reference of the rule; these
 /// pin the weights' checks and how a plan maps storages of the inputs.
 @Suite struct AverageTests {
+    /// The F16C conversions ckpt average uses give Swift's (compiler-rt's) bits: every float16 to float32, and
+    /// float32 to float16 over a stride through every exponent, both signs, halfway cases and NaN payloads.
+    @Test(.enabled(if: Float16Conversion.hardware, "only this CPU path differs from Swift's"))
+    func hardwareFloat16ConversionsEqualSwifts() {
+        let halves = (0...UInt16.max).map { $0 }
+        var floats = [Float](repeating: 0, count: halves.count)
+        halves.withUnsafeBufferPointer { h in
+            floats.withUnsafeMutableBufferPointer { Float16Conversion.toFloat(h.baseAddress!, $0.baseAddress!, h.count) }
+        }
+        for (h, f) in zip(halves, floats) {
+            #expect(f.bitPattern == Float(Float16(bitPattern: h)).bitPattern, "\(h)")
+        }
+        var bits: [UInt32] = stride(from: UInt32(0), to: UInt32.max - 4099, by: 4099).map { $0 }
+        for e: UInt32 in 100...150 {  // around float16's range: halfway and subnormal cases, exactly
+            for m: UInt32 in [0, 1, 0x0FFF, 0x1000, 0x1001, 0x2000, 0x3000, 0x7F_FFFF] { bits += [e << 23 | m, 1 << 31 | e << 23 | m] }
+        }
+        bits += [0x7F80_0000, 0xFF80_0000, 0x7FC0_0000, 0x7F80_0001, 0xFFC1_2345, 0x7FBF_FFFF]
+        let src = bits.map { Float(bitPattern: $0) }
+        var got = [UInt16](repeating: 0, count: src.count)
+        src.withUnsafeBufferPointer { s in
+            got.withUnsafeMutableBufferPointer { Float16Conversion.fromFloat(s.baseAddress!, $0.baseAddress!, s.count) }
+        }
+        var differ = 0
+        for (f, h) in zip(src, got) where h != Float16(f).bitPattern { differ += 1 }
+        #expect(differ == 0, "of \(src.count) floats")
+    }
+
     @Test func weightsDefaultToEqualAndMustBePositiveFiniteOnePerInput() throws {
         #expect(try Checkpoint.averageWeights(nil, inputs: 3) == [1, 1, 1])
         #expect(try Checkpoint.averageWeights([0.5, 2], inputs: 2) == [0.5, 2])

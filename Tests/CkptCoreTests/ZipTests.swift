@@ -534,6 +534,28 @@ struct ZipTests {
         }
     }
 
+    @Test("a record rewritten after others keeps its place, gets its new bytes and CRC, and must keep its size")
+    func rewriteRecord() throws {
+        let folder = try Oracle.tempDir()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("late.pt").path
+        let w = try TorchZipWriter(path: path, root: "late")
+        try w.addRecord("data.pkl", bytes: Array("placeholder-0000".utf8))
+        try w.addRecord("data/0", bytes: [UInt8](repeating: 7, count: 100_000))
+        #expect(throws: ZipError.sizeMismatch(record: "late/data.pkl", declared: 16, written: 3)) {
+            try w.rewriteRecord("data.pkl", bytes: [1, 2, 3])
+        }
+        try w.rewriteRecord("data.pkl", bytes: Array("the final value!".utf8))
+        try w.addRecord("version", bytes: Array("3\n".utf8))
+        try w.finish()
+        let r = try ZipReader(path: path)
+        #expect(r.entries.map(\.name) == ["late/data.pkl", "late/data/0", "late/version"])
+        let e = try r.requireEntry(named: "data.pkl")
+        #expect(try r.readAll(e, limit: 100) == Array("the final value!".utf8))  // checks the CRC
+        #expect(e.crc32 == ZipCRC32.checksum(Array("the final value!".utf8)))
+        #expect(try r.readAll(try r.requireEntry(named: "data/0"), limit: 1 << 20) == [UInt8](repeating: 7, count: 100_000))
+    }
+
     @Test("writer calls out of order are misuse")
     func writerMisuse() throws {
         let folder = try Oracle.tempDir()

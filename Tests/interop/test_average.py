@@ -2,6 +2,7 @@
 sum_i(w_i * x_i) / sum_i(w_i), in float64, summed from the first input to the last, then .to(dtype); integer and bool
 tensors are the last input's; the rest of the output is what `ckpt strip LAST` writes."""
 import hashlib
+import zipfile
 import math
 import os
 
@@ -304,6 +305,12 @@ def test_averaged_from_record_in_a_file_of_records(tmp):
     assert got["averaged_from"] == [{"file": paths[0].name, "sha256": sha(paths[0]), "weight": 0.25},
                                     {"file": paths[1].name, "sha256": sha(paths[1]), "weight": 0.75}]
     assert list(got)[-1] == "averaged_from"
+    # The digests come in after the storages are written, data.pkl rewritten in place: its checksum is its bytes',
+    # it is still the archive's first record, and ckpt reads the file back.
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        assert z.namelist()[0].endswith("/data.pkl")
+    assert "averaged_from" in run("info", out, check=0).stdout
 
 
 def test_summary_text_json_and_dry_run(tmp, sds):

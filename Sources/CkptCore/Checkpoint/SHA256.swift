@@ -29,3 +29,47 @@ public enum SHA256 {
         return digest.map { String(format: "%02x", $0) }.joined()
     }
 }
+
+/// SHA-256 digests of files, computed on a thread of their own from the moment this is made (`ckpt average` hashes
+/// its inputs while it averages them). ``wait()`` gives them in order, nil for a nil path, or throws the first
+/// file's fault as a ``FileError`` naming it.
+public final class BackgroundDigests: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var result: Result<[String?], FileError>?
+
+    public init(paths: [String?]) {
+        let thread = Thread { [self] in
+            var digests: [String?] = []
+            var outcome: Result<[String?], FileError>
+            do throws(FileError) {
+                for p in paths {
+                    guard let p else {
+                        digests.append(nil)
+                        continue
+                    }
+                    do throws(CheckpointError) { digests.append(try SHA256.hex(ofFile: p)) } catch {
+                        throw FileError(path: p, error: error)
+                    }
+                }
+                outcome = .success(digests)
+            } catch {
+                outcome = .failure(error)
+            }
+            condition.lock()
+            result = outcome
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.name = "ckpt sha256"
+        thread.start()
+    }
+
+    /// Waits for every digest.
+    public func wait() throws(FileError) -> [String?] {
+        condition.lock()
+        while result == nil { condition.wait() }
+        let r = result!
+        condition.unlock()
+        return try r.get()
+    }
+}

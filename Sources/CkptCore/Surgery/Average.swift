@@ -76,7 +76,12 @@ extension Checkpoint {
     /// tensors, and every tensor outside the weights record's state dict, are the last input's.
     ///
     /// The writer's sources are `inputs` in order: storage parts name them by index.
-    public static func planAverage(_ inputs: [Checkpoint], _ sources: [AverageInput], options: AverageOptions)
+    ///
+    /// With `digests`, the inputs' `sha256` are placeholders (64 characters; nil for a folder) that the torch writer
+    /// replaces, after the storages, by what `digests` returns, one per input (``SurgeryPlan/lateStrings``): the
+    /// inputs are hashed while they are averaged.
+    public static func planAverage(_ inputs: [Checkpoint], _ sources: [AverageInput], options: AverageOptions,
+                                   digests: (@Sendable () throws -> [String?])? = nil)
         throws -> (plan: SurgeryPlan, report: AverageReport)
     {
         precondition(inputs.count == sources.count && inputs.count >= 2)
@@ -205,7 +210,14 @@ extension Checkpoint {
             return s
         }
         do {
-            try plan.addAveragedFrom(sources, weightsRecord: lastPlan.report.weightsRecord)
+            let nodes = try plan.addAveragedFrom(sources, weightsRecord: lastPlan.report.weightsRecord)
+            if let digests {
+                let held = nodes.indices.filter { nodes[$0] != nil }
+                plan.lateStrings = LateStrings(nodes: held.map { nodes[$0]! }) {
+                    let all = try digests()
+                    return held.map { all.indices.contains($0) ? all[$0] ?? "" : "" }
+                }
+            }
             if options.stateDict {
                 try WeightsOnlyGuarantee.check(plan.graph, context: "--state-dict")
                 plan.verifyPickle = WeightsOnlyGuarantee.verifier(for: plan.graph, context: "--state-dict")
@@ -229,12 +241,17 @@ extension SurgeryPlan {
     /// A file of records gets it as a top-level record (replacing one of that name); a file that is the state dict
     /// itself as an attribute of its `OrderedDict` (`sd.averaged_from`, as `_metadata` is kept: `load_state_dict`
     /// ignores it and `weights_only=True` loads it).
-    mutating func addAveragedFrom(_ inputs: [AverageInput], weightsRecord: String?) throws(CheckpointError) {
+    /// Returns the nodes of the digests, one per input, nil where it is None.
+    @discardableResult
+    mutating func addAveragedFrom(_ inputs: [AverageInput], weightsRecord: String?) throws(CheckpointError) -> [NodeID?] {
         var g = graph
+        var digests: [NodeID?] = []
         let list = g.add(.list(inputs.map { i in
-            g.add(.dict([
+            let digest = g.add(i.sha256.map { .string($0) } ?? .none)
+            digests.append(i.sha256 == nil ? nil : digest)
+            return g.add(.dict([
                 DictEntry(key: g.add(.string("file")), value: g.add(.string(i.file))),
-                DictEntry(key: g.add(.string("sha256")), value: g.add(i.sha256.map { .string($0) } ?? .none)),
+                DictEntry(key: g.add(.string("sha256")), value: digest),
                 DictEntry(key: g.add(.string("weight")), value: g.add(.float(i.weight))),
             ]))
         }))
@@ -279,5 +296,6 @@ extension SurgeryPlan {
             g[root] = .object(o)
         }
         graph = g
+        return digests
     }
 }

@@ -59,6 +59,39 @@ public struct SurgeryPlan {
     /// throw removes the temporary file, so nothing is written. `strip --state-dict` and `convert` set it to the
     /// weights_only replay (``WeightsOnlyGuarantee/verifier(for:context:)``).
     public var verifyPickle: (@Sendable ([UInt8]) throws -> Void)? = nil
+    /// Strings of the graph known only once the storages are written (``LateStrings``), or nil.
+    public var lateStrings: LateStrings? = nil
+}
+
+/// Strings of an output's pickle whose values come while its storages are written: `ckpt average`'s input digests,
+/// hashed on a second thread while it averages. The graph holds placeholders of the same UTF-8 length at `nodes`;
+/// the torch writer writes data.pkl with them, and after the storages asks `values` (which may wait for them), puts
+/// them in, and rewrites data.pkl in place (the same length, so nothing after it moves). A value of another length,
+/// or a throw, fails the write.
+public struct LateStrings: Sendable {
+    public var nodes: [NodeID]
+    public var values: @Sendable () throws -> [String]
+
+    public init(nodes: [NodeID], values: @escaping @Sendable () throws -> [String]) {
+        self.nodes = nodes
+        self.values = values
+    }
+
+    /// The graph with the values in place of the placeholders.
+    func fill(_ graph: PickleGraph) throws -> PickleGraph {
+        let values = try values()
+        guard values.count == nodes.count else {
+            throw CheckpointError.invalidOperation("\(values.count) late values for \(nodes.count) placeholders")
+        }
+        var g = graph
+        for (node, value) in zip(nodes, values) {
+            guard case .string(let placeholder) = g[node], placeholder.utf8.count == value.utf8.count else {
+                throw CheckpointError.invalidOperation("a late value of data.pkl does not fit its placeholder")
+            }
+            g[node] = .string(value)
+        }
+        return g
+    }
 }
 
 /// One storage of the output: where its bytes come from and how they change.

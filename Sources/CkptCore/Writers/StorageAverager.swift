@@ -1,4 +1,5 @@
 import Foundation
+internal import CSys
 
 /// Writes one storage of `ckpt average` (``StorageAverage``): the same storage of every input is read at once, a
 /// block of elements at a time (one buffer per input, a float64 accumulator, one output buffer: flat memory whatever
@@ -12,6 +13,10 @@ import Foundation
 ///
 /// Each input's storage is read whole, from its first byte to its last, so the CRC-32 its zip declares is checked as it
 /// streams (``TensorElementReader``). A read fault is a ``FileError`` naming that input.
+#if _endian(big)
+#error("ckpt average's arithmetic (CSys's ckpt_avg_* loops) reads storages as host values: little-endian hosts only")
+#endif
+
 enum StorageAverager {
     static let averaged: Set<DType> = [.float16, .bfloat16, .float32, .float64]
 
@@ -37,10 +42,12 @@ enum StorageAverager {
         let inputs = UnsafeMutableRawBufferPointer.allocate(byteCount: block * item, alignment: 64)
         let acc = UnsafeMutableBufferPointer<Double>.allocate(capacity: block)
         let out = UnsafeMutableRawBufferPointer.allocate(byteCount: block * item, alignment: 64)
+        let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: block)  // float16 and bfloat16 through float32
         defer {
             inputs.deallocate()
             acc.deallocate()
             out.deallocate()
+            floats.deallocate()
         }
         // Python's sum(weights): 0.0 + w_1 + w_2 + ...
         let total = a.weights.reduce(0.0, +)
@@ -65,57 +72,73 @@ enum StorageAverager {
                                     error: .io("storage \(a.parts[i].key) ended early while averaging"))
                 }
                 accumulate(UnsafeRawBufferPointer(part), count: n, dtype: dtype, weight: a.weights[i], first: i == 0,
-                           into: acc)
+                           into: acc, floats: floats)
                 progressed(Int64(bytes))
             }
-            finish(acc, count: n, total: total, dtype: dtype, into: out)
+            finish(acc, count: n, total: total, dtype: dtype, into: out, floats: floats)
             try w.write(UnsafeRawBufferPointer(rebasing: out[0..<bytes]))
             done += Int64(n)
         }
         try w.endRecord()
     }
 
-    /// `acc[j] = w * x[j]` for the first input, else `acc[j] = acc[j] + w * x[j]` (two roundings, never fused).
+    /// `acc[j] = w * x[j]` for the first input, else `acc[j] = acc[j] + w * x[j]` (two roundings, never fused), by
+    /// CSys's loops (`ckpt_avg_add_*`); float16 is widened to float32 first (exact). `floats` holds `count` floats.
     static func accumulate(_ src: UnsafeRawBufferPointer, count n: Int, dtype: DType, weight: Double, first: Bool,
-                           into acc: UnsafeMutableBufferPointer<Double>)
+                           into acc: UnsafeMutableBufferPointer<Double>, floats: UnsafeMutableBufferPointer<Float>)
     {
-        @inline(__always) func add(_ j: Int, _ x: Double) {
-            let p = weight * x
-            acc[j] = first ? p : acc[j] + p
-        }
+        let f: Int32 = first ? 1 : 0
         switch dtype {
-        case .float64:
-            for j in 0..<n { add(j, Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: j * 8, as: UInt64.self)))) }
-        case .float32:
-            for j in 0..<n { add(j, Double(Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: j * 4, as: UInt32.self))))) }
+        case .float64: ckpt_avg_add_f64(src.baseAddress!.assumingMemoryBound(to: Double.self), acc.baseAddress!, n, weight, f)
+        case .float32: ckpt_avg_add_f32(src.baseAddress!.assumingMemoryBound(to: Float.self), acc.baseAddress!, n, weight, f)
         case .float16:
-            for j in 0..<n { add(j, Double(Float16(bitPattern: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: j * 2, as: UInt16.self))))) }
+            Float16Conversion.toFloat(src.baseAddress!.assumingMemoryBound(to: UInt16.self), floats.baseAddress!, n)
+            ckpt_avg_add_f32(floats.baseAddress!, acc.baseAddress!, n, weight, f)
         default:  // bfloat16
-            for j in 0..<n {
-                let b = UInt32(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: j * 2, as: UInt16.self)))
-                add(j, Double(Float(bitPattern: b << 16)))
-            }
+            ckpt_avg_add_bf16(src.baseAddress!.assumingMemoryBound(to: UInt16.self), acc.baseAddress!, n, weight, f)
         }
     }
 
-    /// `acc[j] / total`, converted to `dtype` as torch's `.to(dtype)` converts float64 (see ``DTypeConverter``).
+    /// `acc[j] / total`, converted to `dtype` as torch's `.to(dtype)` converts float64 (see ``DTypeConverter``):
+    /// float16 and bfloat16 through float32 (`floats` holds `count` floats).
     static func finish(_ acc: UnsafeMutableBufferPointer<Double>, count n: Int, total: Double, dtype: DType,
-                       into dst: UnsafeMutableRawBufferPointer)
+                       into dst: UnsafeMutableRawBufferPointer, floats: UnsafeMutableBufferPointer<Float>)
     {
         switch dtype {
-        case .float64:
-            for j in 0..<n { dst.storeBytes(of: (acc[j] / total).bitPattern.littleEndian, toByteOffset: j * 8, as: UInt64.self) }
-        case .float32:
-            for j in 0..<n { dst.storeBytes(of: Float(acc[j] / total).bitPattern.littleEndian, toByteOffset: j * 4, as: UInt32.self) }
+        case .float64: ckpt_avg_div_f64(acc.baseAddress!, dst.baseAddress!.assumingMemoryBound(to: Double.self), n, total)
+        case .float32: ckpt_avg_div_f32(acc.baseAddress!, dst.baseAddress!.assumingMemoryBound(to: Float.self), n, total)
         case .float16:
-            for j in 0..<n {
-                dst.storeBytes(of: Float16(Float(acc[j] / total)).bitPattern.littleEndian, toByteOffset: j * 2, as: UInt16.self)
-            }
+            ckpt_avg_div_f32(acc.baseAddress!, floats.baseAddress!, n, total)
+            Float16Conversion.fromFloat(floats.baseAddress!, dst.baseAddress!.assumingMemoryBound(to: UInt16.self), n)
         default:  // bfloat16; NaN as DTypeConverter writes it from float64
-            for j in 0..<n {
-                dst.storeBytes(of: DTypeConverter.bfloat16Bits(Float(acc[j] / total)).littleEndian, toByteOffset: j * 2,
-                               as: UInt16.self)
-            }
+            ckpt_avg_div_f32(acc.baseAddress!, floats.baseAddress!, n, total)
+            let out = dst.baseAddress!.assumingMemoryBound(to: UInt16.self)
+            for j in 0..<n { out[j] = DTypeConverter.bfloat16Bits(floats[j]) }
         }
+    }
+}
+
+/// float16 <-> float32 for blocks of elements: by F16C where the CPU has it, else one element at a time as Swift's
+/// `Float16` converts (compiler-rt; the same bits: float16 to float32 is exact, float32 to float16 rounds to nearest
+/// even and keeps a NaN's sign and high payload bits, quieted).
+enum Float16Conversion {
+    #if arch(x86_64)
+    static let hardware = ckpt_f16c_available() != 0
+    #else
+    static let hardware = false
+    #endif
+
+    static func toFloat(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        #if arch(x86_64)
+        if hardware { return ckpt_f16c_to_float(src, dst, n) }
+        #endif
+        for j in 0..<n { dst[j] = Float(Float16(bitPattern: src[j])) }
+    }
+
+    static func fromFloat(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
+        #if arch(x86_64)
+        if hardware { return ckpt_f16c_from_float(src, dst, n) }
+        #endif
+        for j in 0..<n { dst[j] = Float16(src[j]).bitPattern }
     }
 }

@@ -12,14 +12,11 @@ enum TorchCheckpointWriter {
     static func write(_ plan: SurgeryPlan, sources: [Checkpoint], to outPath: String, chunkSize: Int,
                       progress: ((Int64) -> Void)?) throws
     {
-        let pickle: [UInt8]
-        do { pickle = try PickleEncoder.encode(plan.graph) } catch { throw CheckpointError.pickle(record: "data.pkl", error) }
+        let pickle = try encode(plan.graph)
         let root = Checkpoint.recordRoot(for: outPath)
         _ = try? AtomicOutput.removeStaleTemps(for: outPath)
         try AtomicOutput.write(to: outPath) { tmp in
             let w = try TorchZipWriter(path: tmp, root: root)
-            var hash = FNV64()
-            hash.add(pickle)
             try w.addRecord("data.pkl", bytes: pickle)
             // The plan's check of the bytes written (strip --state-dict, convert: the weights_only replay), before any
             // storage is copied; a throw here removes the temporary file.
@@ -29,7 +26,6 @@ enum TorchCheckpointWriter {
             try w.addRecord("byteorder", bytes: Array("little".utf8))
             var done: Int64 = 0
             for s in plan.storages {
-                hash.add(Array(s.key.utf8))
                 do {
                     try copyStorage(s, from: sources, to: w, chunkSize: chunkSize) { n in
                         done += n
@@ -39,13 +35,32 @@ enum TorchCheckpointWriter {
                     throw FileError(path: sources[s.source].path, error: e)
                 }
             }
+            var final = pickle
+            if let late = plan.lateStrings {
+                // Values that came while the storages were written (ckpt average's digests): data.pkl again, the
+                // same length, checked as the first was.
+                final = try encode(try late.fill(plan.graph))
+                guard final.count == pickle.count else {
+                    throw CheckpointError.invalidOperation("data.pkl changed length when its late values came; nothing written")
+                }
+                try plan.verifyPickle?(final)
+                try w.rewriteRecord("data.pkl", bytes: final)
+            }
             try w.addRecord("version", bytes: Array("3\n".utf8))
+            var hash = FNV64()
+            hash.add(final)
+            for s in plan.storages { hash.add(Array(s.key.utf8)) }
             let id = String(hash.value)
             let id2 = String(hash.value ^ 0x9E37_79B9_7F4A_7C15)
             let serial = String(repeating: "0", count: 20 - id.count) + id + String(repeating: "0", count: 20 - id2.count) + id2
             try w.addRecord(".data/serialization_id", bytes: Array(serial.utf8))
             try w.finish()
         }
+    }
+
+    /// The graph as data.pkl.
+    private static func encode(_ graph: PickleGraph) throws(CheckpointError) -> [UInt8] {
+        do { return try PickleEncoder.encode(graph) } catch { throw .pickle(record: "data.pkl", error) }
     }
 
     /// Writes one output storage as a record: the source's record as it is, converted, or a view of it compacted.

@@ -40,6 +40,8 @@ public final class TorchZipWriter {
         var size: UInt64
         var headerOffset: UInt64
         var flags: UInt16
+        /// Where the record's data starts (after its local header).
+        var dataOffset: UInt64
     }
 
     private struct Open {
@@ -171,7 +173,8 @@ public final class TorchZipWriter {
         state = .inRecord(
             Open(
                 relativeName: name,
-                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags),
+                written: Written(name: nameBytes, crc32: 0, size: size, headerOffset: headerOffset, flags: flags,
+                                 dataOffset: headerOffset + UInt64(header.count)),
                 knownCRC: crc32))
     }
 
@@ -216,6 +219,32 @@ public final class TorchZipWriter {
         }
         records.append(open.written)
         state = .idle
+    }
+
+    /// Replaces the bytes of a record written earlier with as many other bytes, and its CRC-32 (in its data
+    /// descriptor, and in the central directory ``finish()`` writes): for a value known only after the records
+    /// that follow it were written (``SurgeryPlan/lateStrings``). No record may be open.
+    public func rewriteRecord(_ name: String, bytes: [UInt8]) throws(ZipError) {
+        guard case .idle = state, let file else { throw misuseError("rewriteRecord('\(name)')") }
+        let fullName = Array((root + "/" + name).utf8)
+        guard let i = records.firstIndex(where: { $0.name == fullName }) else { throw ZipError.missingRecord(root + "/" + name) }
+        guard records[i].size == UInt64(bytes.count) else {
+            throw ZipError.sizeMismatch(record: root + "/" + name, declared: records[i].size, written: UInt64(bytes.count))
+        }
+        guard !bytes.isEmpty else { return }
+        try flush()  // what is still buffered goes to its place first; the rewrite then lands over it
+        let crc = computesCRC32 ? ZipCRC32.checksum(bytes) : 0
+        do throws(ZipError) {
+            try withBytes(bytes) { (raw) throws(ZipError) in try file.writeAll(raw, at: records[i].dataOffset) }
+            // The data descriptor follows the data: its signature, then the CRC-32.
+            try withBytes([UInt8]().appending(u32: crc)) { (raw) throws(ZipError) in
+                try file.writeAll(raw, at: records[i].dataOffset + records[i].size + 4)
+            }
+        } catch {
+            state = .failed
+            throw error
+        }
+        records[i].crc32 = crc
     }
 
     /// Fills the open record with the bytes of a stored record of `reader` (``copyStoredPieces(_:progress:)`` with
@@ -605,6 +634,12 @@ private final class ReadBackChecker: @unchecked Sendable {
 }
 
 extension [UInt8] {
+    fileprivate func appending(u32 value: UInt32) -> [UInt8] {
+        var out = self
+        out.append(u32: value)
+        return out
+    }
+
     fileprivate mutating func append(u16 value: UInt16) {
         append(UInt8(truncatingIfNeeded: value))
         append(UInt8(truncatingIfNeeded: value >> 8))

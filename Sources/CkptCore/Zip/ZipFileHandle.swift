@@ -118,6 +118,19 @@ final class ZipFileHandle {
         }
     }
 
+    /// Writes all of `bytes` at `offset`, leaving the current position where it is (pwrite).
+    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(ZipError) {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ZipError.io(Self.systemMessage("cannot write '\(path)'"))
+            }
+            done += n
+        }
+    }
+
     /// Appends `count` bytes of `source`, from `offset`, at this file's position, inside the kernel
     /// (copy_file_range): the bytes never pass through this process. Returns false, having copied nothing, when the
     /// kernel or the pair of file systems cannot do it (the caller then copies through a buffer).
