@@ -285,7 +285,8 @@ public final class TorchZipWriter {
         // next one is copied, so the check costs little more than the copy (2 cores). One checker thread with one
         // buffer: memory stays flat. (Not libdispatch: its pool started up to ten threads here, +120 MB.)
         let part = max(1, copyPieceSize)
-        if checkBuffer == nil { checkBuffer = .allocate(byteCount: buffer.count, alignment: 64) }
+        // 256 KiB: each part read back stays in the CPU's cache for its CRC pass (4 MiB went to memory and back).
+        if checkBuffer == nil { checkBuffer = .allocate(byteCount: 256 << 10, alignment: 64) }
         let checker = ReadBackChecker(file: file, buffer: checkBuffer!, pieces: pieces.count, threaded: total > part)
         var at = start
         do throws(ZipError) {
@@ -449,8 +450,9 @@ public final class TorchZipWriter {
     private var checkBuffer: UnsafeMutableRawBufferPointer?
 
     /// How much ``copyStoredPieces(_:progress:)`` copies before handing a part to the checker (tests lower it to
-    /// cover several parts with a small record).
-    var copyPieceSize: UInt64 = 64 << 20
+    /// cover several parts with a small record). 8 MiB: a record of more than one part is checked on the second
+    /// thread while the rest is copied, so most tensors of a checkpoint are (a DCP tensor is often tens of MB).
+    var copyPieceSize: UInt64 = 8 << 20
 
     /// Total bytes written so far (buffered included).
     public var bytesWritten: UInt64 { offset }
