@@ -150,33 +150,23 @@ static inline void ckpt_avg_store4(double *acc, size_t j, ckpt_d4 p, int first) 
     __builtin_memcpy(acc + j, &p, sizeof p);
 }
 
-/// `acc[j] = w * x[j]` when `first`, else `acc[j] = acc[j] + w * x[j]`, for float32 `x`.
-static inline void ckpt_avg_add_f32(const float *x, double *acc, size_t n, double w, int first) {
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        ckpt_f4 v;
-        __builtin_memcpy(&v, x + j, sizeof v);
-        ckpt_avg_store4(acc, j, w * __builtin_convertvector(v, ckpt_d4), first);
+// `acc[j] = w * x[j]` when `first`, else `acc[j] = acc[j] + w * x[j]`, for `x` of element type T (VT: four of them).
+#define CKPT_AVG_ADD(NAME, T, VT)                                                                     \
+    static inline void NAME(const T *x, double *acc, size_t n, double w, int first) {                 \
+        size_t j = 0;                                                                                  \
+        for (; j + 4 <= n; j += 4) {                                                                   \
+            VT v;                                                                                      \
+            __builtin_memcpy(&v, x + j, sizeof v);                                                     \
+            ckpt_avg_store4(acc, j, w * __builtin_convertvector(v, ckpt_d4), first);                   \
+        }                                                                                              \
+        for (; j < n; j++) {                                                                           \
+            double p = w * (double)x[j];                                                               \
+            acc[j] = first ? p : acc[j] + p;                                                           \
+        }                                                                                              \
     }
-    for (; j < n; j++) {
-        double p = w * (double)x[j];
-        acc[j] = first ? p : acc[j] + p;
-    }
-}
-
-/// The same for float64 `x`.
-static inline void ckpt_avg_add_f64(const double *x, double *acc, size_t n, double w, int first) {
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        ckpt_d4 v;
-        __builtin_memcpy(&v, x + j, sizeof v);
-        ckpt_avg_store4(acc, j, w * v, first);
-    }
-    for (; j < n; j++) {
-        double p = w * x[j];
-        acc[j] = first ? p : acc[j] + p;
-    }
-}
+/// The float32 and float64 accumulations (`ckpt_avg_add_f32`, `ckpt_avg_add_f64`).
+CKPT_AVG_ADD(ckpt_avg_add_f32, float, ckpt_f4)
+CKPT_AVG_ADD(ckpt_avg_add_f64, double, ckpt_d4)
 
 /// The same for bfloat16 `x` (the high half of a float32: exact).
 static inline void ckpt_avg_add_bf16(const uint16_t *x, double *acc, size_t n, double w, int first) {

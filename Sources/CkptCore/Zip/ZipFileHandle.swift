@@ -105,24 +105,12 @@ final class ZipFileHandle {
         return got == count ? Array(raw) : nil
     }
 
-    /// Writes all of `bytes` at the current position.
-    func writeAll(_ bytes: UnsafeRawBufferPointer) throws(ZipError) {
+    /// Writes all of `bytes` at the current position, or at `offset` leaving the position where it is (pwrite).
+    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64? = nil) throws(ZipError) {
         var done = 0
         while done < bytes.count {
-            let n = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw ZipError.io(Self.systemMessage("cannot write '\(path)'"))
-            }
-            done += n
-        }
-    }
-
-    /// Writes all of `bytes` at `offset`, leaving the current position where it is (pwrite).
-    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(ZipError) {
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            let n = offset.map { pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t($0) + off_t(done)) }
+                ?? posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw ZipError.io(Self.systemMessage("cannot write '\(path)'"))
