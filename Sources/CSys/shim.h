@@ -244,4 +244,12 @@ static inline void ckpt_f16c_from_float(const float *src, uint16_t *dst, size_t 
 #endif
 
 // SHA-256 from libcrypto (OpenSSL; SHA-NI where the CPU has it): `ckpt average` records each input's digest.
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+
+/// Initializes libcrypto without its exit-time cleanup: `ckpt average` hashes on a second thread, which may still be
+/// digesting when a failure ends the process; OpenSSL's atexit handler would free what that thread is using (a
+/// crash instead of the one-line error). Call before any other use of libcrypto; returns 1 on success.
+static inline int ckpt_crypto_init(void) {
+    return OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, (void *)0);
+}

@@ -86,8 +86,9 @@ struct Average: ParsableCommand, OptionTexts {
         options.useEMA = useEMA
         options.stateDict = stateDict
         options.record = recordOption.record
-        // Each file input is hashed on a second thread while the storages are averaged; the writer puts the digests
-        // into averaged_from at the end, in place of same-length placeholders (SurgeryPlan.lateStrings).
+        // Each file input is hashed on a second thread while the storages are averaged (started once the plan holds:
+        // a refusal costs no read); the writer puts the digests into averaged_from at the end, in place of
+        // same-length placeholders (SurgeryPlan.lateStrings).
         let hashed: [String?] = ckpts.map { c in
             var isFolder: ObjCBool = false
             return FileManager.default.fileExists(atPath: c.file, isDirectory: &isFolder) && isFolder.boolValue ? nil : c.file
@@ -101,6 +102,7 @@ struct Average: ParsableCommand, OptionTexts {
             try Checkpoint.planAverage(ckpts, sources, options: options, digests: { try digests.wait() })
         }
         var report = planned
+        digests.start()
         for warning in plan.report.warnings { warn("\(last): \(warning)") }
         let dryRun = rewriteOptions.dryRun
         if !dryRun {
@@ -110,7 +112,7 @@ struct Average: ParsableCommand, OptionTexts {
                 try Checkpoint.write(.torch(plan), sources: ckpts, to: dest, progress: reporter.map { r in { r.update($0) } })
             }
         }
-        let done = try digests.wait()  // written into the output already; waited for here with --dry-run
+        let done = try Phase.reading(last).run { try digests.wait() }  // in the output already; with --dry-run, now
         for i in report.inputs.indices { report.inputs[i].sha256 = done[i] }
         let outSize = dryRun ? nil : (try? FileManager.default.attributesOfItem(atPath: dest)[.size] as? NSNumber)?.map { $0.int64Value }
         let summary = AverageSummary(output: dest, outputBytes: outSize ?? nil, dryRun: dryRun, report: report)

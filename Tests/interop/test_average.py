@@ -431,6 +431,26 @@ def test_a_corrupted_input_names_that_input(tmp, sds):
     nothing_written(tmp, tmp / "avg.pt")
 
 
+def test_a_failure_while_inputs_are_still_hashed_is_one_line(tmp):
+    """The inputs are hashed on a second thread while their storages are averaged: a corrupted first storage ends the
+    process while that thread is still reading the 48 MB inputs; the exit must still be the one line and code 2
+    (libcrypto's exit-time cleanup under a running digest crashed it)."""
+    g = torch.Generator().manual_seed(5)
+    sd = {"a": torch.randn(64, generator=g), "w": torch.randn(12_000_000, generator=g)}  # "a" is averaged first
+    paths = []
+    for i in range(3):
+        paths.append(tmp / f"in{i}.pt")
+        torch.save({k: v + i for k, v in sd.items()}, paths[-1])
+    raw = bytearray(paths[0].read_bytes())
+    at = bytes(raw).index(bits(sd["a"][:16]))
+    raw[at + 10] ^= 0xFF
+    paths[0].write_bytes(bytes(raw))
+    for _ in range(8):
+        p = run("average", *paths, tmp / "avg.pt")
+        assert_clean_failure(p, paths[0])
+        nothing_written(tmp, tmp / "avg.pt")
+
+
 # MARK: - streaming
 
 

@@ -211,8 +211,8 @@ public final class Checkpoint {
     /// Size in bytes of a storage's record, when it exists.
     public func storageRecordBytes(_ key: String) -> Int64? { source.storageBytes(key) }
 
-    /// The zip record holding a storage's bytes, when the source keeps storages so (a torch zip): what the torch
-    /// writer copies inside the kernel (``StorageSource/zipRecord(forStorage:)``).
+    /// The zip record holding a storage's bytes, when the source keeps storages so (a torch zip)
+    /// (``StorageSource/zipRecord(forStorage:)``).
     func zipRecord(forStorage key: String) -> ZipRecordHandle? { source.zipRecord(forStorage: key) }
 
     /// The stored byte ranges a storage is, with their CRC-32s, when the source keeps it so: what the torch writer

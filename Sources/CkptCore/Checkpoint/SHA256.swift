@@ -3,8 +3,12 @@ internal import CSys
 
 /// SHA-256 of a file, streamed in bounded chunks (libcrypto's, with the CPU's SHA instructions where it has them).
 public enum SHA256 {
+    /// libcrypto initialized once, without its exit-time cleanup (``BackgroundDigests`` may be hashing at exit).
+    static let initialized = ckpt_crypto_init() == 1
+
     /// The lowercase hex digest of the file at `path`, as `sha256sum` and Python's `hashlib.sha256` print it.
     public static func hex(ofFile path: String, chunkSize: Int = 1 << 20) throws(CheckpointError) -> String {
+        guard initialized else { throw .io("sha256: libcrypto did not initialize") }
         let file = try FileRange.open(path)
         defer { try? file.close() }
         let size = try FileRange.size(file)
@@ -30,14 +34,27 @@ public enum SHA256 {
     }
 }
 
-/// SHA-256 digests of files, computed on a thread of their own from the moment this is made (`ckpt average` hashes
-/// its inputs while it averages them). ``wait()`` gives them in order, nil for a nil path, or throws the first
-/// file's fault as a ``FileError`` naming it.
+/// SHA-256 digests of files, computed on a thread of their own from ``start()`` on (`ckpt average` hashes its
+/// inputs while it averages them). ``wait()`` gives them in order, nil for a nil path, or throws the first file's
+/// fault as a ``FileError`` naming it.
 public final class BackgroundDigests: @unchecked Sendable {
+    private let paths: [String?]
     private let condition = NSCondition()
+    private var started = false
     private var result: Result<[String?], FileError>?
 
     public init(paths: [String?]) {
+        self.paths = paths
+    }
+
+    /// Starts hashing (once).
+    public func start() {
+        _ = SHA256.initialized  // before the thread: the first use of libcrypto decides its exit-time cleanup
+        condition.lock()
+        defer { condition.unlock() }
+        guard !started else { return }
+        started = true
+        let paths = paths
         let thread = Thread { [self] in
             var digests: [String?] = []
             var outcome: Result<[String?], FileError>
@@ -64,8 +81,9 @@ public final class BackgroundDigests: @unchecked Sendable {
         thread.start()
     }
 
-    /// Waits for every digest.
+    /// Waits for every digest (starting the work if ``start()`` was not called).
     public func wait() throws(FileError) -> [String?] {
+        start()
         condition.lock()
         while result == nil { condition.wait() }
         let r = result!

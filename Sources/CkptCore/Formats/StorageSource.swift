@@ -22,8 +22,8 @@ protocol StorageSource: AnyObject {
     /// The CRC-32 the container declares for a whole storage, when it declares one (zip records).
     func checksum(_ key: String) -> (record: String, crc: UInt32)?
     /// The zip record that holds a storage's bytes as they are, with the reader that has it open, when the source
-    /// keeps storages so (a torch zip): the torch writer can then copy a stored record inside the kernel
-    /// (``TorchZipWriter/copyStoredRecordData(_:from:progress:)``). Nil by default: the writer streams the bytes.
+    /// keeps storages so (a torch zip): where DeepSpeed's reader finds the flat partitions it cuts tensors from,
+    /// checked or not. Nil by default.
     func zipRecord(forStorage key: String) -> ZipRecordHandle?
     /// Byte ranges of files that, one after another, are a storage's bytes as stored, each with the CRC-32 its
     /// container declares for it (a torch zip record; a DCP folder's chunk records), when the source keeps the
