@@ -54,7 +54,8 @@ import Testing
         try w.addRecord("data.pkl", bytes: [1, 2, 3])
         try w.beginRecord("data/0", size: entry.size, crc32: entry.crc32)
         var seen = 0
-        #expect(try w.copyStoredRecordData(entry, from: reader) { seen += $0 })
+        let piece = try #require(try StoredPiece.record(entry, of: reader))
+        #expect(try w.copyStoredPieces([piece]) { seen += $0 })
         try w.endRecord()
         try w.finish()
         #expect(seen == bytes.count)
@@ -78,7 +79,8 @@ import Testing
         let w = try TorchZipWriter(path: folder.appendingPathComponent("out.pt").path, root: "out")
         w.copyPieceSize = 4096
         try w.beginRecord("data/0", size: entry.size, crc32: entry.crc32)
-        #expect(throws: ZipError.self) { try w.copyStoredRecordData(entry, from: reader) }
+        let piece = try #require(try StoredPiece.record(entry, of: reader))
+        #expect(throws: ZipError.self) { try w.copyStoredPieces([piece]) }
         #expect(throws: ZipError.self, "the writer is failed after a bad copy") { try w.endRecord() }
     }
 

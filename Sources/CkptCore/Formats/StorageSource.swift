@@ -107,11 +107,8 @@ final class ZipStorageSource: StorageSource {
 
     /// The record's data, when it is stored (not compressed), declares a CRC-32 and is read straight from the file.
     func storedPieces(forStorage key: String) throws -> [StoredPiece]? {
-        guard let e = zip.entry(fullName: dataPrefix + key), e.hasChecksum, e.size > 0, let file = zip.storedDataFile
-        else { return nil }
-        let start: UInt64?
-        do { start = try zip.dataOffset(of: e) } catch { throw CheckpointError.container(error) }
-        return start.map { [StoredPiece(file: file, offset: $0, count: e.size, crc: e.crc32, name: e.name)] }
+        guard let e = zip.entry(fullName: dataPrefix + key) else { return nil }
+        do { return try StoredPiece.record(e, of: zip).map { [$0] } } catch { throw CheckpointError.container(error) }
     }
 }
 

@@ -247,19 +247,6 @@ public final class TorchZipWriter {
         records[i].crc32 = crc
     }
 
-    /// Fills the open record with the bytes of a stored record of `reader` (``copyStoredPieces(_:progress:)`` with
-    /// one piece). Returns false, having written nothing, when the record is compressed or unchecked, or when the
-    /// kernel cannot copy between the two files: the caller then streams the bytes with ``write(_:)``.
-    public func copyStoredRecordData(_ entry: ZipEntry, from reader: ZipReader, progress: (Int) -> Void = { _ in })
-        throws(ZipError) -> Bool
-    {
-        guard entry.hasChecksum, let dataOffset = try reader.dataOffset(of: entry), let source = reader.storedDataFile else {
-            return false
-        }
-        let piece = StoredPiece(file: source, offset: dataOffset, count: entry.size, crc: entry.crc32, name: entry.name)
-        return try copyStoredPieces([piece], progress: progress)
-    }
-
     /// Fills the open record with byte ranges of other files, one after another, without passing them through this
     /// process (copy_file_range), then reads them back from this file and checks each against its CRC-32: what is
     /// checked is what was written. Cheaper than streaming through a buffer: the copy stays in the page cache, and
@@ -538,6 +525,15 @@ struct StoredPiece {
     let crc: UInt32
     /// How a mismatch names it (``ZipError/crcMismatch(record:expected:actual:)``'s record).
     let name: String
+
+    /// A record of `reader` as it is stored, or nil when it cannot be copied so: compressed, without a CRC-32, or read
+    /// through libzip.
+    static func record(_ entry: ZipEntry, of reader: ZipReader) throws(ZipError) -> StoredPiece? {
+        guard entry.hasChecksum, entry.size > 0, let file = reader.storedDataFile,
+              let start = try reader.dataOffset(of: entry)
+        else { return nil }
+        return StoredPiece(file: file, offset: start, count: entry.size, crc: entry.crc32, name: entry.name)
+    }
 }
 
 /// Reads parts of a file back and checksums them in order, a CRC-32 per piece (a piece is one or more parts): on
